@@ -1,0 +1,1 @@
+"""device-sim: simulated UAV / sensor clients that replay data sets as streams to an edge node."""

@@ -1,0 +1,181 @@
+"""Every setting of edge-runtime as pydantic models.
+
+YAML files in ``configs/`` load into :class:`Config`.  Unknown keys and out-of-range values
+are rejected with a :class:`ConfigError` whose message names the dotted key, the offending
+value and what is allowed, e.g. ``selection.keep_ratio: must be <= 1 (got 1.5)``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or out of range; the message names the key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    """Encoders and fusion of :class:`edge_runtime.model.MultimodalNet`."""
+
+    num_classes: int = Field(10, ge=2, le=100_000)
+    audio_features: int = Field(13, ge=1, description="feature bins per audio frame (MFCC or mel)")
+    audio_channels: int = Field(64, ge=1, description="channels of the audio conv front-end")
+    visual_backbone: Literal["tiny", "mobilenet_v2"] = "tiny"
+    visual_channels: int = Field(1, ge=1, le=4, description="colour channels of a frame")
+    mobilenet_width: float = Field(1.0, gt=0.0, le=2.0, description="MobileNetV2 width multiplier")
+    tiny_channels: int = Field(16, ge=1, description="width of the tiny per-frame CNN")
+    embed_dim: int = Field(64, ge=2, description="size of z_a and z_v")
+    fusion: Literal["sum", "concat", "film", "gated"] = "sum"
+
+
+class PrototypeConfig(_Section):
+    """EMA class prototypes per modality (DESIGN step 2)."""
+
+    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="a in c <- a*c + (1-a)*z")
+    confidence: Literal["prototype", "linear"] = "prototype"
+
+
+class SelectionConfig(_Section):
+    """Which samples of an incoming micro-batch are trained on (DESIGN steps 3-4)."""
+
+    policy: str = Field("mbs", description="name in edge_runtime.selection.REGISTRY")
+    keep_ratio: float = Field(0.5, gt=0.0, le=1.0, description="fraction of the batch KEPT (the paper's tables speak of pruning = 1 - keep)")
+    center: Literal["median", "running", "one"] = "median"
+    deviation: Literal["ratio", "log"] = "ratio"
+    running_window: int = Field(2048, ge=1, description="samples in the running-median window")
+
+    @field_validator("policy")
+    @classmethod
+    def _known_policy(cls, name: str) -> str:
+        from edge_runtime.selection import REGISTRY
+
+        if name not in REGISTRY:
+            raise ValueError(f"unknown selection policy {name!r}; choose one of {sorted(REGISTRY)}")
+        return name
+
+
+class BufferConfig(_Section):
+    """Bounded replay buffer (DESIGN step 5-6)."""
+
+    max_items: int = Field(200, ge=1)
+    max_bytes: int = Field(64 * 2**20, ge=1, description="upper bound on stored tensor bytes")
+    retention: Literal["reservoir", "class_balanced", "mbs"] = "class_balanced"
+    replay_batch_size: int = Field(32, ge=0, description="replayed samples per update; 0 disables replay")
+
+
+class TrainingConfig(_Section):
+    """Losses, optimiser and teacher snapshot policy (DESIGN steps 5-6)."""
+
+    optimizer: Literal["sgd", "adam"] = "adam"
+    lr: float = Field(1e-3, gt=0.0, le=10.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD momentum")
+    weight_decay: float = Field(0.0, ge=0.0)
+    grad_clip: float | None = Field(5.0, gt=0.0)
+    asymmetric_ce: bool = Field(True, description="ER-ACE: incoming CE restricted to the batch's classes")
+    unimodal_loss_weight: float = Field(0.0, ge=0.0, description="extra CE on the unimodal heads")
+    kd_lambda: float = Field(1.0, ge=0.0, description="weight of the KD term on replay")
+    kd_temperature: float = Field(2.0, gt=0.0)
+    teacher_every: int | None = Field(200, ge=1, description="refresh the teacher every N updates (None: never)")
+    teacher_on_new_class: bool = True
+    replay_steps: int = Field(1, ge=1, le=64, description="optimiser steps per micro-batch")
+    seed: int = 0
+
+
+class Config(_Section):
+    """The whole configuration of a learner (and of the node that hosts it)."""
+
+    model: ModelConfig = ModelConfig()
+    prototypes: PrototypeConfig = PrototypeConfig()
+    selection: SelectionConfig = SelectionConfig()
+    buffer: BufferConfig = BufferConfig()
+    training: TrainingConfig = TrainingConfig()
+    device: str = Field("cpu", description="auto | cpu | cuda | cuda:N")
+    num_threads: int | None = Field(None, ge=1, description="torch CPU threads (None: torch default)")
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
+            raise ValueError(f"must be auto, cpu, cuda or cuda:N (got {value!r})")
+        return value
+
+
+def _format(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "<root>"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key; check the spelling against configs/default.yaml"
+        elif "input" in e and not isinstance(e["input"], dict):
+            msg = f"{msg} (got {e['input']!r})"
+        lines.append(f"{key}: {msg}")
+    return f"invalid configuration in {source}:\n  " + "\n  ".join(lines)
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    node = tree
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{dotted}: {part!r} is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, Any]:
+    """Turn ``["selection.keep_ratio=0.3", ...]`` into a nested dict; values are parsed as YAML."""
+    tree: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. selection.keep_ratio=0.3")
+        _set_dotted(tree, key.strip(), yaml.safe_load(raw))
+    return tree
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def config_from_dict(data: dict[str, Any] | None, source: str = "<dict>") -> Config:
+    """Validate a nested dict into a :class:`Config`; errors name the dotted key."""
+    try:
+        return Config.model_validate(data or {})
+    except ValidationError as err:
+        raise ConfigError(_format(err, source)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML file (or the defaults when ``path`` is None) and apply ``KEY=VALUE`` overrides."""
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        try:
+            text = Path(path).read_text()
+        except OSError as err:
+            raise ConfigError(f"cannot read config file {path}: {err.strerror}") from None
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path} is not valid YAML: {err}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections (model, selection, ...)")
+    return config_from_dict(_merge(data, parse_overrides(overrides)), source)

@@ -1,0 +1,366 @@
+"""The one training loop: ``Learner.observe(samples) -> verdicts``, used by the node and the benchmarks.
+
+Each call runs the learning step of DESIGN.md on one micro-batch, in order:
+
+1. forward with the current model; record prequential accuracy (predict before learning);
+2. update the EMA class prototypes per modality and compute the per-modality confidence of the
+   true class (prototype or linear-head confidence);
+3-4. score and select with the configured policy (MBS by default, Algorithm 1);
+5. cross-entropy on the selected samples (asymmetric, ER-ACE, in class-incremental streams) and
+   offer them to the bounded replay buffer;
+6. replay a batch from the buffer with full cross-entropy plus KD against a frozen teacher;
+7. one verdict per sample: admitted, trained, skipped, eval, invalid:<reason>.
+
+The learner knows nothing about sockets; it is fed lists of :class:`~edge_runtime.wire.Sample`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from edge_runtime.batch import Batch, collate
+from edge_runtime.buffer import ReplayBuffer
+from edge_runtime.config import Config
+from edge_runtime.distill import Teacher, kd_loss
+from edge_runtime.model import ModelOutput, build_model
+from edge_runtime.prototypes import ModalityPrototypes
+from edge_runtime.selection import build_policy
+from edge_runtime.selection.base import StepContext
+from edge_runtime.wire import Sample
+
+ADMITTED, TRAINED, SKIPPED, EVAL = "admitted", "trained", "skipped", "eval"
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when available, else CPU; an unavailable CUDA device is a clear error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device: {name!r} requested but CUDA is not available on this machine; use device: auto or cpu")
+    return device
+
+
+@dataclass
+class StepTimes:
+    """Seconds spent per phase, accumulated over all steps (for benchmarks/learner_step.py)."""
+
+    data: float = 0.0  # collating samples into tensors
+    model: float = 0.0  # forward, backward, optimiser step (incoming and replay)
+    select: float = 0.0  # prototypes, confidences, scoring, selection
+    buffer: float = 0.0  # replay sampling and admission
+
+    def as_dict(self) -> dict[str, float]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class LearnerStats:
+    samples_seen: int = 0
+    updates: int = 0
+    preq_correct: int = 0
+    preq_total: int = 0
+    eval_correct: int = 0
+    eval_total: int = 0
+    verdicts: Counter = field(default_factory=Counter)
+
+    @property
+    def prequential_accuracy(self) -> float:
+        return self.preq_correct / self.preq_total if self.preq_total else float("nan")
+
+    @property
+    def eval_accuracy(self) -> float:
+        return self.eval_correct / self.eval_total if self.eval_total else float("nan")
+
+
+class Learner:
+    """Incremental multimodal learner with balanced selection, bounded replay and distillation."""
+
+    def __init__(self, config: Config, store: Any | None = None) -> None:
+        self.config = config
+        self.device = resolve_device(config.device)
+        if config.num_threads:
+            torch.set_num_threads(config.num_threads)
+        seed = config.training.seed
+        torch.manual_seed(seed)
+        mc = config.model
+        self.model = build_model(mc).to(self.device)
+        self.num_classes = mc.num_classes
+        self.optimizer = self._make_optimizer()
+        self.prototypes = ModalityPrototypes(mc.num_classes, {"audio": mc.embed_dim, "video": mc.embed_dim}, config.prototypes.momentum).to(self.device)
+        self.policy = build_policy(config.selection, seed=seed)
+        self.buffer = ReplayBuffer(config.buffer, seed=seed, store=store)
+        tc = config.training
+        self.teacher = Teacher(tc.teacher_every, tc.teacher_on_new_class)
+        self.seen = torch.zeros(mc.num_classes, dtype=torch.bool, device=self.device)
+        self.stats = LearnerStats()
+        self.times = StepTimes()
+
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        tc = self.config.training
+        params = self.model.parameters()
+        if tc.optimizer == "sgd":
+            return torch.optim.SGD(params, lr=tc.lr, momentum=tc.momentum, weight_decay=tc.weight_decay)
+        return torch.optim.Adam(params, lr=tc.lr, weight_decay=tc.weight_decay)
+
+    # ------------------------------------------------------------------ validation
+    def check(self, sample: Sample) -> str | None:
+        """Why ``sample`` cannot be learned from (a short reason), or None when it is fine."""
+        mc = self.config.model
+        tensors = sample.tensors
+        for name in ("audio", "video"):
+            if name not in tensors:
+                return f"missing_tensor_{name}"
+        audio, video = tensors["audio"], tensors["video"]
+        if audio.ndim != 2 or audio.shape[1] != mc.audio_features or audio.shape[0] < 1:
+            return "shape_audio"
+        if video.ndim != 4 or video.shape[1] != mc.visual_channels or video.shape[0] < 1:
+            return "shape_video"
+        if not (np.isfinite(audio).all() and np.isfinite(video).all()):
+            return "nan_or_inf"
+        if sample.label is not None and not 0 <= sample.label < self.num_classes:
+            return "label_out_of_range"
+        if sample.split not in ("train", "eval"):
+            return "split"
+        return None
+
+    # ------------------------------------------------------------------ the step
+    def observe(self, samples: Sequence[Sample]) -> list[str]:
+        """Predict, then learn from one micro-batch; return one verdict per sample, in order."""
+        verdicts: list[str] = [""] * len(samples)
+        valid: list[int] = []
+        for i, s in enumerate(samples):
+            reason = self.check(s)
+            if reason is None:
+                valid.append(i)
+            else:
+                verdicts[i] = f"invalid:{reason}"
+        if valid:
+            self._step([samples[i] for i in valid], valid, verdicts)
+        self.stats.samples_seen += len(samples)
+        self.stats.verdicts.update(verdicts)
+        return verdicts
+
+    def _step(self, samples: list[Sample], positions: list[int], verdicts: list[str]) -> None:
+        tc = self.config.training
+        t0 = time.perf_counter()
+        batch = collate(samples).to(self.device)
+        t1 = time.perf_counter()
+        self.times.data += t1 - t0
+
+        self.model.train()
+        out = self.model(*batch.inputs())
+        labels = batch.labels
+        with torch.no_grad():
+            correct = out.logits.argmax(dim=1) == labels
+            labelled = labels >= 0
+            train_mask = labelled & ~batch.is_eval
+            eval_mask = labelled & batch.is_eval
+            self.stats.preq_correct += int((correct & train_mask).sum())
+            self.stats.preq_total += int(train_mask.sum())
+            self.stats.eval_correct += int((correct & eval_mask).sum())
+            self.stats.eval_total += int(eval_mask.sum())
+        t2 = time.perf_counter()
+        self.times.model += t2 - t1
+
+        for row, pos in enumerate(positions):
+            if batch.is_eval[row]:
+                verdicts[pos] = EVAL
+            elif labels[row] < 0:
+                verdicts[pos] = SKIPPED  # unlabelled: predicted, nothing to learn from
+        rows = torch.nonzero(train_mask).squeeze(1)
+        if rows.numel() == 0:
+            return
+
+        # Steps 2-4: prototypes, confidences, score, select.
+        y = labels[rows]
+        present = torch.zeros_like(self.seen)
+        present[y] = True
+        new_class = bool((present & ~self.seen).any())
+        if self.teacher.due(self.stats.updates, new_class):
+            self.teacher.snapshot(self.model, self.seen, self.stats.updates)
+        with torch.no_grad():
+            sub = ModelOutput(*(t.detach().index_select(0, rows) for t in out))
+            self.prototypes.update({"audio": sub.z_audio, "video": sub.z_video}, y)
+            p_audio, p_video = self._confidences(sub, y)
+            ctx = StepContext(batch=batch.index(rows), labels=y, output=sub, p_audio=p_audio, p_video=p_video, model=self.model)
+            selection = self.policy.select(ctx)
+        chosen = rows.index_select(0, selection.indices.to(self.device))
+        self.seen |= present
+        t3 = time.perf_counter()
+        self.times.select += t3 - t2
+
+        # Steps 5-6: CE on the selected samples, replay with KD; one optimiser step per replay step.
+        replay = self.buffer.sample(self.config.buffer.replay_batch_size) if len(self.buffer) else []
+        t4 = time.perf_counter()
+        self.times.buffer += t4 - t3
+        if chosen.numel() or replay:
+            self._update(out, batch, chosen, present, replay)
+            for _ in range(tc.replay_steps - 1):
+                replay = self.buffer.sample(self.config.buffer.replay_batch_size) if len(self.buffer) else []
+                self._update(None, batch, chosen, present, replay)
+            self.stats.updates += 1
+        t5 = time.perf_counter()
+        self.times.model += t5 - t4
+
+        # Step 7: verdicts; selected samples are offered to the buffer.
+        deviation = selection.deviation
+        chosen_rows = set(selection.indices.tolist())
+        for j, row in enumerate(rows.tolist()):
+            pos = positions[row]
+            if j in chosen_rows:
+                score = float(deviation[j]) if deviation is not None else 0.0
+                result = self.buffer.offer(samples[row], score)
+                verdicts[pos] = ADMITTED if result.admitted else TRAINED
+            else:
+                verdicts[pos] = SKIPPED
+        self.times.buffer += time.perf_counter() - t5
+
+    def _confidences(self, out: ModelOutput, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """p_m of the true class per modality (DESIGN step 2)."""
+        if self.config.prototypes.confidence == "prototype":
+            return (self.prototypes.confidence("audio", out.z_audio, y), self.prototypes.confidence("video", out.z_video, y))
+        pa = F.softmax(out.audio_logits.float(), dim=1).gather(1, y[:, None]).squeeze(1)
+        pv = F.softmax(out.video_logits.float(), dim=1).gather(1, y[:, None]).squeeze(1)
+        return pa, pv
+
+    def _update(self, out: ModelOutput | None, batch: Batch, chosen: torch.Tensor, present: torch.Tensor, replay: list[Sample]) -> None:
+        tc = self.config.training
+        loss = torch.zeros((), device=self.device)
+        if chosen.numel():
+            if out is None:
+                sub_batch = batch.index(chosen)
+                logits_out = self.model(*sub_batch.inputs())
+                y = sub_batch.labels
+            else:
+                logits_out = ModelOutput(*(t.index_select(0, chosen) for t in out))
+                y = batch.labels.index_select(0, chosen)
+            logits = logits_out.logits
+            if tc.asymmetric_ce:
+                # ER-ACE (Caccia et al. 2022): incoming samples compete only with the classes of this batch.
+                logits = logits.masked_fill(~present, float("-inf"))
+            loss = loss + F.cross_entropy(logits, y)
+            if tc.unimodal_loss_weight > 0:
+                loss = loss + tc.unimodal_loss_weight * (
+                    F.cross_entropy(logits_out.audio_logits, y) + F.cross_entropy(logits_out.video_logits, y)
+                )
+        if replay:
+            rb = collate(replay).to(self.device)
+            rout = self.model(*rb.inputs())
+            loss = loss + F.cross_entropy(rout.logits, rb.labels)
+            if self.teacher.model is not None and tc.kd_lambda > 0:
+                with torch.no_grad():
+                    tlogits = self.teacher.model(*rb.inputs()).logits
+                loss = loss + tc.kd_lambda * kd_loss(rout.logits, tlogits, self.teacher.classes, tc.kd_temperature)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if tc.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
+        self.optimizer.step()
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def evaluate(self, samples: Iterable[Sample], batch_size: int = 256) -> dict[str, Any]:
+        """Accuracy of the fused head and of each unimodal head on labelled ``samples``."""
+        self.model.eval()
+        counts = Counter()
+        per_class_correct = torch.zeros(self.num_classes, dtype=torch.long)
+        per_class_total = torch.zeros(self.num_classes, dtype=torch.long)
+        chunk: list[Sample] = []
+
+        def flush() -> None:
+            b = collate(chunk).to(self.device)
+            o = self.model(*b.inputs())
+            y = b.labels
+            counts["n"] += len(chunk)
+            hit = (o.logits.argmax(1) == y).cpu()
+            counts["fused"] += int(hit.sum())
+            counts["audio"] += int((o.audio_logits.argmax(1) == y).sum())
+            counts["video"] += int((o.video_logits.argmax(1) == y).sum())
+            yc = y.cpu()
+            per_class_total.index_add_(0, yc, torch.ones_like(yc))
+            per_class_correct.index_add_(0, yc, hit.long())
+            chunk.clear()
+
+        for s in samples:
+            if s.label is None or self.check(s) is not None:
+                continue
+            chunk.append(s)
+            if len(chunk) >= batch_size:
+                flush()
+        if chunk:
+            flush()
+        self.model.train()
+        n = counts["n"]
+        nan = float("nan")
+        per_class = {int(c): float(per_class_correct[c] / per_class_total[c]) for c in range(self.num_classes) if per_class_total[c] > 0}
+        return {
+            "n": n,
+            "accuracy": counts["fused"] / n if n else nan,
+            "audio_accuracy": counts["audio"] / n if n else nan,
+            "video_accuracy": counts["video"] / n if n else nan,
+            "per_class_accuracy": per_class,
+        }
+
+    # ------------------------------------------------------------------ reporting
+    def summary(self) -> dict[str, Any]:
+        st = self.stats
+        return {
+            "samples_seen": st.samples_seen,
+            "updates": st.updates,
+            "prequential_accuracy": st.prequential_accuracy,
+            "eval_accuracy": st.eval_accuracy,
+            "verdicts": dict(st.verdicts),
+            "buffer_items": len(self.buffer),
+            "buffer_bytes": self.buffer.nbytes,
+            "buffer_classes": dict(sorted(self.buffer.class_counts().items())),
+            "seen_classes": int(self.seen.sum()),
+        }
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume: model, optimiser, teacher, prototypes, buffer, policy, counters, RNG."""
+        st = self.stats
+        return {
+            "version": 1,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "teacher": self.teacher.state_dict(),
+            "prototypes": self.prototypes.state_dict(),
+            "buffer": self.buffer.state_dict(),
+            "policy": self.policy.state_dict(),
+            "seen": self.seen.clone(),
+            "stats": {
+                "samples_seen": st.samples_seen,
+                "updates": st.updates,
+                "preq_correct": st.preq_correct,
+                "preq_total": st.preq_total,
+                "eval_correct": st.eval_correct,
+                "eval_total": st.eval_total,
+                "verdicts": dict(st.verdicts),
+            },
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("version") != 1:
+            raise ValueError(f"learner state version {state.get('version')!r} is not supported (expected 1)")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.teacher.load_state_dict(state["teacher"], self.model)
+        self.prototypes.load_state_dict(state["prototypes"])
+        self.buffer.load_state_dict(state["buffer"])
+        self.policy.load_state_dict(state["policy"])
+        self.seen = state["seen"].clone().to(self.device)
+        s = dict(state["stats"])
+        verdicts = Counter(s.pop("verdicts"))
+        self.stats = LearnerStats(**s, verdicts=verdicts)
+        torch.set_rng_state(state["torch_rng"])
+

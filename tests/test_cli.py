@@ -1,0 +1,62 @@
+"""The command lines as a user runs them: help, config errors, and a short demo run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(*args, cwd=ROOT, timeout=300):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_help_explains_every_subcommand():
+    node = _run("-m", "edge_runtime.cli", "--help")
+    assert node.returncode == 0
+    for word in ("demo", "config"):
+        assert word in node.stdout
+    sim = _run("-m", "device_sim.cli", "--help")
+    assert sim.returncode == 0
+    for word in ("datasets", "inspect"):
+        assert word in sim.stdout
+
+
+def test_config_error_names_key_and_exits_2():
+    r = _run("-m", "edge_runtime.cli", "config", "--set", "selection.keep_ratio=2")
+    assert r.returncode == 2
+    assert "selection.keep_ratio" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_config_prints_resolved_yaml():
+    r = _run("-m", "edge_runtime.cli", "config", "--config", "configs/default.yaml", "--set", "buffer.max_items=77")
+    assert r.returncode == 0, r.stderr
+    assert "max_items: 77" in r.stdout
+
+
+def test_demo_writes_consistent_report(tmp_path):
+    r = _run("-m", "edge_runtime.cli", "demo", "--samples", "400", "--test-samples", "100", "--no-progress", "--out", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["samples_seen"] == 400
+    assert sum(report["verdicts"].values()) == 400
+    assert 0 < report["buffer_items"] <= report["verdicts"].get("admitted", 0)
+    assert 0.0 <= report["final_accuracy"] <= 1.0
+    assert len(report["per_task"]) == 5
+    assert "demo summary" in r.stdout
+
+
+def test_device_sim_lists_and_inspects_synthetic():
+    r = _run("-m", "device_sim.cli", "datasets")
+    assert r.returncode == 0 and "synthetic" in r.stdout
+    r = _run("-m", "device_sim.cli", "inspect", "synthetic", "-n", "50")
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)
+    assert info["tensors"]["audio"]["shape"][1] == 13
+    assert sum(info["labels"].values()) == 50

@@ -1,0 +1,53 @@
+"""KD loss value against a direct computation, and the teacher snapshot policy."""
+
+import numpy as np
+import torch
+from torch import nn
+
+from edge_runtime.distill import Teacher, kd_loss
+
+
+def _direct_kd(student: np.ndarray, teacher: np.ndarray, classes: np.ndarray, t: float) -> float:
+    total = 0.0
+    for s_row, q_row in zip(student[:, classes], teacher[:, classes]):
+        p = np.exp(q_row / t) / np.exp(q_row / t).sum()
+        q = np.exp(s_row / t) / np.exp(s_row / t).sum()
+        total += float(np.sum(p * np.log(p / q)))
+    return t * t * total / student.shape[0]
+
+
+def test_kd_loss_matches_direct_computation():
+    rng = np.random.default_rng(0)
+    student = rng.normal(size=(7, 6)) * 3
+    teacher = rng.normal(size=(7, 6)) * 3
+    classes = np.array([True, False, True, True, False, True])
+    for t in (1.0, 2.0, 4.0):
+        got = kd_loss(torch.tensor(student), torch.tensor(teacher), torch.tensor(classes), t)
+        assert abs(float(got) - _direct_kd(student, teacher, classes, t)) < 1e-6
+
+
+def test_kd_loss_is_zero_for_identical_logits_and_ignores_unseen_classes():
+    logits = torch.randn(5, 4)
+    classes = torch.tensor([True, True, False, False])
+    assert float(kd_loss(logits, logits.clone(), classes, 2.0)) < 1e-7
+    other = logits.clone()
+    other[:, 2:] += 100.0  # unseen-class logits differ wildly: no effect
+    assert float(kd_loss(other, logits, classes, 2.0)) < 1e-7
+    assert float(kd_loss(logits, logits, torch.zeros(4, dtype=torch.bool), 2.0)) == 0.0
+
+
+def test_teacher_policy_and_snapshot_is_frozen():
+    teacher = Teacher(every=3, on_new_class=True)
+    assert not teacher.due(0, new_class=True)  # nothing learned yet
+    assert teacher.due(1, new_class=True)
+    assert not teacher.due(2, new_class=False)
+    assert teacher.due(3, new_class=False)
+    model = nn.Linear(3, 2)
+    teacher.snapshot(model, torch.tensor([True, False]), updates=3)
+    assert not teacher.due(5, new_class=False) and teacher.due(6, new_class=False)
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    assert not torch.equal(teacher.model.weight, model.weight)
+    assert all(not p.requires_grad for p in teacher.model.parameters())
+    never = Teacher(every=None, on_new_class=False)
+    assert not never.due(1000, new_class=True)
