@@ -38,7 +38,7 @@ def run_demo(
     started = time.perf_counter()
     recent: deque[bool] = deque(maxlen=500)
     per_task: list[dict[str, Any]] = []
-    bar = tqdm(total=len(order.indices), unit="sample", disable=not progress, dynamic_ncols=True, desc="learning")
+    bar = tqdm(total=len(order.indices), unit="sample", disable=not progress, dynamic_ncols=True, desc="learning", mininterval=0.5)
     chunk = []
     stream = replay(dataset, order, device="sim-0")
     task_ends = {int(i) for i in (order.task_of[1:] != order.task_of[:-1]).nonzero()[0]} | {len(order.indices) - 1}

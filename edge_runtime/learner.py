@@ -72,12 +72,14 @@ class LearnerStats:
     verdicts: Counter = field(default_factory=Counter)
 
     @property
-    def prequential_accuracy(self) -> float:
-        return self.preq_correct / self.preq_total if self.preq_total else float("nan")
+    def prequential_accuracy(self) -> float | None:
+        """Accuracy of predictions made before learning, over labelled train samples; None before any."""
+        return self.preq_correct / self.preq_total if self.preq_total else None
 
     @property
-    def eval_accuracy(self) -> float:
-        return self.eval_correct / self.eval_total if self.eval_total else float("nan")
+    def eval_accuracy(self) -> float | None:
+        """Accuracy on samples streamed with split "eval" (never trained on); None before any."""
+        return self.eval_correct / self.eval_total if self.eval_total else None
 
 
 class Learner:
@@ -299,13 +301,12 @@ class Learner:
             flush()
         self.model.train()
         n = counts["n"]
-        nan = float("nan")
         per_class = {int(c): float(per_class_correct[c] / per_class_total[c]) for c in range(self.num_classes) if per_class_total[c] > 0}
         return {
             "n": n,
-            "accuracy": counts["fused"] / n if n else nan,
-            "audio_accuracy": counts["audio"] / n if n else nan,
-            "video_accuracy": counts["video"] / n if n else nan,
+            "accuracy": counts["fused"] / n if n else None,
+            "audio_accuracy": counts["audio"] / n if n else None,
+            "video_accuracy": counts["video"] / n if n else None,
             "per_class_accuracy": per_class,
         }
 
