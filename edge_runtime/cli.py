@@ -1,15 +1,17 @@
 """``edge-node``: the command line of the edge box.
 
 Sub-commands:
-  demo    learn from a simulated synthetic audio-visual stream on this machine (CPU is fine),
-          with a live progress line and a final summary; writes report.json
+  run     the daemon: bind the ROUTER socket, learn from device streams, ack every sample,
+          checkpoint; SIGTERM / Ctrl-C drains the queue, checkpoints and exits 0
+  demo    a node plus simulated UAVs on loopback, streaming the synthetic audio-visual data set
+          (CPU is fine); live progress, a summary table, and report.json
+  keys    create CURVE certificates for the node and a device (encryption + allowed-key list)
   config  validate a YAML configuration and print it with every default filled in
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -34,19 +36,41 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser(
         "demo",
-        help="learn from a simulated synthetic audio-visual stream (in-process) and print a summary",
-        description="Stream the embedded synthetic audio-visual data set through the learner "
-        "(class-incremental by default), show live progress, evaluate on held-out samples and write report.json.",
+        help="a node plus simulated UAVs on loopback, synthetic audio-visual stream; summary + report.json",
+        description="Start `edge-node run` and `device-sim run` as child processes on 127.0.0.1: N simulated UAVs "
+        "stream the synthetic audio-visual data set class-incrementally to the node, which learns, acks and "
+        "checkpoints. At the end the node is stopped with SIGTERM, its final checkpoint is evaluated on held-out "
+        "samples, a summary table is printed and OUT/report.json written.",
     )
     _add_config_args(demo)
-    demo.add_argument("--samples", type=int, default=6000, help="training samples in the stream (default 6000)")
-    demo.add_argument("--batch-size", type=int, default=32, help="micro-batch size fed to the learner (default 32)")
-    demo.add_argument("--scenario", choices=["class-incremental", "iid"], default="class-incremental", help="stream order (default class-incremental)")
-    demo.add_argument("--classes-per-task", type=int, default=2, help="classes per task in the class-incremental stream (default 2)")
+    demo.add_argument("--devices", type=int, default=4, help="simulated UAVs (default 4)")
+    demo.add_argument("--samples", type=int, default=6000, help="samples in the stream, over all devices (default 6000)")
+    demo.add_argument("--seconds", type=float, default=60.0, help="stop streaming after this long even if the stream is not over (default 60)")
+    demo.add_argument("--rate", type=float, default=None, help="samples/s per device (default: as fast as credit allows)")
+    demo.add_argument("--eval-every", type=int, default=10, help="every k-th sample of a device is sent as split eval (default 10)")
     demo.add_argument("--test-samples", type=int, default=1000, help="held-out samples for the final evaluation (default 1000)")
     demo.add_argument("--seed", type=int, default=0, help="seed of the data stream (default 0)")
-    demo.add_argument("--out", metavar="DIR", default=".", help="folder for report.json (default: current folder)")
+    demo.add_argument("--out", metavar="DIR", default="demo-out", help="folder for report.json, node log and state (default demo-out)")
     demo.add_argument("--no-progress", action="store_true", help="do not draw the live progress line")
+
+    run = sub.add_parser(
+        "run",
+        help="serve devices over ZeroMQ and learn from their streams (the daemon)",
+        description="Bind node.bind, receive samples (wire protocol v1), learn in micro-batches, ack every sample, "
+        "keep the replay buffer and verdict ledger in node.state_dir (SQLite), checkpoint periodically. "
+        "Restarted on the same state_dir it resumes where it stopped. SIGTERM/SIGINT: drain, checkpoint, exit 0.",
+    )
+    _add_config_args(run)
+
+    keys = sub.add_parser(
+        "keys",
+        help="create CURVE certificates (server + device) for an encrypted, key-checked node",
+        description="Write DIR/server.key, DIR/server.key_secret, DIR/<device>.key, DIR/<device>.key_secret and "
+        "DIR/allowed/<device>.key. Point node.curve.server_secret_key at DIR/server.key_secret and "
+        "node.curve.allowed_keys_dir at DIR/allowed; give devices DIR (device-sim run --curve-dir DIR).",
+    )
+    keys.add_argument("dir", metavar="DIR", help="folder to write the certificates to (created)")
+    keys.add_argument("--device", action="append", default=[], metavar="NAME", help="device certificate name (repeatable; default: device)")
 
     cfg = sub.add_parser("config", help="validate a configuration and print it with defaults filled in", description="Validate a YAML configuration (and --set overrides) and print the resolved YAML.")
     _add_config_args(cfg)
@@ -60,34 +84,55 @@ def _cmd_config(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from edge_runtime.demo import run_demo  # imports torch: keep --help fast
+    from edge_runtime.demo import DemoError, run_demo
 
-    for name in ("samples", "batch_size", "classes_per_task", "test_samples"):
+    for name in ("devices", "samples", "eval_every", "test_samples"):
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(args, name)})")
+    if args.seconds <= 0:
+        raise ConfigError(f"--seconds must be > 0 (got {args.seconds})")
     config = load_config(args.config, args.set)
-    report = run_demo(
-        config,
-        samples=args.samples,
-        batch_size=args.batch_size,
-        scenario=args.scenario,
-        classes_per_task=args.classes_per_task,
-        test_samples=args.test_samples,
-        seed=args.seed,
-        progress=not args.no_progress,
-    )
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    try:
+        run_demo(config, out, devices=args.devices, samples=args.samples, seconds=args.seconds, rate=args.rate,
+                 eval_every=args.eval_every, test_samples=args.test_samples, seed=args.seed, progress=not args.no_progress)
+    except DemoError as err:
+        print(f"edge-node demo: {err}", file=sys.stderr)
+        return 1
     print(f"report written to {out / 'report.json'}")
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from edge_runtime.node import serve  # imports torch
+
+    return serve(load_config(args.config, args.set))
+
+
+def _cmd_keys(args: argparse.Namespace) -> int:
+    import shutil
+
+    import zmq.auth
+
+    out = Path(args.dir)
+    allowed = out / "allowed"
+    allowed.mkdir(parents=True, exist_ok=True)
+    zmq.auth.create_certificates(out, "server")
+    for name in args.device or ["device"]:
+        public, _secret = zmq.auth.create_certificates(out, name)
+        shutil.copy(public, allowed / Path(public).name)
+    print(f"certificates written to {out}/ (allowed device keys in {allowed}/)")
+    print(f"node config:  node.curve.enabled=true node.curve.server_secret_key={out / 'server.key_secret'} "
+          f"node.curve.allowed_keys_dir={allowed}")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    commands = {"demo": _cmd_demo, "config": _cmd_config, "run": _cmd_run, "keys": _cmd_keys}
     try:
-        return {"demo": _cmd_demo, "config": _cmd_config}[args.command](args)
-    except ConfigError as err:
+        return commands[args.command](args)
+    except (ConfigError, ValueError) as err:
         print(f"edge-node: {err}", file=sys.stderr)
         return 2
 

@@ -90,6 +90,36 @@ class TrainingConfig(_Section):
     seed: int = 0
 
 
+class CurveConfig(_Section):
+    """CurveZMQ encryption and authentication of devices (``edge-node keys DIR`` makes the files)."""
+
+    enabled: bool = False
+    server_secret_key: str | None = Field(None, description="the node's secret certificate (server.key_secret)")
+    allowed_keys_dir: str | None = Field(None, description="folder of device public certificates (*.key) allowed to connect")
+
+
+class NodeConfig(_Section):
+    """The ``edge-node run`` daemon: socket, flow control, micro-batching, durability, metrics."""
+
+    bind: str = Field("tcp://127.0.0.1:5555", description="ZeroMQ endpoint of the ROUTER socket")
+    state_dir: str = Field("edge-state", description="SQLite store, ledger and checkpoints live here")
+    credit: int = Field(32, ge=1, le=4096, description="per-device window of unacknowledged samples")
+    queue_max: int = Field(1024, ge=1, description="samples waiting for the learner (bounded ingest queue)")
+    batch_size: int = Field(32, ge=1, description="micro-batch size handed to the learner")
+    batch_window_ms: float = Field(50.0, ge=0.0, description="learn a smaller batch when it has waited this long")
+    max_message_bytes: int = Field(16 * 2**20, ge=1024, description="MAXMSGSIZE of the socket and the wire limit")
+    heartbeat_ivl_ms: int = Field(1000, ge=0, description="ZMTP heartbeat interval (0: off)")
+    heartbeat_timeout_ms: int = Field(5000, ge=0)
+    checkpoint_every_s: float = Field(30.0, gt=0.0, description="seconds between periodic checkpoints")
+    checkpoint_keep: int = Field(3, ge=1, description="checkpoints kept (the newest valid one is restored)")
+    sqlite_synchronous: Literal["NORMAL", "FULL"] = Field(
+        "NORMAL", description="NORMAL survives a crash of the process; FULL also a power loss (slower)")
+    metrics_port: int | None = Field(None, ge=0, le=65535, description="Prometheus endpoint port (None: off, 0: any free port)")
+    metrics_host: str = "127.0.0.1"
+    log_format: Literal["json", "text"] = "json"
+    curve: CurveConfig = CurveConfig()
+
+
 class Config(_Section):
     """The whole configuration of a learner (and of the node that hosts it)."""
 
@@ -98,6 +128,7 @@ class Config(_Section):
     selection: SelectionConfig = SelectionConfig()
     buffer: BufferConfig = BufferConfig()
     training: TrainingConfig = TrainingConfig()
+    node: NodeConfig = NodeConfig()
     device: str = Field("cpu", description="auto | cpu | cuda | cuda:N")
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads (None: torch default)")
 

@@ -1,104 +1,165 @@
-"""``edge-node demo``: the learner over a simulated synthetic audio-visual stream, in one process.
+"""``edge-node demo``: a real node and simulated UAVs on loopback, in one process tree.
 
-This is the only place in ``edge_runtime`` that imports ``device_sim`` (to simulate the devices).
+1. ``edge-node run`` starts in a child process on ``tcp://127.0.0.1:<free port>`` with a fresh
+   state folder (SQLite replay store + ledger + checkpoints) under ``--out``;
+2. ``device-sim run`` starts N simulated devices in a second child process, replaying the
+   synthetic audio-visual data set class-incrementally (every k-th sample held out as ``eval``),
+   with its live progress line;
+3. when the stream ends (or ``--seconds`` pass) the node gets SIGTERM: it decides what is queued,
+   checkpoints and exits; its final checkpoint is evaluated here on held-out samples;
+4. a summary table is printed and ``report.json`` written.
+
+This is the only place in ``edge_runtime`` that reaches ``device_sim`` (as a subprocess, plus
+the synthetic data set for the held-out evaluation).
 """
 
 from __future__ import annotations
 
+import json
+import shutil
+import signal
+import subprocess
+import sys
 import time
-from collections import deque
+from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
+import yaml
 
-from device_sim.datasets.synthetic import SyntheticConfig, SyntheticDataset
-from device_sim.scenario import make_order, replay
 from edge_runtime.config import Config
-from edge_runtime.learner import Learner
+
+
+class DemoError(RuntimeError):
+    """A part of the demo failed; the message says which and where its log is."""
+
+
+def _start_node(config: Config, out: Path) -> tuple[subprocess.Popen, dict[str, Any], Path]:
+    state = out / "demo-state"
+    if state.exists():
+        shutil.rmtree(state)
+    cfg = config.model_dump(mode="json")
+    cfg["node"].update({"bind": "tcp://127.0.0.1:*", "state_dir": str(state), "log_format": "json"})
+    cfg_path = out / "demo-node.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    log_path = out / "demo-node.log"
+    log = open(log_path, "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "edge_runtime.cli", "run", "--config", str(cfg_path)], stdout=log, stderr=subprocess.STDOUT)
+    log.close()
+    info_path = state / "node.json"
+    deadline = time.monotonic() + 120
+    while not info_path.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise DemoError(f"edge-node did not start (exit {proc.poll()}); see {log_path}:\n{log_path.read_text()[-2000:]}")
+        time.sleep(0.05)
+    return proc, json.loads(info_path.read_text()), log_path
+
+
+def _stop_node(proc: subprocess.Popen, log_path: Path) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        code = proc.wait(120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise DemoError(f"edge-node did not stop within 120 s after SIGTERM; see {log_path}") from None
+    if code != 0:
+        raise DemoError(f"edge-node exited with {code}; see {log_path}")
+
+
+def _held_out_accuracy(config: Config, state: Path, test_samples: int, seed: int, size: int) -> dict[str, Any]:
+    from device_sim.datasets.synthetic import SyntheticConfig, SyntheticDataset
+    from edge_runtime.checkpoint import CheckpointManager
+    from edge_runtime.learner import Learner
+
+    mc = config.model
+    dataset = SyntheticDataset(SyntheticConfig(num_classes=mc.num_classes, audio_features=mc.audio_features, channels=mc.visual_channels, seed=seed, size=size))
+    loaded = CheckpointManager(state / "checkpoints").load_latest()
+    if loaded is None:
+        raise DemoError(f"the node left no checkpoint in {state / 'checkpoints'}")
+    learner = Learner(config.model_copy(update={"device": "cpu"}))
+    learner.load_state_dict(loaded[0]["learner"])
+    return learner.evaluate(dataset.test_set(test_samples))
 
 
 def run_demo(
     config: Config,
+    out: Path,
+    devices: int = 4,
     samples: int = 6000,
-    batch_size: int = 32,
-    scenario: str = "class-incremental",
-    classes_per_task: int = 2,
+    seconds: float = 60.0,
+    rate: float | None = None,
+    eval_every: int = 10,
     test_samples: int = 1000,
     seed: int = 0,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Stream ``samples`` synthetic samples through a :class:`Learner`; return the report dict."""
-    mc = config.model
-    data_cfg = SyntheticConfig(num_classes=mc.num_classes, audio_features=mc.audio_features, channels=mc.visual_channels, seed=seed, size=samples)
-    dataset = SyntheticDataset(data_cfg)
-    test = dataset.test_set(test_samples)
-    order = make_order(scenario, dataset.labels(), seed=seed, classes_per_task=classes_per_task)
-    learner = Learner(config)
-
+    """Run the node + devices demo; returns the report (also written to ``out/report.json``)."""
+    out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    recent: deque[bool] = deque(maxlen=500)
-    per_task: list[dict[str, Any]] = []
-    bar = tqdm(total=len(order.indices), unit="sample", disable=not progress, dynamic_ncols=True, desc="learning", mininterval=0.5)
-    chunk = []
-    stream = replay(dataset, order, device="sim-0")
-    task_ends = {int(i) for i in (order.task_of[1:] != order.task_of[:-1]).nonzero()[0]} | {len(order.indices) - 1}
-
-    def learn(chunk: list) -> None:
-        before = learner.stats.preq_correct
-        learner.observe(chunk)
-        hits = learner.stats.preq_correct - before
-        recent.extend([True] * hits + [False] * (len(chunk) - hits))
-        bar.update(len(chunk))
-        bar.set_postfix(acc_recent=f"{sum(recent) / max(len(recent), 1):.2f}", buffer=len(learner.buffer), updates=learner.stats.updates)
-
-    for pos, sample in enumerate(stream):
-        chunk.append(sample)
-        if len(chunk) == batch_size or pos in task_ends:
-            learn(chunk)
-            chunk = []
-        if pos in task_ends and scenario == "class-incremental":
-            task = int(order.task_of[pos])
-            seen = {c for t in order.task_classes[: task + 1] for c in t}
-            result = learner.evaluate(s for s in test if s.label in seen)
-            per_task.append({"task": task, "classes": order.task_classes[task], "accuracy_on_seen": result["accuracy"]})
-            bar.write(f"task {task} {order.task_classes[task]} done: accuracy on the {len(seen)} classes seen so far {result['accuracy']:.3f}")
-    bar.close()
+    node, info, node_log = _start_node(config, out)
+    devices_json = out / "demo-devices.json"
+    cmd = [sys.executable, "-m", "device_sim.cli", "run", "--endpoint", info["endpoint"], "--devices", str(devices),
+           "--dataset", "synthetic", "--scenario", "class-incremental", "--samples", str(samples),
+           "--eval-every", str(eval_every), "--seed", str(seed), "--seconds", str(seconds), "--summary", str(devices_json)]
+    if rate:
+        cmd += ["--rate", str(rate)]
+    try:
+        sim = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=None if progress else subprocess.DEVNULL, timeout=seconds + 300)
+    except BaseException:
+        node.kill()
+        raise
+    _stop_node(node, node_log)
     wall = time.perf_counter() - started
-    final = learner.evaluate(test)
-    summary = learner.summary()
+    if not devices_json.exists():
+        raise DemoError(f"device-sim exited with {sim.returncode} and wrote no summary")
+    fleet = json.loads(devices_json.read_text())
+    state = out / "demo-state"
+    node_summary = json.loads((state / "summary.json").read_text())
+    held_out = _held_out_accuracy(config, state, test_samples, seed, samples)  # indices past the stream
+    totals = fleet["totals"]
     report = {
-        "dataset": "synthetic",
-        "scenario": scenario,
+        "devices": devices,
+        "samples_sent": totals["sent"],
+        "samples_resent": totals["resent"],
+        "samples_acked": totals["acked"],
+        "stream_complete": bool(totals.get("complete", sim.returncode == 0)),
+        "verdicts": node_summary["verdicts"],
+        "device_verdicts": totals["verdicts"],
+        "prequential_accuracy": node_summary["prequential_accuracy"],
+        "eval_accuracy": node_summary["eval_accuracy"],
+        "held_out_accuracy": held_out["accuracy"],
+        "held_out_audio_accuracy": held_out["audio_accuracy"],
+        "held_out_visual_accuracy": held_out["video_accuracy"],
+        "buffer_items": node_summary["buffer_items"],
+        "buffer_bytes": node_summary["buffer_bytes"],
+        "buffer_classes": node_summary["buffer_classes"],
+        "updates": node_summary["updates"],
+        "wall_seconds": round(wall, 2),
+        "node_log": str(node_log),
+        "state_dir": str(state),
         "policy": config.selection.policy,
-        "samples_seen": summary["samples_seen"],
-        "verdicts": summary["verdicts"],
-        "prequential_accuracy": summary["prequential_accuracy"],
-        "final_accuracy": final["accuracy"],
-        "audio_only_accuracy": final["audio_accuracy"],
-        "visual_only_accuracy": final["video_accuracy"],
-        "per_task": per_task,
-        "buffer_items": summary["buffer_items"],
-        "buffer_bytes": summary["buffer_bytes"],
-        "buffer_classes": summary["buffer_classes"],
-        "updates": summary["updates"],
-        "wall_seconds": round(wall, 3),
-        "samples_per_second": round(summary["samples_seen"] / wall, 1) if wall > 0 else None,
-        "config": config.model_dump(mode="json"),
     }
-    _print_table(report, chance=1.0 / mc.num_classes)
+    _print_table(report, chance=1.0 / config.model.num_classes)
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
 
 
-def _print_table(report: dict[str, Any], chance: float) -> None:
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def _print_table(r: dict[str, Any], chance: float) -> None:
     rows = [
-        ("samples streamed", f"{report['samples_seen']}"),
-        ("verdicts", ", ".join(f"{k} {v}" for k, v in sorted(report["verdicts"].items()))),
-        ("prequential accuracy", f"{report['prequential_accuracy']:.3f}"),
-        ("final accuracy (all classes)", f"{report['final_accuracy']:.3f}  (chance {chance:.3f})"),
-        ("audio-only / visual-only", f"{report['audio_only_accuracy']:.3f} / {report['visual_only_accuracy']:.3f}"),
-        ("replay buffer", f"{report['buffer_items']} items, {report['buffer_bytes'] / 1024:.0f} KiB, per class {report['buffer_classes']}"),
-        ("updates", f"{report['updates']}"),
-        ("throughput", f"{report['samples_per_second']} samples/s over {report['wall_seconds']:.1f} s"),
+        ("devices", f"{r['devices']} simulated UAVs over tcp://127.0.0.1"),
+        ("samples sent / acked", f"{r['samples_sent']} / {r['samples_acked']} ({r['samples_resent']} resent)"),
+        ("verdicts", ", ".join(f"{k} {v}" for k, v in sorted(r["verdicts"].items()))),
+        ("prequential accuracy", _fmt(r["prequential_accuracy"])),
+        ("eval accuracy (streamed eval)", _fmt(r["eval_accuracy"])),
+        ("held-out accuracy, all classes", f"{_fmt(r['held_out_accuracy'])}  (chance {chance:.3f})"),
+        ("audio-only / visual-only", f"{_fmt(r['held_out_audio_accuracy'])} / {_fmt(r['held_out_visual_accuracy'])}"),
+        ("replay buffer", f"{r['buffer_items']} items, {r['buffer_bytes'] / 1024:.0f} KiB, per class {r['buffer_classes']}"),
+        ("updates", str(r["updates"])),
+        ("wall time", f"{r['wall_seconds']:.1f} s"),
     ]
     width = max(len(k) for k, _ in rows)
     print("\nedge-node demo summary")

@@ -15,12 +15,16 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Hashable, Iterator
 
+import logging
+
 import numpy as np
 
 from edge_runtime.buffer.retention import build_retention
 from edge_runtime.buffer.store import MemoryStore
 from edge_runtime.config import BufferConfig
 from edge_runtime.wire import Sample
+
+log = logging.getLogger("edge_runtime.buffer")
 
 Key = Hashable
 STATE_VERSION = 1
@@ -175,6 +179,10 @@ class ReplayBuffer:
 
     # ------------------------------------------------------------------ bookkeeping
     def _insert(self, key: Key, label: int, score: float, nbytes: int, sample: Sample) -> None:
+        self._bookkeep(key, label, score, nbytes)
+        self.store.put(key, sample, score)
+
+    def _bookkeep(self, key: Key, label: int, score: float, nbytes: int) -> None:
         self._pos[key] = len(self._keys)
         self._keys.append(key)
         members = self._class_keys.get(label)
@@ -186,7 +194,6 @@ class ReplayBuffer:
         self._scores[key] = score
         self._sizes[key] = nbytes
         self._nbytes += nbytes
-        self.store.put(key, sample)
 
     @staticmethod
     def _swap_remove(items: list[Key], pos: dict[Key, int], key: Key) -> None:
@@ -251,29 +258,59 @@ class ReplayBuffer:
         samples = state.get("samples")
         if not durable and samples is None:
             raise ValueError("replay buffer state has no samples (saved from a durable store) but this buffer's store is in memory")
+        if durable:
+            self._reconcile(state, keys)
+            return
         self._reset()
-        if not durable:
-            if hasattr(self.store, "clear"):
-                self.store.clear()
-            else:
-                for k in list(self.store.keys()):
-                    self.store.delete(k)
+        if hasattr(self.store, "clear"):
+            self.store.clear()
+        else:
+            for k in list(self.store.keys()):
+                self.store.delete(k)
         for i, (key, label, score, size) in enumerate(zip(keys, state["labels"], state["scores"], sizes)):
-            self._pos[key] = i
-            self._keys.append(key)
-            self._labels[key] = int(label)
-            self._scores[key] = float(score)
-            self._sizes[key] = size
-            self._nbytes += size
-            if not durable:
-                self.store.put(key, _sample_from_state(samples[i]))
-            elif key not in self.store:
-                raise ValueError(f"replay buffer state names {key!r} but the durable store does not hold it")
+            self._insert(key, int(label), float(score), size, _sample_from_state(samples[i]))
+        self._class_keys, self._class_pos = {}, {}  # the saved per-class order, so class draws repeat exactly
         for label, members in state["class_keys"]:
             members = [tuple(k) if isinstance(k, list) else k for k in members]
             self._class_keys[int(label)] = members
             for j, key in enumerate(members):
                 self._class_pos[key] = j
+        self._restore_counters(state)
+
+    def _restore_counters(self, state: dict[str, Any]) -> None:
         self.offered = int(state["offered"])
         self.offered_per_class = {int(c): int(n) for c, n in state["offered_per_class"].items()}
         self.rng.bit_generator.state = copy.deepcopy(state["rng"])
+
+    def _reconcile(self, state: dict[str, Any], keys: list[Key]) -> None:
+        """Restore over a durable store: its committed items are the truth, the (older) checkpoint gives order and counters.
+
+        Items of the checkpoint that the store no longer holds were evicted after it was written
+        (the store logged that); items the store holds beyond the checkpoint were admitted after it.
+        """
+        meta = {key: (label, score, nbytes) for key, label, score, nbytes in self.store.items_meta()}
+        self._reset()
+        ordered = [k for k in keys if k in meta] + [k for k in meta if k not in set(keys)]
+        for key in ordered:
+            label, score, nbytes = meta[key]
+            self._bookkeep(key, label, score, nbytes)
+        self._restore_counters(state)
+        dropped = len(keys) - sum(1 for k in keys if k in meta)
+        log.info("replay buffer reconciled with its durable store",
+                 extra={"event": "buffer_reconciled", "items": len(self), "evicted_after_checkpoint": dropped,
+                        "admitted_after_checkpoint": len(ordered) - (len(keys) - dropped)})
+        self._enforce_bounds()
+
+    def restore_from_store(self) -> None:
+        """Rebuild the bookkeeping from a durable store alone (a node that crashed before its first checkpoint)."""
+        self._reset()
+        for key, label, score, nbytes in self.store.items_meta():
+            self._bookkeep(key, label, score, nbytes)
+            self.offered += 1
+            self.offered_per_class[label] = self.offered_per_class.get(label, 0) + 1
+        self._enforce_bounds()
+
+    def _enforce_bounds(self) -> None:
+        """Evict the oldest slots until within both bounds (only a store written under larger bounds needs it)."""
+        while len(self) > self.max_items or self._nbytes > self.max_bytes:
+            self._remove(self._keys[0])

@@ -24,8 +24,8 @@ class MemoryStore:
     def __init__(self) -> None:
         self._items: dict[Key, Sample] = {}
 
-    def put(self, key: Key, sample: Sample) -> None:
-        """Store ``sample`` under ``key`` (replacing any sample already stored there)."""
+    def put(self, key: Key, sample: Sample, score: float = 0.0) -> None:
+        """Store ``sample`` under ``key`` (replacing any sample already stored there); ``score`` is for durable stores."""
         self._items[key] = sample
 
     def get(self, key: Key) -> Sample:

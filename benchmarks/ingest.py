@@ -1,0 +1,220 @@
+"""Node ingest throughput versus raw pyzmq PUSH/PULL, and the node's memory over a long stream.
+
+One run, two measurements on the same payload (CREMA-D sized: about 140 KB per sample, audio
+(250, 40) float32 + video (2, 3, 64, 64) float32):
+
+* raw: a PUSH socket in a child process sends N multipart messages (header + 2 tensor frames) to
+  a PULL socket in this process, which receives them (``copy=False``) and does nothing else;
+* node: an in-process :class:`~edge_runtime.node.EdgeNode` with a no-op learner (every sample is
+  decided ``trained``) and its real SQLite ledger; D devices in a child process (one DEALER each)
+  send the same messages through the wire codec, keeping a credit window full and waiting for acks.
+
+The node's resident memory (``/proc/self/statm``) is sampled every 10% of the stream, so a leak
+shows as growth from the first to the last sample. Writes ``ingest.csv`` and ``ingest.png`` under
+``--out``.
+
+Usage: python benchmarks/ingest.py [--samples 100000] [--devices 4] [--out benchmarks/out]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import multiprocessing as mp
+import os
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import zmq
+
+from edge_runtime import wire
+from edge_runtime.config import config_from_dict
+from edge_runtime.node import EdgeNode
+
+AUDIO = (250, 40)
+VIDEO = (2, 3, 64, 64)
+
+
+def _payload(seq: int, device: str) -> list:
+    rng = np.random.default_rng(seq % 64)
+    sample = wire.Sample({"audio": rng.normal(size=AUDIO).astype(np.float32), "video": rng.normal(size=VIDEO).astype(np.float32)},
+                         label=seq % 6, device=device, seq=seq)
+    return wire.encode_sample(sample)
+
+
+def _raw_sender(endpoint: str, n: int) -> None:
+    ctx = zmq.Context()
+    push = ctx.socket(zmq.PUSH)
+    push.connect(endpoint)
+    templates = [[bytes(f) for f in _payload(i, "raw")] for i in range(64)]
+    for i in range(n):
+        push.send_multipart(templates[i % 64], copy=False)
+    push.close(linger=-1)
+    ctx.term()
+
+
+def raw_push_pull(n: int) -> float:
+    """Samples/s of raw PUSH -> PULL with the same frames (receiver in this process)."""
+    ctx = zmq.Context()
+    pull = ctx.socket(zmq.PULL)
+    port = pull.bind_to_random_port("tcp://127.0.0.1")
+    proc = mp.Process(target=_raw_sender, args=(f"tcp://127.0.0.1:{port}", n))
+    proc.start()
+    pull.recv_multipart(copy=False)
+    started = time.perf_counter()
+    for _ in range(n - 1):
+        pull.recv_multipart(copy=False)
+    elapsed = time.perf_counter() - started
+    proc.join()
+    pull.close(0)
+    ctx.term()
+    return (n - 1) / elapsed
+
+
+def _device_sender(endpoint: str, device: str, n: int, window: int, done: Any) -> None:
+    """One DEALER: hello, then keep ``window`` samples in flight until ``n`` are acknowledged."""
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.ROUTING_ID, device.encode())
+    sock.connect(endpoint)
+    templates = [[bytes(f) for f in _payload(i, device)] for i in range(64)]
+    schema = {"audio": wire.TensorSpec("float32", (-1, AUDIO[1])), "video": wire.TensorSpec("float32", (-1,) + VIDEO[1:])}
+    sock.send_multipart(wire.encode_hello(device, schema))
+    welcome = wire.decode(sock.recv_multipart(), direction="to_device")
+    credit = min(window, welcome.credit)
+    sent = acked = 0
+    while acked < n:
+        while sent < n and sent - acked < credit:
+            frames = list(templates[sent % 64])
+            header = wire.msgpack.unpackb(frames[0])
+            header["seq"] = sent
+            frames[0] = wire.msgpack.packb(header)
+            sock.send_multipart(frames, copy=False)
+            sent += 1
+        msg = wire.decode(sock.recv_multipart(), direction="to_device")
+        if isinstance(msg, wire.Ack):
+            acked += len(msg.acks)
+        else:
+            raise RuntimeError(f"{device}: unexpected {msg}")
+    sock.send_multipart(wire.encode_bye())
+    sock.close(linger=1000)
+    ctx.term()
+    done.put(device)
+
+
+class NoopLearner:
+    """Decides every sample ``trained`` without touching it: isolates the node's own cost."""
+
+    def __init__(self) -> None:
+        self.seen = 0
+
+    def observe(self, samples: Sequence[wire.Sample]) -> list[str]:
+        self.seen += len(samples)
+        return ["trained"] * len(samples)
+
+    def summary(self) -> dict[str, Any]:
+        return {"samples_seen": self.seen}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"seen": self.seen}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.seen = int(state["seen"])
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def node_ingest(n: int, devices: int, window: int, state_dir: str) -> tuple[float, list[tuple[int, float]]]:
+    cfg = config_from_dict({
+        "model": {"audio_features": AUDIO[1], "visual_channels": VIDEO[1], "num_classes": 6},
+        "node": {"bind": "tcp://127.0.0.1:*", "state_dir": state_dir, "credit": window, "queue_max": 4 * devices * window,
+                 "batch_size": 64, "batch_window_ms": 5.0, "checkpoint_every_s": 3600.0, "log_format": "text"},
+    })
+    node = EdgeNode(cfg, learner=NoopLearner())
+    ready = threading.Event()
+    server = threading.Thread(target=node.run, kwargs={"ready": ready}, daemon=True)
+    server.start()
+    ready.wait(30)
+    per_device = n // devices
+    done: Any = mp.Queue()
+    procs = [mp.Process(target=_device_sender, args=(node.endpoint, f"bench-{k}", per_device, window, done)) for k in range(devices)]
+    rss: list[tuple[int, float]] = []
+    started = time.perf_counter()
+    for p in procs:
+        p.start()
+    step = max(n // 10, 1)
+    next_mark = 0
+    while any(p.is_alive() for p in procs):
+        if node.decided_total >= next_mark:
+            rss.append((node.decided_total, _rss_mib()))
+            next_mark += step
+        time.sleep(0.05)
+    elapsed = time.perf_counter() - started
+    rss.append((node.decided_total, _rss_mib()))
+    for p in procs:
+        p.join()
+    total = node.decided_total
+    node.request_stop()
+    server.join(60)
+    return total / elapsed, rss
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--samples", type=int, default=100_000, help="samples through the node (default 100000)")
+    ap.add_argument("--raw-samples", type=int, default=20_000, help="samples through raw PUSH/PULL (default 20000)")
+    ap.add_argument("--devices", type=int, default=4, help="simulated devices (default 4)")
+    ap.add_argument("--window", type=int, default=64, help="credit window per device (default 64)")
+    ap.add_argument("--out", default="benchmarks/out", help="folder for ingest.csv / ingest.png")
+    args = ap.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    kb = sum(len(bytes(f)) for f in _payload(0, "x")) / 1000
+    print(f"payload {kb:.0f} KB per sample")
+    raw = raw_push_pull(args.raw_samples)
+    print(f"raw PUSH/PULL     {raw:9.0f} samples/s  ({raw * kb / 1000:.0f} MB/s)")
+    with tempfile.TemporaryDirectory() as tmp:
+        rate, rss = node_ingest(args.samples, args.devices, args.window, tmp)
+    print(f"edge-node ingest  {rate:9.0f} samples/s  ({rate * kb / 1000:.0f} MB/s)  ratio node/raw = {rate / raw:.2f} (goal >= 0.6)")
+    first = rss[1][1] if len(rss) > 1 else rss[0][1]
+    print(f"node RSS: {first:.0f} MiB after {rss[1][0] if len(rss) > 1 else 0} samples, {rss[-1][1]:.0f} MiB after {rss[-1][0]} "
+          f"(growth {rss[-1][1] - first:+.0f} MiB)")
+    with open(out / "ingest.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["measure", "samples", "value"])
+        w.writerow(["raw_samples_per_s", args.raw_samples, f"{raw:.1f}"])
+        w.writerow(["node_samples_per_s", args.samples, f"{rate:.1f}"])
+        for decided, mib in rss:
+            w.writerow(["node_rss_mib", decided, f"{mib:.1f}"])
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+        a.bar(["raw PUSH/PULL", "edge-node"], [raw, rate], color=["grey", "tab:blue"])
+        a.set_ylabel("samples / s")
+        a.set_title(f"ingest, {kb:.0f} KB samples (ratio {rate / raw:.2f})")
+        b.plot([d for d, _ in rss], [m for _, m in rss], marker="o")
+        b.set_xlabel("samples decided")
+        b.set_ylabel("node RSS (MiB)")
+        b.set_ylim(bottom=0)
+        b.set_title("node memory over the stream")
+        fig.tight_layout()
+        fig.savefig(out / "ingest.png", dpi=120)
+        print(f"wrote {out / 'ingest.csv'} and {out / 'ingest.png'}")
+    except ImportError:
+        print(f"wrote {out / 'ingest.csv'} (install matplotlib for the plot)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
