@@ -3,6 +3,8 @@
 Sub-commands:
   datasets  list the data sets this machine can replay, and why the others are not available
   inspect   print the tensor shapes, labels and modality kinds of the first samples of a data set
+  run       stream a data set from N simulated devices to an edge node (ZeroMQ, wire protocol v1);
+            live progress, then a JSON summary; exit 0 when every sample got a verdict
 """
 
 from __future__ import annotations
@@ -27,11 +29,84 @@ def build_parser() -> argparse.ArgumentParser:
     ins = sub.add_parser("inspect", help="show shapes, labels and kinds of a data set's first samples", description="Print a JSON summary of the first N samples of a data set.")
     ins.add_argument("name", choices=sorted(DATASETS), help="data set name")
     ins.add_argument("-n", type=int, default=200, help="samples to look at (default 200)")
+    run = sub.add_parser("run", help="stream a data set from N simulated devices to an edge node",
+                         description="Each device is a DEALER (routing id uav-K) that says hello, keeps at most its credit "
+                         "window of samples unacknowledged, resends after a timeout with the same seq, and resumes from the "
+                         "node's next_seq after a restart. Device K replays positions K, K+N, ... of the scenario's order.")
+    run.add_argument("--endpoint", default="tcp://127.0.0.1:5555", help="node endpoint (default tcp://127.0.0.1:5555)")
+    run.add_argument("--devices", type=int, default=4, help="simulated devices (default 4)")
+    run.add_argument("--dataset", choices=sorted(DATASETS), default="synthetic", help="data set (default synthetic)")
+    run.add_argument("--scenario", choices=["class-incremental", "iid"], default="class-incremental", help="stream order (default class-incremental)")
+    run.add_argument("--classes-per-task", type=int, default=2, help="classes per task, class-incremental (default 2)")
+    run.add_argument("--samples", type=int, default=None, help="samples in the stream over all devices (synthetic: its size; default 5000)")
+    run.add_argument("--rate", type=float, default=None, help="samples/s per device (default: as fast as credit allows)")
+    run.add_argument("--jitter", type=float, default=0.0, help="+- fraction of random jitter on the send interval (default 0)")
+    run.add_argument("--window", type=int, default=64, help="max unacknowledged samples per device, capped by the node's credit (default 64)")
+    run.add_argument("--resend-timeout", type=float, default=2.0, help="seconds before an unacknowledged sample is resent (default 2)")
+    run.add_argument("--eval-every", type=int, default=None, help="every K-th sample of a device is sent as split eval (default: none)")
+    run.add_argument("--seed", type=int, default=0, help="seed of data set and order (default 0)")
+    run.add_argument("--seconds", type=float, default=None, help="stop after this many seconds (default: when the stream ends)")
+    run.add_argument("--curve-dir", default=None, help="CURVE keys folder from `edge-node keys DIR`: uses DIR/device.key_secret and DIR/server.key")
+    run.add_argument("--curve-name", default="device", help="certificate name in --curve-dir (default device)")
+    run.add_argument("--summary", default=None, metavar="FILE", help="also write the JSON summary here")
+    run.add_argument("--no-progress", action="store_true", help="no live progress line")
     return parser
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import zmq.auth
+
+    from device_sim.client import ClientConfig
+    from device_sim.fleet import run_fleet
+    from device_sim.scenario import make_order
+
+    for name in ("devices", "window", "classes_per_task"):
+        if getattr(args, name) < 1:
+            print(f"device-sim: --{name.replace('_', '-')} must be at least 1 (got {getattr(args, name)})", file=sys.stderr)
+            return 2
+    kwargs = {"seed": args.seed}
+    if args.samples is not None:
+        if args.samples < 1:
+            print(f"device-sim: --samples must be at least 1 (got {args.samples})", file=sys.stderr)
+            return 2
+        kwargs["size"] = args.samples
+    dataset = get_dataset(args.dataset, **kwargs)
+    order = make_order(args.scenario, dataset.labels(), seed=args.seed, classes_per_task=args.classes_per_task)
+    curve: dict = {}
+    if args.curve_dir:
+        d = Path(args.curve_dir)
+        try:
+            public, secret = zmq.auth.load_certificate(d / f"{args.curve_name}.key_secret")
+            server, _ = zmq.auth.load_certificate(d / "server.key")
+        except (OSError, ValueError) as err:
+            print(f"device-sim: --curve-dir {d}: cannot read keys ({err}); create them with: edge-node keys {d}", file=sys.stderr)
+            return 2
+        curve = {"curve_public": public, "curve_secret": secret, "curve_server": server}
+    try:
+        base = ClientConfig(endpoint=args.endpoint, device_id="uav-0", max_in_flight=args.window, rate=args.rate,
+                            jitter=args.jitter, resend_timeout_s=args.resend_timeout, **curve)
+    except ValueError as err:
+        print(f"device-sim: {err}", file=sys.stderr)
+        return 2
+    result = run_fleet(dataset, order, base, args.devices, eval_every=args.eval_every, seconds=args.seconds, progress=not args.no_progress)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.summary:
+        Path(args.summary).write_text(text + "\n")
+    totals = result["totals"]
+    if not totals["complete"]:
+        print(f"device-sim: {totals['samples'] - totals['decided']} of {totals['samples']} samples got no verdict "
+              "(stopped early, or the node is unreachable)", file=sys.stderr)
+        return 1
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "run":
+        return _cmd_run(args)
     if args.command == "datasets":
         for name in sorted(DATASETS):
             print(f"{name}: available (embedded, generated on the fly)")

@@ -77,7 +77,7 @@ def _held_out_accuracy(config: Config, state: Path, test_samples: int, seed: int
     if loaded is None:
         raise DemoError(f"the node left no checkpoint in {state / 'checkpoints'}")
     learner = Learner(config.model_copy(update={"device": "cpu"}))
-    learner.load_state_dict(loaded[0]["learner"])
+    learner.model.load_state_dict(loaded[0]["learner"]["model"])  # the model is all evaluation needs
     return learner.evaluate(dataset.test_set(test_samples))
 
 

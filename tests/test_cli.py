@@ -19,11 +19,11 @@ def _run(*args, cwd=ROOT, timeout=300):
 def test_help_explains_every_subcommand():
     node = _run("-m", "edge_runtime.cli", "--help")
     assert node.returncode == 0
-    for word in ("demo", "config"):
+    for word in ("run", "demo", "keys", "config"):
         assert word in node.stdout
     sim = _run("-m", "device_sim.cli", "--help")
     assert sim.returncode == 0
-    for word in ("datasets", "inspect"):
+    for word in ("datasets", "inspect", "run"):
         assert word in sim.stdout
 
 
@@ -40,15 +40,18 @@ def test_config_prints_resolved_yaml():
     assert "max_items: 77" in r.stdout
 
 
-def test_demo_writes_consistent_report(tmp_path):
-    r = _run("-m", "edge_runtime.cli", "demo", "--samples", "400", "--test-samples", "100", "--no-progress", "--out", str(tmp_path))
-    assert r.returncode == 0, r.stderr
+def test_demo_runs_node_and_devices_and_report_adds_up(tmp_path):
+    r = _run("-m", "edge_runtime.cli", "demo", "--samples", "400", "--devices", "2", "--test-samples", "100",
+             "--no-progress", "--out", str(tmp_path))
+    assert r.returncode == 0, r.stderr + r.stdout
     report = json.loads((tmp_path / "report.json").read_text())
-    assert report["samples_seen"] == 400
+    assert report["samples_sent"] == report["samples_acked"] == 400 and report["stream_complete"]
     assert sum(report["verdicts"].values()) == 400
+    assert report["device_verdicts"] == report["verdicts"], "what devices were told must equal what the node decided"
+    assert report["verdicts"]["eval"] == 40  # every 10th sample of each device
     assert 0 < report["buffer_items"] <= report["verdicts"].get("admitted", 0)
-    assert 0.0 <= report["final_accuracy"] <= 1.0
-    assert len(report["per_task"]) == 5
+    assert 0.0 <= report["held_out_accuracy"] <= 1.0
+    assert report["updates"] > 0 and report["wall_seconds"] > 0
     assert "demo summary" in r.stdout
 
 
