@@ -13,7 +13,7 @@ The node's resident memory (``/proc/self/statm``) is sampled every 10% of the st
 shows as growth from the first to the last sample. Writes ``ingest.csv`` and ``ingest.png`` under
 ``--out``.
 
-Usage: python benchmarks/ingest.py [--samples 100000] [--devices 4] [--out benchmarks/out]
+Usage: python benchmarks/ingest.py [--samples 100000] [--devices 1] [--out benchmarks/out]
 """
 
 from __future__ import annotations
@@ -170,8 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--samples", type=int, default=100_000, help="samples through the node (default 100000)")
     ap.add_argument("--raw-samples", type=int, default=20_000, help="samples through raw PUSH/PULL (default 20000)")
-    ap.add_argument("--devices", type=int, default=4, help="simulated devices (default 4)")
-    ap.add_argument("--window", type=int, default=64, help="credit window per device (default 64)")
+    ap.add_argument("--devices", type=int, default=1, help="simulated devices, one process each (default 1: the same one sender as the raw run)")
+    ap.add_argument("--window", type=int, default=256, help="credit window per device (default 256)")
     ap.add_argument("--out", default="benchmarks/out", help="folder for ingest.csv / ingest.png")
     args = ap.parse_args(argv)
     out = Path(args.out)
