@@ -43,7 +43,6 @@ from edge_runtime.wire import Sample, TensorSpec
 
 log = logging.getLogger("edge_runtime.node")
 
-RETRYABLE = ("no_hello", "no_credit", "busy", "shutting_down")
 ACKS_PER_MESSAGE = 150  # keeps an ack header well inside wire.Limits.max_header_bytes
 _WAKE = b"w"
 

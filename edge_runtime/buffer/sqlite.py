@@ -52,6 +52,11 @@ def _decode(device: str, header: bytes, payload: bytes) -> Sample:
     return wire.decode(frames, device=device, limits=limits)  # type: ignore[return-value]
 
 
+def _verdict(conn: sqlite3.Connection, device: str, seq: int) -> str | None:
+    row = conn.execute("SELECT verdict FROM verdicts WHERE device = ? AND seq = ?", (device, int(seq))).fetchone()
+    return None if row is None else row[0]
+
+
 class SqliteStore:
     """Replay-buffer payload store (the ``MemoryStore`` interface) plus the node's verdict ledger."""
 
@@ -160,8 +165,7 @@ class SqliteStore:
         return [(d, int(s)) for d, s in rows]
 
     def verdict(self, device: str, seq: int) -> str | None:
-        row = self.conn.execute("SELECT verdict FROM verdicts WHERE device = ? AND seq = ?", (device, int(seq))).fetchone()
-        return None if row is None else row[0]
+        return _verdict(self.conn, device, seq)
 
     def verdict_count(self) -> int:
         return int(self.conn.execute("SELECT COUNT(*) FROM verdicts").fetchone()[0])
@@ -178,8 +182,7 @@ class LedgerReader:
         self.conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False)
 
     def verdict(self, device: str, seq: int) -> str | None:
-        row = self.conn.execute("SELECT verdict FROM verdicts WHERE device = ? AND seq = ?", (device, int(seq))).fetchone()
-        return None if row is None else row[0]
+        return _verdict(self.conn, device, seq)
 
     def close(self) -> None:
         self.conn.close()
