@@ -72,7 +72,8 @@ class CheckpointManager:
             try:
                 return read_checkpoint(path, map_location), path
             except CheckpointError as err:
-                log.warning("skipping damaged checkpoint", extra={"event": "checkpoint_damaged", "path": str(path), "reason": str(err)})
+                log.warning("skipping damaged checkpoint %s: %s; trying the previous one", path.name, err,
+                            extra={"event": "checkpoint_damaged", "path": str(path), "reason": str(err)})
                 problems.append(f"{path.name}: {err}")
         if problems:
             raise CheckpointError(
@@ -83,7 +84,10 @@ class CheckpointManager:
 
 def read_checkpoint(path: Path, map_location: str = "cpu") -> dict[str, Any]:
     """Verify and load one checkpoint file; :class:`CheckpointError` says what is wrong."""
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise CheckpointError(f"cannot be read ({err.strerror or err})") from None
     if len(data) < len(MAGIC) + 32 or not data.startswith(MAGIC):
         raise CheckpointError("not an edge-runtime checkpoint (bad magic or truncated header)")
     digest, payload = data[len(MAGIC) : len(MAGIC) + 32], data[len(MAGIC) + 32 :]

@@ -11,15 +11,15 @@ and ``sample(n)`` and "a random item of class c" cost O(n) and O(1), not O(buffe
 from __future__ import annotations
 
 import copy
+import logging
 import math
 from dataclasses import dataclass, field
 from typing import Any, Hashable, Iterator
 
-import logging
-
 import numpy as np
+import torch
 
-from edge_runtime.buffer.retention import build_retention
+from edge_runtime.buffer.retention import Plan, build_retention
 from edge_runtime.buffer.store import MemoryStore
 from edge_runtime.config import BufferConfig
 from edge_runtime.wire import Sample
@@ -46,7 +46,8 @@ class OfferResult:
 
 def _sample_to_state(sample: Sample) -> dict[str, Any]:
     return {
-        "tensors": {name: np.array(t, copy=True, order="C") for name, t in sample.tensors.items()},
+        # torch tensors, not numpy arrays: checkpoints are read with torch.load(weights_only=True)
+        "tensors": {name: torch.from_numpy(np.array(t, copy=True, order="C")) for name, t in sample.tensors.items()},
         "label": sample.label,
         "split": sample.split,
         "device": sample.device,
@@ -58,7 +59,8 @@ def _sample_to_state(sample: Sample) -> dict[str, Any]:
 
 def _sample_from_state(state: dict[str, Any]) -> Sample:
     return Sample(
-        tensors={name: np.ascontiguousarray(t) for name, t in state["tensors"].items()},
+        tensors={name: np.ascontiguousarray(t.numpy() if isinstance(t, torch.Tensor) else t)
+                 for name, t in state["tensors"].items()},
         label=state["label"],
         split=state.get("split", "train"),
         device=state["device"],
@@ -248,19 +250,18 @@ class ReplayBuffer:
         if state.get("version") != STATE_VERSION:
             raise ValueError(f"replay buffer state version {state.get('version')!r} is not supported (expected {STATE_VERSION})")
         keys = [tuple(k) if isinstance(k, list) else k for k in state["keys"]]
+        if getattr(self.store, "durable", False):
+            self._reconcile(state, keys)  # the store's bounds are enforced there
+            return
         sizes = [int(s) for s in state["sizes"]]
         if len(keys) > self.max_items or sum(sizes) > self.max_bytes:
             raise ValueError(
                 f"replay buffer state holds {len(keys)} items / {sum(sizes)} bytes, over this buffer's bounds "
                 f"({self.max_items} items / {self.max_bytes} bytes)"
             )
-        durable = bool(getattr(self.store, "durable", False))
         samples = state.get("samples")
-        if not durable and samples is None:
+        if samples is None:
             raise ValueError("replay buffer state has no samples (saved from a durable store) but this buffer's store is in memory")
-        if durable:
-            self._reconcile(state, keys)
-            return
         self._reset()
         if hasattr(self.store, "clear"):
             self.store.clear()
@@ -286,31 +287,51 @@ class ReplayBuffer:
         """Restore over a durable store: its committed items are the truth, the (older) checkpoint gives order and counters.
 
         Items of the checkpoint that the store no longer holds were evicted after it was written
-        (the store logged that); items the store holds beyond the checkpoint were admitted after it.
+        (the store logged that): they are dropped.  Items the store holds beyond the checkpoint were
+        admitted after it: they are added with the store's label, score and size.  Offered counters
+        and the RNG come from the checkpoint.
         """
         meta = {key: (label, score, nbytes) for key, label, score, nbytes in self.store.items_meta()}
+        in_state = set(keys)
+        kept = [k for k in keys if k in meta]
+        added = [k for k in meta if k not in in_state]
         self._reset()
-        ordered = [k for k in keys if k in meta] + [k for k in meta if k not in set(keys)]
-        for key in ordered:
-            label, score, nbytes = meta[key]
-            self._bookkeep(key, label, score, nbytes)
+        for key in kept + added:
+            self._bookkeep(key, *meta[key])
         self._restore_counters(state)
-        dropped = len(keys) - sum(1 for k in keys if k in meta)
-        log.info("replay buffer reconciled with its durable store",
+        dropped = len(keys) - len(kept)
+        log.info("replay buffer reconciled with its durable store: %d items, %d evicted and %d admitted after the checkpoint",
+                 len(self), dropped, len(added),
                  extra={"event": "buffer_reconciled", "items": len(self), "evicted_after_checkpoint": dropped,
-                        "admitted_after_checkpoint": len(ordered) - (len(keys) - dropped)})
+                        "admitted_after_checkpoint": len(added)})
         self._enforce_bounds()
 
     def restore_from_store(self) -> None:
-        """Rebuild the bookkeeping from a durable store alone (a node that crashed before its first checkpoint)."""
+        """Rebuild the bookkeeping from a durable store alone (a node that crashed before its first checkpoint).
+
+        Every stored item counts as offered once; the RNG keeps its seed state.
+        """
         self._reset()
         for key, label, score, nbytes in self.store.items_meta():
             self._bookkeep(key, label, score, nbytes)
             self.offered += 1
             self.offered_per_class[label] = self.offered_per_class.get(label, 0) + 1
+        log.info("replay buffer rebuilt from its durable store: %d items", len(self),
+                 extra={"event": "buffer_restored_from_store", "items": len(self)})
         self._enforce_bounds()
 
     def _enforce_bounds(self) -> None:
-        """Evict the oldest slots until within both bounds (only a store written under larger bounds needs it)."""
+        """Evict, as the retention policy chooses, until within both bounds.
+
+        Only a store written under larger bounds needs it.  The policy is asked for victims as if
+        an empty sample of no class (label -1, best possible score) were coming in; the store logs
+        each eviction.
+        """
+        evicted = 0
         while len(self) > self.max_items or self._nbytes > self.max_bytes:
-            self._remove(self._keys[0])
+            victim = self.policy.victim(Plan(self, -1, -math.inf, 0))
+            self._remove(victim if victim is not None else self._keys[0])
+            evicted += 1
+        if evicted:
+            log.warning("replay buffer store held more than the bounds allow: %d items evicted", evicted,
+                        extra={"event": "buffer_over_bounds", "evicted": evicted, "items": len(self)})

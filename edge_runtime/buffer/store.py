@@ -1,10 +1,11 @@
 """Payload stores of the replay buffer.
 
 The buffer keeps its bookkeeping (keys, labels, scores, sizes) itself and hands the samples to a
-store.  :class:`MemoryStore` keeps them in a dict; a durable SQLite store will implement the same
-small interface (``put``, ``get``, ``delete``, ``__len__``, ``keys``, ``__contains__``,
-``clear``) and set ``durable = True`` so that the buffer's ``state_dict`` does not copy payloads
-that already live on disk.
+store.  :class:`MemoryStore` keeps them in a dict; :class:`~edge_runtime.buffer.sqlite.SqliteStore`
+implements the same small interface (``put(key, sample, score)``, ``get``, ``delete``, ``clear``,
+``keys``, ``__contains__``, ``__len__``, ``__iter__``) on disk, plus ``items_meta()``, and sets
+``durable = True`` so that the buffer's ``state_dict`` does not copy payloads that already live on
+disk and ``load_state_dict`` reconciles with the store instead.
 """
 
 from __future__ import annotations
