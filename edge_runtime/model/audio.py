@@ -1,13 +1,12 @@
-"""Audio encoder: a masked Conv1d front-end over time followed by a packed GRU.
+"""Audio encoder: a masked Conv1d front-end over time followed by a GRU.
 
-Also holds the sequence helpers (length masks, packed GRU) that the visual encoder shares.
+Also holds the sequence helpers (length masks, last valid GRU state) that the visual encoder shares.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence
 
 from edge_runtime.config import ModelConfig
 
@@ -18,14 +17,15 @@ def length_mask(lengths: torch.Tensor, steps: int) -> torch.Tensor:
 
 
 def last_hidden(gru: nn.GRU, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """Hidden state of a batch-first single-layer ``gru`` at each sample's last valid step, (B, H).
+    """Hidden state of a batch-first single-layer unidirectional ``gru`` at each sample's last valid step, (B, H).
 
-    The sequence is packed (``enforce_sorted=False``), so padded steps are never seen and the
-    result is returned in the original batch order.
+    The GRU runs over the padded batch and its output is read at step ``length - 1``: a
+    unidirectional GRU's output there depends only on the steps before it, so padding is never
+    seen.  (No packed sequences: this form exports to ONNX and works under ``torch.func``.)
     """
-    packed = pack_padded_sequence(x, lengths.detach().to("cpu", torch.long), batch_first=True, enforce_sorted=False)
-    _, h_n = gru(packed)
-    return h_n[-1]
+    out, _ = gru(x)
+    last = (lengths.to(device=x.device, dtype=torch.long) - 1).clamp_min(0)
+    return out[torch.arange(out.shape[0], device=x.device), last]
 
 
 class AudioEncoder(nn.Module):

@@ -1,4 +1,4 @@
-"""Visual encoder: a per-frame CNN on the valid frames only, then a packed GRU over time."""
+"""Visual encoder: a per-frame CNN on the valid frames only, then a GRU over time."""
 
 from __future__ import annotations
 
@@ -77,7 +77,7 @@ class VisualEncoder(nn.Module):
     """(B, T, C, H, W) frames + (B,) lengths -> z_v (B, embed_dim).
 
     The per-frame CNN runs only on the valid frames (t < length): they are gathered, encoded and
-    scattered back into a zero (B, T, D) tensor, then a packed GRU reads each sample's valid frames
+    scattered back into a zero (B, T, D) tensor, then a GRU reads the sequence
     and its last hidden state is the embedding.  Padding costs nothing and leaks nothing.
     """
 
