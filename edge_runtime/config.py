@@ -52,6 +52,9 @@ class SelectionConfig(_Section):
     center: Literal["median", "running", "one"] = "median"
     deviation: Literal["ratio", "log"] = "ratio"
     running_window: int = Field(2048, ge=1, description="samples in the running-median window")
+    direction: Literal["auto", "smallest", "largest"] = Field(
+        "auto", description="score policies (el2n, grand): keep the smallest or largest scores; auto: el2n smallest, grand largest")
+    grad_params: Literal["last_layer", "all"] = Field("last_layer", description="grand: gradient over the fusion head or every parameter")
 
     @field_validator("policy")
     @classmethod
@@ -70,6 +73,29 @@ class BufferConfig(_Section):
     max_bytes: int = Field(64 * 2**20, ge=1, description="upper bound on stored tensor bytes")
     retention: Literal["reservoir", "class_balanced", "mbs"] = "class_balanced"
     replay_batch_size: int = Field(32, ge=0, description="replayed samples per update; 0 disables replay")
+
+
+class ReplayConfig(_Section):
+    """How replay batches are drawn from the buffer (DESIGN step 6): uniform, BSS or DUS."""
+
+    policy: str = Field("uniform", description="name in edge_runtime.selection.REPLAY_REGISTRY")
+    round_updates: int = Field(10, ge=1, description="bss: learner updates per curriculum round (the stream's 'epoch')")
+    bss_variant: Literal["heuristic", "learned"] = "heuristic"
+    bss_lambda0: float = Field(0.1, gt=0.0, le=1.0, description="bss: initial fraction of the most balanced samples")
+    bss_t_grow: int = Field(40, ge=1, description="bss: rounds until the curriculum uses every sample")
+    dus_gamma: float = Field(0.9, ge=0.0, lt=1.0, description="dus: discount of the cumulative modality discrepancy")
+    dus_max: int | None = Field(None, ge=0, description="dus: most extra unimodal samples per step (None: buffer.replay_batch_size)")
+    dus_epsilon: float = Field(0.02, ge=0.0, le=1.0, description="dus: dead band of the imbalance level")
+    dus_weight: float = Field(1.0, ge=0.0, description="dus: weight of the unimodal cross-entropy")
+
+    @field_validator("policy")
+    @classmethod
+    def _known_policy(cls, name: str) -> str:
+        from edge_runtime.selection import REPLAY_REGISTRY
+
+        if name not in REPLAY_REGISTRY:
+            raise ValueError(f"unknown replay policy {name!r}; choose one of {sorted(REPLAY_REGISTRY)}")
+        return name
 
 
 class TrainingConfig(_Section):
@@ -127,6 +153,7 @@ class Config(_Section):
     prototypes: PrototypeConfig = PrototypeConfig()
     selection: SelectionConfig = SelectionConfig()
     buffer: BufferConfig = BufferConfig()
+    replay: ReplayConfig = ReplayConfig()
     training: TrainingConfig = TrainingConfig()
     node: NodeConfig = NodeConfig()
     device: str = Field("cpu", description="auto | cpu | cuda | cuda:N")

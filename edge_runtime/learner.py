@@ -31,8 +31,8 @@ from edge_runtime.config import Config
 from edge_runtime.distill import Teacher, kd_loss
 from edge_runtime.model import ModelOutput, build_model
 from edge_runtime.prototypes import ModalityPrototypes
-from edge_runtime.selection import build_policy
-from edge_runtime.selection.base import StepContext
+from edge_runtime.selection import build_policy, build_replay
+from edge_runtime.selection.base import ReplayPlan, StepContext
 from edge_runtime.wire import Sample
 
 ADMITTED, TRAINED, SKIPPED, EVAL = "admitted", "trained", "skipped", "eval"
@@ -99,6 +99,7 @@ class Learner:
         self.prototypes = ModalityPrototypes(mc.num_classes, {"audio": mc.embed_dim, "video": mc.embed_dim}, config.prototypes.momentum).to(self.device)
         self.policy = build_policy(config.selection, seed=seed)
         self.buffer = ReplayBuffer(config.buffer, seed=seed, store=store)
+        self.replay = build_replay(config.replay, config.buffer.replay_batch_size, seed=seed)
         tc = config.training
         self.teacher = Teacher(tc.teacher_every, tc.teacher_on_new_class)
         self.seen = torch.zeros(mc.num_classes, dtype=torch.bool, device=self.device)
@@ -194,20 +195,20 @@ class Learner:
             p_audio, p_video = self._confidences(sub, y)
             ctx = StepContext(batch=batch.index(rows), labels=y, output=sub, p_audio=p_audio, p_video=p_video, model=self.model)
             selection = self.policy.select(ctx)
+            self.replay.observe(ctx)
         chosen = rows.index_select(0, selection.indices.to(self.device))
         self.seen |= present
         t3 = time.perf_counter()
         self.times.select += t3 - t2
 
         # Steps 5-6: CE on the selected samples, replay with KD; one optimiser step per replay step.
-        replay = self.buffer.sample(self.config.buffer.replay_batch_size) if len(self.buffer) else []
+        replay = self._plan_replay()
         t4 = time.perf_counter()
         self.times.buffer += t4 - t3
-        if chosen.numel() or replay:
+        if chosen.numel() or replay.samples or replay.unimodal:
             self._update(out, batch, chosen, present, replay)
             for _ in range(tc.replay_steps - 1):
-                replay = self.buffer.sample(self.config.buffer.replay_batch_size) if len(self.buffer) else []
-                self._update(None, batch, chosen, present, replay)
+                self._update(None, batch, chosen, present, self._plan_replay())
             self.stats.updates += 1
         t5 = time.perf_counter()
         self.times.model += t5 - t4
@@ -233,7 +234,16 @@ class Learner:
         pv = F.softmax(out.video_logits.float(), dim=1).gather(1, y[:, None]).squeeze(1)
         return pa, pv
 
-    def _update(self, out: ModelOutput | None, batch: Batch, chosen: torch.Tensor, present: torch.Tensor, replay: list[Sample]) -> None:
+    def _plan_replay(self) -> ReplayPlan:
+        """The replay policy's plan for one update (uniform, BSS or DUS)."""
+        return self.replay.plan(self.buffer, self.config.buffer.replay_batch_size, self._forward_no_grad)
+
+    @torch.no_grad()
+    def _forward_no_grad(self, samples: list[Sample]) -> ModelOutput:
+        """The current model's outputs on ``samples`` (train mode, no gradients): for re-scoring."""
+        return self.model(*collate(samples).to(self.device).inputs())
+
+    def _update(self, out: ModelOutput | None, batch: Batch, chosen: torch.Tensor, present: torch.Tensor, plan: ReplayPlan) -> None:
         tc = self.config.training
         loss = torch.zeros((), device=self.device)
         if chosen.numel():
@@ -253,6 +263,7 @@ class Learner:
                 loss = loss + tc.unimodal_loss_weight * (
                     F.cross_entropy(logits_out.audio_logits, y) + F.cross_entropy(logits_out.video_logits, y)
                 )
+        replay = plan.samples
         if replay:
             rb = collate(replay).to(self.device)
             rout = self.model(*rb.inputs())
@@ -261,6 +272,12 @@ class Learner:
                 with torch.no_grad():
                     tlogits = self.teacher.model(*rb.inputs()).logits
                 loss = loss + tc.kd_lambda * kd_loss(rout.logits, tlogits, self.teacher.classes, tc.kd_temperature)
+        for modality, extra in plan.unimodal.items():
+            if extra:  # DUS: the weaker modality's unimodal head only
+                ub = collate(extra).to(self.device)
+                uout = self.model(*ub.inputs())
+                head = uout.audio_logits if modality == "audio" else uout.video_logits
+                loss = loss + self.config.replay.dus_weight * F.cross_entropy(head, ub.labels)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if tc.grad_clip is not None:
@@ -337,6 +354,7 @@ class Learner:
             "prototypes": self.prototypes.state_dict(),
             "buffer": self.buffer.state_dict(),
             "policy": self.policy.state_dict(),
+            "replay": self.replay.state_dict(),
             "seen": self.seen.clone(),
             "stats": {
                 "samples_seen": st.samples_seen,
@@ -359,6 +377,7 @@ class Learner:
         self.prototypes.load_state_dict(state["prototypes"])
         self.buffer.load_state_dict(state["buffer"])
         self.policy.load_state_dict(state["policy"])
+        self.replay.load_state_dict(state.get("replay", {}))
         self.seen = state["seen"].clone().to(self.device)
         s = dict(state["stats"])
         verdicts = Counter(s.pop("verdicts"))

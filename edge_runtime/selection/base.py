@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+import math
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
 if TYPE_CHECKING:
     from edge_runtime.batch import Batch
+    from edge_runtime.buffer import ReplayBuffer
+    from edge_runtime.wire import Sample
     from edge_runtime.model import ModelOutput, MultimodalNet
 
 
@@ -41,10 +44,62 @@ class Selection:
     deviation: torch.Tensor | None = None
 
 
+def keep_count(keep_ratio: float, n: int) -> int:
+    """``K = max(1, floor(keep_ratio * n))`` for a non-empty batch, 0 for an empty one."""
+    return max(1, int(math.floor(keep_ratio * n))) if n else 0
+
+
+def keep_by_score(score: torch.Tensor, keep_ratio: float, largest: bool) -> torch.Tensor:
+    """Sorted indices of the ``keep_count`` rows with the largest (or smallest) score; NaN rows never kept.
+
+    Ties go to the lower index (stable sort).
+    """
+    n = int(score.shape[0])
+    k = keep_count(keep_ratio, n)
+    valid = torch.nonzero(~torch.isnan(score)).squeeze(1)
+    key = score.index_select(0, valid)
+    order = torch.argsort(-key if largest else key, stable=True)[:k]
+    indices, _ = torch.sort(valid.index_select(0, order))
+    return indices
+
+
 class SelectionPolicy:
     """Base class: ``select(ctx) -> Selection``; state that must survive a restart goes in state_dict."""
 
     def select(self, ctx: StepContext) -> Selection:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        return None
+
+
+@dataclass
+class ReplayPlan:
+    """What one update replays: ``samples`` through the fused head (CE + KD), and per modality
+    extra ``unimodal`` samples through that modality's unimodal head only (DUS)."""
+
+    samples: list["Sample"]
+    unimodal: dict[str, list["Sample"]] = field(default_factory=dict)
+
+
+#: ``forward(samples) -> ModelOutput`` of the current model, without gradients (for re-scoring).
+Forward = Callable[[list["Sample"]], "ModelOutput"]
+
+
+class ReplayPolicy:
+    """Base class of replay policies: how each update's replay batch is drawn from the buffer.
+
+    ``observe(ctx)`` sees every step's selection context (to monitor the stream);
+    ``plan(buffer, n, forward)`` returns the :class:`ReplayPlan` of one update.
+    """
+
+    def observe(self, ctx: StepContext) -> None:
+        return None
+
+    def plan(self, buffer: "ReplayBuffer", n: int, forward: Forward) -> ReplayPlan:  # pragma: no cover - interface
         raise NotImplementedError
 
     def state_dict(self) -> dict[str, Any]:
