@@ -17,11 +17,16 @@ def _group_norm(channels: int) -> nn.GroupNorm:
     return nn.GroupNorm(math.gcd(channels, 8), channels)
 
 
+GRID = 4  # spatial grid the tiny CNN keeps before its projection
+
+
 class TinyFrameCNN(nn.Module):
     """Small per-frame CNN for small images (8x8, 16x16): (N, C, H, W) -> (N, out_dim).
 
     conv3x3(C -> c) + GroupNorm + ReLU, conv3x3 stride 2 (c -> 2c) + GroupNorm + ReLU,
-    global average pool, linear to ``out_dim``.  No BatchNorm: streaming batches are tiny.
+    average pool to a 4x4 grid, linear to ``out_dim``.  The 4x4 grid keeps where things are in
+    the frame (a global pool would turn a handwritten 6 and 9 into the same bag of strokes).
+    No BatchNorm: streaming batches are tiny.
     """
 
     def __init__(self, in_channels: int, channels: int, out_dim: int) -> None:
@@ -33,10 +38,10 @@ class TinyFrameCNN(nn.Module):
             nn.Conv2d(channels, 2 * channels, 3, stride=2, padding=1),
             _group_norm(2 * channels),
             nn.ReLU(),
-            nn.AdaptiveAvgPool2d(1),
+            nn.AdaptiveAvgPool2d(GRID),
             nn.Flatten(),
         )
-        self.proj = nn.Linear(2 * channels, out_dim)
+        self.proj = nn.Linear(2 * channels * GRID * GRID, out_dim)
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         """(N, C, H, W) frames -> (N, out_dim) frame features."""
