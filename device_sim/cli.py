@@ -14,7 +14,8 @@ import json
 import sys
 from collections import Counter
 
-from device_sim.datasets import DATASETS, get_dataset
+from device_sim.datasets import DATASETS, availability, open_dataset
+from device_sim.scenario import CORRUPTIONS, SCENARIOS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,19 +26,30 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=__doc__.split("\n", 1)[1],
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    sub.add_parser("datasets", help="list the data sets available on this machine", description="List every data set and whether it can be replayed here.")
+    ds = sub.add_parser("datasets", help="list the data sets available on this machine", description="List every data set and whether it can be replayed here.")
+    ds.add_argument("--root", default=None, help="folder of a CREMA-D or AVE copy to check")
     ins = sub.add_parser("inspect", help="show shapes, labels and kinds of a data set's first samples", description="Print a JSON summary of the first N samples of a data set.")
     ins.add_argument("name", choices=sorted(DATASETS), help="data set name")
     ins.add_argument("-n", type=int, default=200, help="samples to look at (default 200)")
+    _data_options(ins)
     run = sub.add_parser("run", help="stream a data set from N simulated devices to an edge node",
                          description="Each device is a DEALER (routing id uav-K) that says hello, keeps at most its credit "
                          "window of samples unacknowledged, resends after a timeout with the same seq, and resumes from the "
                          "node's next_seq after a restart. Device K replays positions K, K+N, ... of the scenario's order.")
     run.add_argument("--endpoint", default="tcp://127.0.0.1:5555", help="node endpoint (default tcp://127.0.0.1:5555)")
     run.add_argument("--devices", type=int, default=4, help="simulated devices (default 4)")
+    run.add_argument("--device-prefix", default="uav", help="devices are named PREFIX-0, PREFIX-1, ...; give each fleet its own (default uav)")
     run.add_argument("--dataset", choices=sorted(DATASETS), default="synthetic", help="data set (default synthetic)")
-    run.add_argument("--scenario", choices=["class-incremental", "iid"], default="class-incremental", help="stream order (default class-incremental)")
+    _data_options(run)
+    run.add_argument("--scenario", choices=list(SCENARIOS), default="class-incremental", help="stream order (default class-incremental)")
     run.add_argument("--classes-per-task", type=int, default=2, help="classes per task, class-incremental (default 2)")
+    run.add_argument("--blur", type=float, default=0.1, help="blurry: share of each task's positions holding other tasks' samples (default 0.1)")
+    run.add_argument("--drift-width", type=float, default=0.3, help="gradual: transition length between tasks, in task lengths (default 0.3)")
+    run.add_argument("--corrupt-fraction", type=float, default=0.0, help="share of samples with one modality corrupted (default 0)")
+    run.add_argument("--corrupt-kind", choices=list(CORRUPTIONS), default="noise", help="noise | occlusion | drop (default noise)")
+    run.add_argument("--corrupt-modality", choices=["audio", "video"], default="video", help="modality to corrupt (default video)")
+    run.add_argument("--class-skew", type=float, default=0.0,
+                     help="0: classes spread evenly over devices; 1: each device sees only its own classes (default 0)")
     run.add_argument("--samples", type=int, default=None, help="samples in the stream over all devices (synthetic: its size; default 5000)")
     run.add_argument("--rate", type=float, default=None, help="samples/s per device (default: as fast as credit allows)")
     run.add_argument("--jitter", type=float, default=0.0, help="+- fraction of random jitter on the send interval (default 0)")
@@ -53,6 +65,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _data_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--root", default=None, help="cremad / ave: folder of your copy (raw release or common preprocessing layout)")
+    p.add_argument("--split", choices=["train", "val", "test"], default="train", help="split to replay (default train)")
+    p.add_argument("--send", choices=["features", "raw"], default="features",
+                   help="cremad / ave: send model features, or raw waveform + frames that the node turns into the same features")
+    p.add_argument("--strict", action="store_true", help="cremad / ave: a listed clip with missing files is an error, not a warning")
+    p.add_argument("--config", default=None, help="YAML whose features: section sets MFCC / frame options (default: configs defaults)")
+
+
+def _open(args: argparse.Namespace, name: str) -> object:
+    """The data set of the command line, or SystemExit(2) with the reason."""
+    options: dict = {}
+    if name in ("cremad", "ave"):
+        from edge_runtime.config import load_config
+
+        options["features"] = load_config(args.config).features
+    try:
+        return open_dataset(name, root=args.root, split=args.split, seed=getattr(args, "seed", 0), samples=getattr(args, "samples", None),
+                            send=args.send, strict=args.strict, **options)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"device-sim: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -60,20 +96,27 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     from device_sim.client import ClientConfig
     from device_sim.fleet import run_fleet
-    from device_sim.scenario import make_order
+    from device_sim.scenario import Corrupted, assign_devices, make_order
 
     for name in ("devices", "window", "classes_per_task"):
         if getattr(args, name) < 1:
             print(f"device-sim: --{name.replace('_', '-')} must be at least 1 (got {getattr(args, name)})", file=sys.stderr)
             return 2
-    kwargs = {"seed": args.seed}
-    if args.samples is not None:
-        if args.samples < 1:
-            print(f"device-sim: --samples must be at least 1 (got {args.samples})", file=sys.stderr)
-            return 2
-        kwargs["size"] = args.samples
-    dataset = get_dataset(args.dataset, **kwargs)
-    order = make_order(args.scenario, dataset.labels(), seed=args.seed, classes_per_task=args.classes_per_task)
+    if args.samples is not None and args.samples < 1:
+        print(f"device-sim: --samples must be at least 1 (got {args.samples})", file=sys.stderr)
+        return 2
+    dataset = _open(args, args.dataset)
+    try:
+        if args.corrupt_fraction:
+            dataset = Corrupted(dataset, args.corrupt_fraction, args.corrupt_kind, args.corrupt_modality, seed=args.seed)
+        order = make_order(args.scenario, dataset.labels(), seed=args.seed, classes_per_task=args.classes_per_task,
+                           blur=args.blur, drift_width=args.drift_width)
+        if args.samples is not None and args.dataset != "synthetic":
+            order.indices, order.task_of = order.indices[: args.samples], order.task_of[: args.samples]
+        owner = assign_devices(dataset.labels()[order.indices], args.devices, args.class_skew, seed=args.seed)
+    except ValueError as err:
+        print(f"device-sim: {err}", file=sys.stderr)
+        return 2
     curve: dict = {}
     if args.curve_dir:
         d = Path(args.curve_dir)
@@ -90,7 +133,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"device-sim: {err}", file=sys.stderr)
         return 2
-    result = run_fleet(dataset, order, base, args.devices, eval_every=args.eval_every, seconds=args.seconds, progress=not args.no_progress)
+    result = run_fleet(dataset, order, base, args.devices, eval_every=args.eval_every, seconds=args.seconds,
+                       progress=not args.no_progress, owner=owner, prefix=args.device_prefix)
     text = json.dumps(result, indent=2)
     print(text)
     if args.summary:
@@ -108,13 +152,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "run":
         return _cmd_run(args)
     if args.command == "datasets":
-        for name in sorted(DATASETS):
-            print(f"{name}: available (embedded, generated on the fly)")
+        for name, (ok, why) in availability(args.root).items():
+            print(f"{name}: {'available' if ok else 'not available'} ({why})")
         return 0
     if args.n < 1:
         print(f"device-sim: -n must be at least 1 (got {args.n})", file=sys.stderr)
         return 2
-    ds = get_dataset(args.name)
+    ds = _open(args, args.name)
     n = min(args.n, len(ds))
     first = ds.sample(0)
     labels, kinds = Counter(), Counter()

@@ -6,6 +6,7 @@ import threading
 import time
 from typing import Any, Iterator
 
+import numpy as np
 import zmq
 from tqdm import tqdm
 
@@ -14,9 +15,12 @@ from device_sim.scenario import StreamOrder
 from edge_runtime.wire import Sample, schema_of
 
 
-def shard(dataset: Any, order: StreamOrder, k: int, n: int, eval_every: int | None) -> Iterator[Sample]:
-    """Device ``k`` of ``n`` replays stream positions k, k+n, ...; every ``eval_every``-th of them is split ``eval``."""
-    for j, index in enumerate(order.indices[k::n].tolist()):
+def shard(dataset: Any, order: StreamOrder, k: int, n: int, eval_every: int | None, owner: np.ndarray | None = None) -> Iterator[Sample]:
+    """Device ``k`` of ``n`` replays its stream positions in order: those with ``owner == k`` (see
+    :func:`device_sim.scenario.assign_devices`), or k, k+n, ... without an owner array.  Every
+    ``eval_every``-th of them is split ``eval``."""
+    mine = order.indices[k::n] if owner is None else order.indices[owner == k]
+    for j, index in enumerate(mine.tolist()):
         sample = dataset.sample(int(index))
         if eval_every and j % eval_every == eval_every - 1:
             sample.split = "eval"
@@ -24,14 +28,14 @@ def shard(dataset: Any, order: StreamOrder, k: int, n: int, eval_every: int | No
 
 
 def run_fleet(dataset: Any, order: StreamOrder, base: ClientConfig, devices: int, eval_every: int | None = None,
-              seconds: float | None = None, progress: bool = True) -> dict[str, Any]:
-    """Stream ``order`` from ``devices`` clients named ``uav-0 ..``; returns per-device summaries and totals."""
+              seconds: float | None = None, progress: bool = True, owner: np.ndarray | None = None, prefix: str = "uav") -> dict[str, Any]:
+    """Stream ``order`` from ``devices`` clients named ``{prefix}-0 ..``; returns per-device summaries and totals."""
     ctx = zmq.Context()
     schema = schema_of(dataset.sample(int(order.indices[0])))
     clients = []
     for k in range(devices):
-        cfg = ClientConfig(**{**base.__dict__, "device_id": f"uav-{k}"})
-        clients.append(DeviceClient(cfg, shard(dataset, order, k, devices, eval_every), schema, ctx=ctx))
+        cfg = ClientConfig(**{**base.__dict__, "device_id": f"{prefix}-{k}"})
+        clients.append(DeviceClient(cfg, shard(dataset, order, k, devices, eval_every, owner), schema, ctx=ctx))
     stop = threading.Event()
     deadline = time.monotonic() + seconds if seconds else None
     results: list[DeviceSummary | None] = [None] * devices

@@ -118,8 +118,9 @@ def assign_devices(stream_labels: np.ndarray, devices: int, skew: float = 0.0, s
     """Device index (0 .. devices-1) of every stream position: each UAV sees its own region.
 
     Classes get home devices round-robin (class c -> c mod devices).  A sample goes to its class's
-    home device with probability ``skew``, otherwise to a uniformly random device, so ``skew = 0``
-    spreads every class evenly and ``skew = 1`` gives each device only its home classes.
+    home device with probability ``skew``, otherwise to device ``position mod devices``, so
+    ``skew = 0`` deals the stream out round-robin (device k replays positions k, k+n, ...) and
+    ``skew = 1`` gives each device only its home classes.
     """
     if devices < 1:
         raise ValueError(f"devices must be at least 1 (got {devices})")
@@ -127,8 +128,8 @@ def assign_devices(stream_labels: np.ndarray, devices: int, skew: float = 0.0, s
         raise ValueError(f"skew must be in [0, 1] (got {skew})")
     rng = np.random.default_rng([seed, 0x5A])
     home = np.asarray(stream_labels, dtype=np.int64) % devices
-    anywhere = rng.integers(0, devices, size=len(home))
-    return np.where(rng.random(len(home)) < skew, home, anywhere)
+    dealt = np.arange(len(home)) % devices
+    return np.where(rng.random(len(home)) < skew, home, dealt)
 
 
 def eval_mask(n: int, every: int | None) -> np.ndarray:

@@ -7,6 +7,7 @@ Sub-commands:
           (CPU is fine); live progress, a summary table, and report.json
   keys    create CURVE certificates for the node and a device (encryption + allowed-key list)
   config  validate a YAML configuration and print it with every default filled in
+  export  write a checkpoint's inference model (fused + unimodal logits) as ONNX
 """
 
 from __future__ import annotations
@@ -74,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     cfg = sub.add_parser("config", help="validate a configuration and print it with defaults filled in", description="Validate a YAML configuration (and --set overrides) and print the resolved YAML.")
     _add_config_args(cfg)
+    from edge_runtime.export import add_export_parser
+
+    add_export_parser(sub)
     return parser
 
 
@@ -129,7 +133,9 @@ def _cmd_keys(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    commands = {"demo": _cmd_demo, "config": _cmd_config, "run": _cmd_run, "keys": _cmd_keys}
+    from edge_runtime.export import run_export
+
+    commands = {"demo": _cmd_demo, "config": _cmd_config, "run": _cmd_run, "keys": _cmd_keys, "export": run_export}
     try:
         return commands[args.command](args)
     except (ConfigError, ValueError) as err:

@@ -37,6 +37,26 @@ class ModelConfig(_Section):
     fusion: Literal["sum", "concat", "film", "gated"] = "sum"
 
 
+class FeatureConfig(_Section):
+    """How raw audio and frames become the tensors the model sees (shared by device and node)."""
+
+    sample_rate: int = Field(16000, ge=1000, description="audio is resampled to this rate (Hz)")
+    audio: Literal["mfcc", "logmel"] = Field("mfcc", description="audio feature kind")
+    n_mfcc: int = Field(13, ge=1, description="MFCC coefficients per frame (audio='mfcc')")
+    n_mels: int = Field(40, ge=1, description="mel bands (audio='logmel'; also the MFCC filterbank)")
+    win_ms: float = Field(25.0, gt=0.0, description="analysis window length (ms)")
+    hop_ms: float = Field(10.0, gt=0.0, description="hop between audio frames (ms)")
+    max_audio_frames: int = Field(300, ge=1, description="longer clips are truncated to their first frames")
+    image_size: int = Field(32, ge=1, description="frames are resized to image_size x image_size")
+    channels: Literal[1, 3] = Field(1, description="1: grayscale (luminance), 3: RGB")
+    max_video_frames: int = Field(8, ge=1, description="at most this many evenly spaced frames are kept")
+
+    @property
+    def audio_dim(self) -> int:
+        """Feature bins per audio frame: ``n_mfcc`` for MFCC, ``n_mels`` for log-mel."""
+        return self.n_mfcc if self.audio == "mfcc" else self.n_mels
+
+
 class PrototypeConfig(_Section):
     """EMA class prototypes per modality (DESIGN step 2)."""
 
@@ -156,6 +176,7 @@ class Config(_Section):
     replay: ReplayConfig = ReplayConfig()
     training: TrainingConfig = TrainingConfig()
     node: NodeConfig = NodeConfig()
+    features: FeatureConfig = FeatureConfig()
     device: str = Field("cpu", description="auto | cpu | cuda | cuda:N")
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads (None: torch default)")
 

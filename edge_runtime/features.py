@@ -43,7 +43,8 @@ import soundfile as sf
 import torch
 import torch.nn.functional as F
 import torchaudio
-from pydantic import BaseModel, ConfigDict, Field
+
+from edge_runtime.config import FeatureConfig
 
 RAW_AUDIO = "waveform"
 """Tensor name of a raw waveform: float32 (N,), mono, at ``FeatureConfig.sample_rate``."""
@@ -68,28 +69,6 @@ GRAY_STD = 0.2255
 LOG_EPS = 1e-6
 """Added to mel power before the log of ``audio="logmel"``."""
 _STD_FLOOR = 1e-5
-
-
-class FeatureConfig(BaseModel):
-    """How raw audio and frames become the tensors the model sees (shared by device and node)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    sample_rate: int = Field(16000, ge=1000, description="audio is resampled to this rate (Hz)")
-    audio: Literal["mfcc", "logmel"] = Field("mfcc", description="audio feature kind")
-    n_mfcc: int = Field(13, ge=1, description="MFCC coefficients per frame (audio='mfcc')")
-    n_mels: int = Field(40, ge=1, description="mel bands (audio='logmel'; also the MFCC filterbank)")
-    win_ms: float = Field(25.0, gt=0.0, description="analysis window length (ms)")
-    hop_ms: float = Field(10.0, gt=0.0, description="hop between audio frames (ms)")
-    max_audio_frames: int = Field(300, ge=1, description="longer clips are truncated to their first frames")
-    image_size: int = Field(32, ge=1, description="frames are resized to image_size x image_size")
-    channels: Literal[1, 3] = Field(1, description="1: grayscale (luminance), 3: RGB")
-    max_video_frames: int = Field(8, ge=1, description="at most this many evenly spaced frames are kept")
-
-    @property
-    def audio_dim(self) -> int:
-        """Feature bins per audio frame: ``n_mfcc`` for MFCC, ``n_mels`` for log-mel."""
-        return self.n_mfcc if self.audio == "mfcc" else self.n_mels
 
 
 # ---------------------------------------------------------------------------------------------

@@ -38,6 +38,7 @@ from edge_runtime import wire
 from edge_runtime.buffer.sqlite import SqliteStore
 from edge_runtime.checkpoint import CheckpointManager
 from edge_runtime.config import Config, NodeConfig
+from edge_runtime.features import is_raw, to_features
 from edge_runtime.metrics import NodeMetrics
 from edge_runtime.wire import Sample, TensorSpec
 
@@ -54,6 +55,13 @@ class LearnerLike(Protocol):
     def summary(self) -> dict[str, Any]: ...
     def state_dict(self) -> dict[str, Any]: ...
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+#: What a device sending ``--send raw`` declares: a mono waveform at ``features.sample_rate`` and RGB frames.
+RAW_SCHEMA: dict[str, TensorSpec] = {
+    "waveform": TensorSpec("float32", (-1,)),
+    "frames": TensorSpec("uint8", (-1, -1, -1, 3)),
+}
 
 
 def node_schema(config: Config) -> dict[str, TensorSpec]:
@@ -90,6 +98,7 @@ class DeviceState:
 
     tracker: SeqTracker
     hello: bool = False
+    schema: dict[str, TensorSpec] | None = None  # what this device declared: features or raw
     pending: set[int] = field(default_factory=set)  # accepted, not yet acknowledged
     recent: dict[int, str] = field(default_factory=dict)  # last verdicts, to answer resends without SQLite
 
@@ -319,7 +328,8 @@ class EdgeNode:
         dev = self._devices.get(rid)
         device = rid.decode("utf-8", "replace")
         try:
-            msg = wire.decode(body, schema=self.schema, num_classes=self.num_classes, device=device, limits=self.limits)
+            schema = dev.schema if dev is not None and dev.schema is not None else self.schema
+            msg = wire.decode(body, schema=schema, num_classes=self.num_classes, device=device, limits=self.limits)
         except wire.WireError as err:
             if err.seq is None:
                 self._error(sock, rid, None, err.code, err.message)
@@ -351,9 +361,13 @@ class EdgeNode:
             self._error(sock, rid, None, "bad_hello", f"hello names device {msg.device!r} but the socket's routing id is {device!r}; "
                         "set ROUTING_ID to the device id")
             return
+        schema = self.schema
         problem = _schema_problem(msg.schema, self.schema)
+        if problem and _schema_problem(msg.schema, RAW_SCHEMA) is None:
+            schema, problem = RAW_SCHEMA, _features_problem(self.config)  # raw media: the learner thread computes the features
         if problem:
-            self._error(sock, rid, None, "bad_hello", problem)
+            hint = "" if schema is RAW_SCHEMA else f"; or send raw media: {_describe(RAW_SCHEMA)}"
+            self._error(sock, rid, None, "bad_hello", problem + hint)
             return
         dev = self._devices.get(rid)
         if dev is None:
@@ -362,7 +376,8 @@ class EdgeNode:
         if not dev.hello:
             self.metrics.devices.inc()
         dev.hello = True
-        self._send(sock, rid, wire.encode_welcome(self._credit(dev), self.num_classes, self.schema, dev.tracker.next_seq))
+        dev.schema = schema
+        self._send(sock, rid, wire.encode_welcome(self._credit(dev), self.num_classes, schema, dev.tracker.next_seq))
         log.info("device hello", extra={"event": "hello", "device": device, "next_seq": dev.tracker.next_seq})
 
     def _sample(self, sock: zmq.Socket, reader: Any, rid: bytes, device: str, dev: DeviceState,
@@ -471,6 +486,14 @@ class EdgeNode:
             else:
                 fresh.append(it)
         learnable = [it for it in fresh if it.verdict is None]
+        for it in learnable:
+            if it.sample is not None and is_raw(it.sample.tensors):
+                try:  # the same function the device runs with --send features
+                    it.sample.tensors = to_features(it.sample.tensors, self.config.features)
+                except (ValueError, RuntimeError) as err:
+                    it.verdict = "invalid:features"
+                    log.warning("cannot compute features", extra={"event": "bad_raw", "device": it.device, "seq": it.seq, "reason": str(err)})
+        learnable = [it for it in learnable if it.verdict is None]
         if learnable:
             verdicts = self.learner.observe([it.sample for it in learnable])  # type: ignore[misc]
             for it, v in zip(learnable, verdicts):
@@ -501,6 +524,21 @@ class EdgeNode:
         if "buffer_items" in s:
             m.buffer_items.set(s["buffer_items"])
             m.buffer_bytes.set(s["buffer_bytes"])
+
+
+def _features_problem(config: Config) -> str | None:
+    """Why this node cannot turn raw media into its model's tensors (None when it can)."""
+    f, m = config.features, config.model
+    if f.audio_dim != m.audio_features:
+        key = "features.n_mfcc" if f.audio == "mfcc" else "features.n_mels"
+        return f"raw media refused: {key} gives {f.audio_dim} audio features but model.audio_features is {m.audio_features}"
+    if f.channels != m.visual_channels:
+        return f"raw media refused: features.channels is {f.channels} but model.visual_channels is {m.visual_channels}"
+    return None
+
+
+def _describe(schema: dict[str, TensorSpec]) -> str:
+    return ", ".join(f"{name} {spec.dtype} {list(spec.shape)}" for name, spec in schema.items())
 
 
 def _schema_problem(declared: dict[str, TensorSpec], expected: dict[str, TensorSpec]) -> str | None:
