@@ -59,6 +59,30 @@ def plain_replay_loop(config, samples, batch_size: int) -> float:
     return time.perf_counter() - start
 
 
+def measure(config, n: int = 3000, batch_size: int = 32, progress: bool = True) -> dict:
+    """Observe vs plain loop on ``n`` class-incremental synthetic samples: samples/s, ratio, step shares."""
+    mc = config.model
+    ds = SyntheticDataset(SyntheticConfig(num_classes=mc.num_classes, audio_features=mc.audio_features, channels=mc.visual_channels, size=n))
+    order = class_incremental(ds.labels(), 2, seed=0)
+    samples = [ds.sample(int(i)) for i in tqdm(order.indices, desc="generating", unit="sample", disable=not progress)]
+    for seq, s in enumerate(samples):
+        s.device, s.seq = "bench", seq
+    warm = Learner(config)  # first calls pay for allocator / kernel warm-up: keep them out of the timing
+    for i in range(0, min(len(samples), 4 * batch_size), batch_size):
+        warm.observe(samples[i : i + batch_size])
+    learner = Learner(config)
+    start = time.perf_counter()
+    for i in tqdm(range(0, len(samples), batch_size), desc="observe", unit="batch", disable=not progress):
+        learner.observe(samples[i : i + batch_size])
+    observe_s = time.perf_counter() - start
+    plain_s = plain_replay_loop(config, samples, batch_size)
+    t = learner.times.as_dict()
+    step = sum(t.values())
+    return {"samples": len(samples), "observe_per_s": len(samples) / observe_s, "plain_per_s": len(samples) / plain_s,
+            "ratio": plain_s / observe_s, "shares": {k: v / step for k, v in t.items()},
+            "bookkeeping_share": (t["select"] + t["buffer"]) / step}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--samples", type=int, default=3000)
@@ -67,30 +91,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = ap.parse_args(argv)
     config = load_config(args.config, args.set)
-    mc = config.model
-    ds = SyntheticDataset(SyntheticConfig(num_classes=mc.num_classes, audio_features=mc.audio_features, channels=mc.visual_channels, size=args.samples))
-    order = class_incremental(ds.labels(), 2, seed=0)
-    samples = [ds.sample(int(i)) for i in tqdm(order.indices, desc="generating", unit="sample")]
-    for seq, s in enumerate(samples):
-        s.device, s.seq = "bench", seq
-
-    learner = Learner(config)
-    start = time.perf_counter()
-    for i in tqdm(range(0, len(samples), args.batch_size), desc="observe", unit="batch"):
-        learner.observe(samples[i : i + args.batch_size])
-    observe_s = time.perf_counter() - start
-    plain_s = plain_replay_loop(config, samples, args.batch_size)
-
-    t = learner.times.as_dict()
-    step = sum(t.values())
-    bookkeeping = t["select"] + t["buffer"]
-    print(f"\nlearner_step: {len(samples)} samples, batch {args.batch_size}, policy {config.selection.policy}, torch threads {torch.get_num_threads()}")
-    print(f"  observe            {len(samples) / observe_s:8.0f} samples/s")
-    print(f"  plain replay loop  {len(samples) / plain_s:8.0f} samples/s   (ratio observe/plain = {plain_s / observe_s:.2f})")
+    r = measure(config, args.samples, args.batch_size)
+    print(f"\nlearner_step: {r['samples']} samples, batch {args.batch_size}, policy {config.selection.policy}, torch threads {torch.get_num_threads()}")
+    print(f"  observe            {r['observe_per_s']:8.0f} samples/s")
+    print(f"  plain replay loop  {r['plain_per_s']:8.0f} samples/s   (ratio observe/plain = {r['ratio']:.2f})")
     print("  share of step time:")
     for name, label in (("model", "forward/backward/step"), ("data", "collation"), ("select", "prototypes+scoring+selection"), ("buffer", "buffer sample+admit")):
-        print(f"    {label:<30} {100 * t[name] / step:5.1f} %")
-    print(f"  MBS bookkeeping (scoring+selection+buffer): {100 * bookkeeping / step:.1f} % of the step (goal < 10 %)")
+        print(f"    {label:<30} {100 * r['shares'][name]:5.1f} %")
+    print(f"  MBS bookkeeping (scoring+selection+buffer): {100 * r['bookkeeping_share']:.1f} % of the step (goal < 10 %)")
     return 0
 
 

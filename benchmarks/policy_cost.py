@@ -52,15 +52,8 @@ def forward_seconds(learner: Learner, chunk: list) -> float:
     return time.perf_counter() - start
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--samples", type=int, default=1280, help="stream length per policy (default 1280)")
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--out", type=Path, default=None, help="also write policy_cost.csv here")
-    ap.add_argument("--quick", action="store_true", help="320 samples per policy")
-    args = ap.parse_args(argv)
-    n = 320 if args.quick else args.samples
-    torch.set_num_threads(min(2, torch.get_num_threads()))
+def measure(n: int, batch_size: int = 32, progress: bool = True) -> list[dict]:
+    """One row per policy: microseconds per sample of forward, selection and replay planning, and the ratios."""
     ds = SyntheticDataset(size=n)
     order = class_incremental(ds.labels(), 2, seed=0)
     samples = []
@@ -69,11 +62,11 @@ def main(argv: list[str] | None = None) -> int:
         s.device, s.seq = "bench", seq
         samples.append(s)
     rows = []
-    for label, overrides in tqdm(POLICIES, desc="policies", unit="policy"):
+    for label, overrides in tqdm(POLICIES, desc="policies", unit="policy", disable=not progress):
         learner = Learner(config_from_dict(overrides))
         fwd = 0.0
-        for i in range(0, n, args.batch_size):
-            chunk = samples[i : i + args.batch_size]
+        for i in range(0, n, batch_size):
+            chunk = samples[i : i + batch_size]
             fwd += forward_seconds(learner, chunk)
             learner.observe(chunk)
         t = learner.times
@@ -85,6 +78,19 @@ def main(argv: list[str] | None = None) -> int:
             "select_ratio": t.select / fwd,
             "total_ratio": (t.select + t.buffer) / fwd,
         })
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--samples", type=int, default=1280, help="stream length per policy (default 1280)")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--out", type=Path, default=None, help="also write policy_cost.csv here")
+    ap.add_argument("--quick", action="store_true", help="320 samples per policy")
+    args = ap.parse_args(argv)
+    n = 320 if args.quick else args.samples
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    rows = measure(n, args.batch_size)
     print(f"\npolicy_cost: {n} samples per policy, batch {args.batch_size}, torch threads {torch.get_num_threads()}")
     print(f"{'policy':<24} {'forward us/sample':>18} {'select us/sample':>17} {'replay+buffer us':>17} {'select/forward':>15} {'(select+buffer)/fwd':>20}")
     for r in rows:

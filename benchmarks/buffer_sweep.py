@@ -1,0 +1,274 @@
+"""Buffer size vs accuracy: data set x scenario x policy x buffer size x seed, through the node's ``Learner``.
+
+Each run streams the AV-Digits training split once, class-incrementally (5 tasks of 2 digits,
+seeded class order), in micro-batches of 32 through ``Learner.observe`` (in-process, no sockets),
+and evaluates on the clean test split every 240 samples.  ``corrupted`` streams the same data with
+Gaussian noise (2x the frame's std) on the video of half of the training samples, chosen by seed
+(the test split stays clean): modality imbalance on purpose.
+
+Policies (config presets; everything else is configs/default.yaml):
+
+* ``reservoir``: train on every sample, reservoir buffer (experience replay);
+* ``class-balanced``: train on every sample, class-balanced reservoir (CBRS);
+* ``random``: keep a random half of each micro-batch, CBRS buffer;
+* ``mbs`` / ``el2n`` / ``grand`` / ``bmmal``: keep half of each micro-batch by that criterion, CBRS buffer;
+* ``bss`` / ``dus``: train on every sample, CBRS buffer, replay drawn by BSS / with DUS unimodal replay.
+
+Writes ``results.csv`` (one row per run; rows already there are skipped, so an interrupted sweep
+resumes), ``curves.csv`` (accuracy vs samples seen) and the plots
+``accuracy_vs_buffer.png``, ``unimodal_vs_buffer.png``, ``accuracy_vs_samples.png``.
+
+Usage: python benchmarks/buffer_sweep.py --out docs/results/buffer_sweep [--jobs 2] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.common import ResumableCSV, load_avdigits, mean_ci, plt_figure  # noqa: E402
+
+POLICIES: dict[str, dict] = {
+    "reservoir": {"selection": {"policy": "all"}, "buffer": {"retention": "reservoir"}},
+    "class-balanced": {"selection": {"policy": "all"}},
+    "random": {"selection": {"policy": "random"}},
+    "mbs": {"selection": {"policy": "mbs"}},
+    "el2n": {"selection": {"policy": "el2n"}},
+    "grand": {"selection": {"policy": "grand"}},
+    "bmmal": {"selection": {"policy": "bmmal"}},
+    "bss": {"selection": {"policy": "all"}, "replay": {"policy": "bss"}},
+    "dus": {"selection": {"policy": "all"}, "replay": {"policy": "dus"}},
+}
+SCENARIOS = ("class-incremental", "corrupted")
+FIELDS = ["dataset", "scenario", "policy", "buffer_items", "buffer_bytes", "seed", "final_accuracy",
+          "average_incremental_accuracy", "forgetting", "audio_only_accuracy", "visual_only_accuracy",
+          "prequential_accuracy", "samples_seen", "updates", "seconds"]
+KEY = ["dataset", "scenario", "policy", "buffer_items", "seed"]
+CURVE_FIELDS = KEY + ["samples", "accuracy"]
+EVAL_EVERY = 240
+
+_DATA: dict = {}
+
+
+def _data(seed: int):
+    if "avdigits" not in _DATA:
+        _DATA["avdigits"] = load_avdigits(0)
+    return _DATA["avdigits"]
+
+
+def run_one(job: dict) -> tuple[dict, list[dict]]:
+    """One stream through a fresh Learner; returns the results row and its curve points."""
+    import torch
+
+    from device_sim.scenario import Corrupted, class_incremental
+    from edge_runtime.config import config_from_dict, parse_overrides, _merge
+    from edge_runtime.learner import Learner
+
+    torch.set_num_threads(1)
+    train, test = _data(0)
+    seed, size = job["seed"], job["buffer_items"]
+    stream_ds = Corrupted(train, 0.5, "noise", "video", strength=2.0, seed=seed) if job["scenario"] == "corrupted" else train
+    order = class_incremental(train.labels(), 2, seed=seed)
+    limit = job.get("limit") or len(order.indices)
+    indices = order.indices[:limit]
+    overrides = _merge(POLICIES[job["policy"]], {"buffer": {"max_items": size}, "training": {"seed": seed}})
+    overrides = _merge(overrides, parse_overrides(job.get("set")))
+    learner = Learner(config_from_dict(overrides, source="buffer_sweep"))
+    test_samples = job.get("_test") or [test.sample(i, split="eval") for i in range(len(test))]
+    task_of_class = {c: t for t, cls in enumerate(order.task_classes) for c in cls}
+    n_tasks = len(order.task_classes)
+    task_len = len(order.indices) // n_tasks
+    curve, task_acc, seen_acc = [], [], []
+    start = time.perf_counter()
+    for i in range(0, len(indices), 32):
+        chunk = []
+        for j, idx in enumerate(indices[i : i + 32].tolist()):
+            s = stream_ds.sample(int(idx))
+            s.device, s.seq = "bench", i + j
+            chunk.append(s)
+        learner.observe(chunk)
+        done = min(i + 32, len(indices))
+        if done % EVAL_EVERY == 0 or done == len(indices):
+            r = learner.evaluate(test_samples)
+            curve.append({**{k: job[k] for k in KEY}, "dataset": "avdigits", "samples": done, "accuracy": r["accuracy"]})
+            if done % task_len == 0 or done == len(indices):
+                per_task = np.zeros(n_tasks)
+                for t in range(n_tasks):
+                    accs = [r["per_class_accuracy"].get(c, 0.0) for c in order.task_classes[t]]
+                    per_task[t] = float(np.mean(accs))
+                tasks_seen = min(n_tasks, max(1, int(np.ceil(done / task_len))))
+                task_acc.append(per_task)
+                seen_acc.append(float(np.mean(per_task[:tasks_seen])))
+    seconds = time.perf_counter() - start
+    final = learner.evaluate(test_samples)
+    hist = np.array(task_acc)
+    forgetting = float(np.mean([hist[:, t].max() - hist[-1, t] for t in range(n_tasks - 1)])) if len(hist) > 1 else 0.0
+    summary = learner.summary()
+    row = {
+        "dataset": "avdigits", "scenario": job["scenario"], "policy": job["policy"], "buffer_items": size,
+        "buffer_bytes": summary["buffer_bytes"], "seed": seed, "final_accuracy": final["accuracy"],
+        "average_incremental_accuracy": float(np.mean(seen_acc)), "forgetting": forgetting,
+        "audio_only_accuracy": final["audio_accuracy"], "visual_only_accuracy": final["video_accuracy"],
+        "prequential_accuracy": summary["prequential_accuracy"], "samples_seen": summary["samples_seen"],
+        "updates": summary["updates"], "seconds": seconds,
+    }
+    return row, curve
+
+
+def _log_sizes(ax, sizes: list[int]) -> None:
+    ax.set_xscale("log")
+    ax.minorticks_off()
+    ax.set_xticks(sizes, [str(s) for s in sizes])
+
+
+def plot(rows: list[dict], curves: list[dict], out: Path, curve_size: int) -> list[Path]:
+    """The three figures; returns their paths."""
+    written = []
+    policies = [p for p in POLICIES if any(r["policy"] == p for r in rows)]
+    scenarios = [s for s in SCENARIOS if any(r["scenario"] == s for r in rows)]
+    sizes = sorted({int(r["buffer_items"]) for r in rows})
+    seeds = len({r["seed"] for r in rows})
+
+    def series(scenario: str, policy: str, field: str):
+        xs, ms, hs = [], [], []
+        for size in sizes:
+            vals = [float(r[field]) for r in rows if r["scenario"] == scenario and r["policy"] == policy and int(r["buffer_items"]) == size]
+            if vals:
+                m, h = mean_ci(vals)
+                xs.append(size), ms.append(m), hs.append(h)
+        return np.array(xs), np.array(ms), np.array(hs)
+
+    plt, fig, axes = plt_figure(len(scenarios))
+    for ax, scenario in zip(axes, scenarios):
+        for policy in policies:
+            x, m, h = series(scenario, policy, "final_accuracy")
+            line, = ax.plot(x, 100 * m, marker="o", label=policy, linewidth=2 if policy == "mbs" else 1.2)
+            ax.fill_between(x, 100 * (m - h), 100 * (m + h), alpha=0.15, color=line.get_color())
+        _log_sizes(ax, sizes)
+        ax.set_ylim(0, 100)
+        ax.set_xlabel("replay buffer size (items)")
+        ax.set_ylabel("final accuracy on all 10 digits (%)")
+        ax.set_title(f"AV-Digits, {scenario}: mean and 95% CI over {seeds} seeds")
+        ax.grid(alpha=0.3)
+    axes[-1].legend(fontsize=8, loc="lower right")
+    fig.suptitle("Final accuracy after one class-incremental pass (5 tasks x 2 digits)")
+    fig.tight_layout()
+    written.append(out / "accuracy_vs_buffer.png")
+    fig.savefig(written[-1], dpi=90)
+    plt.close(fig)
+
+    plt, fig, axes = plt_figure(2 * len(scenarios), width=4.6)
+    for s_i, scenario in enumerate(scenarios):
+        for k, (field, name) in enumerate((("audio_only_accuracy", "audio-only head"), ("visual_only_accuracy", "visual-only head"))):
+            ax = axes[2 * s_i + k]
+            for policy in policies:
+                x, m, h = series(scenario, policy, field)
+                line, = ax.plot(x, 100 * m, marker=".", label=policy)
+                ax.fill_between(x, 100 * (m - h), 100 * (m + h), alpha=0.12, color=line.get_color())
+            _log_sizes(ax, sizes)
+            ax.set_ylim(0, 100)
+            ax.set_xlabel("replay buffer size (items)")
+            ax.set_ylabel(f"{name} accuracy (%)")
+            ax.set_title(f"{scenario}: {name}", fontsize=10)
+            ax.grid(alpha=0.3)
+    axes[-1].legend(fontsize=7)
+    fig.suptitle("Modality balance: accuracy of each unimodal head (mean, 95% CI)")
+    fig.tight_layout()
+    written.append(out / "unimodal_vs_buffer.png")
+    fig.savefig(written[-1], dpi=90)
+    plt.close(fig)
+
+    plt, fig, axes = plt_figure(len(scenarios))
+    for ax, scenario in zip(axes, scenarios):
+        for policy in policies:
+            pts = [c for c in curves if c["scenario"] == scenario and c["policy"] == policy and int(c["buffer_items"]) == curve_size]
+            xs = sorted({int(c["samples"]) for c in pts})
+            if not xs:
+                continue
+            ms = [100 * np.mean([float(c["accuracy"]) for c in pts if int(c["samples"]) == x]) for x in xs]
+            ax.plot(xs, ms, marker=".", label=policy)
+        ax.set_xlabel("samples seen")
+        ax.set_ylabel("accuracy on all 10 digits (%)")
+        ax.set_title(f"{scenario}, buffer {curve_size} items (mean over seeds)")
+        ax.grid(alpha=0.3)
+    axes[-1].legend(fontsize=8)
+    fig.suptitle("Accuracy while streaming (at most 20% after task 1, 40% after task 2, ...)")
+    fig.tight_layout()
+    written.append(out / "accuracy_vs_samples.png")
+    fig.savefig(written[-1], dpi=90)
+    plt.close(fig)
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=Path("docs/results/buffer_sweep"), help="folder for CSVs and plots")
+    ap.add_argument("--quick", action="store_true", help="2 policies x 2 sizes x 2 seeds on 960 samples (a smoke run, minutes)")
+    ap.add_argument("--policies", default=",".join(POLICIES), help="comma-separated subset of: " + ", ".join(POLICIES))
+    ap.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated subset of: " + ", ".join(SCENARIOS))
+    ap.add_argument("--sizes", default="50,100,200,500,1000", help="buffer sizes in items")
+    ap.add_argument("--seeds", type=int, default=5, help="seeds 0 .. N-1 (default 5)")
+    ap.add_argument("--jobs", type=int, default=1, help="parallel worker processes (one torch thread each)")
+    ap.add_argument("--curve-size", type=int, default=200, help="buffer size of the accuracy-vs-samples plot")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override for every run")
+    args = ap.parse_args(argv)
+    from tqdm import tqdm
+
+    policies = [p for p in args.policies.split(",") if p]
+    scenarios = [s for s in args.scenarios.split(",") if s]
+    sizes = [int(s) for s in args.sizes.split(",") if s]
+    seeds = list(range(args.seeds))
+    limit = None
+    if args.quick:
+        policies, scenarios, sizes, seeds, limit = ["reservoir", "mbs"], ["class-incremental"], [50, 200], [0, 1], 960
+        args.curve_size = 200
+    for p in policies:
+        if p not in POLICIES:
+            ap.error(f"--policies: unknown policy {p!r}; choose from {', '.join(POLICIES)}")
+    for s in scenarios:
+        if s not in SCENARIOS:
+            ap.error(f"--scenarios: unknown scenario {s!r}; choose from {', '.join(SCENARIOS)}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    results = ResumableCSV(args.out / "results.csv", FIELDS, KEY)
+    curves = ResumableCSV(args.out / "curves.csv", CURVE_FIELDS, KEY + ["samples"])
+    jobs = [{"dataset": "avdigits", "scenario": sc, "policy": p, "buffer_items": size, "seed": seed, "limit": limit, "set": args.set}
+            for sc in scenarios for p in policies for size in sizes for seed in seeds]
+    todo = [j for j in jobs if not results.has(j)]
+    print(f"buffer_sweep: {len(jobs)} runs, {len(jobs) - len(todo)} already in {results.path}, {len(todo)} to do", flush=True)
+    bar = tqdm(total=len(todo), unit="run", desc="buffer sweep")
+    if args.jobs > 1 and len(todo) > 1:
+        import multiprocessing as mp
+
+        with mp.get_context("spawn").Pool(args.jobs) as pool:
+            for row, curve in pool.imap_unordered(run_one, todo):
+                _store(results, curves, row, curve, bar)
+    else:
+        for job in todo:
+            _store(results, curves, *run_one(job), bar)
+    bar.close()
+    mine = [r for r in results.rows if r["policy"] in policies and r["scenario"] in scenarios and int(r["buffer_items"]) in sizes]
+    for path in plot(mine, curves.rows, args.out, args.curve_size):
+        print(f"wrote {path}")
+    print(f"wrote {results.path} ({len(results.rows)} rows)")
+    return 0
+
+
+def _store(results: ResumableCSV, curves: ResumableCSV, row: dict, curve: list[dict], bar) -> None:
+    for c in curve:
+        if not curves.has(c):
+            curves.add(c)
+    results.add(row)
+    bar.set_postfix(policy=row["policy"], size=row["buffer_items"], acc=f"{row['final_accuracy']:.3f}", refresh=False)
+    bar.update(1)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    sys.exit(main())
