@@ -6,7 +6,8 @@ and evaluates on the clean test split every 240 samples.  ``corrupted`` streams 
 Gaussian noise (2x the frame's std) on the video of half of the training samples, chosen by seed
 (the test split stays clean): modality imbalance on purpose.
 
-Policies (config presets; everything else is configs/default.yaml):
+Every run starts from ``--config`` (default configs/avdigits.yaml: 4 optimiser steps per
+micro-batch, CE on every incoming sample, no KD) plus the policy's preset:
 
 * ``reservoir``: train on every sample, reservoir buffer (experience replay);
 * ``class-balanced``: train on every sample, class-balanced reservoir (CBRS);
@@ -66,6 +67,7 @@ def _data(seed: int):
 def run_one(job: dict) -> tuple[dict, list[dict]]:
     """One stream through a fresh Learner; returns the results row and its curve points."""
     import torch
+    import yaml
 
     from device_sim.scenario import Corrupted, class_incremental
     from edge_runtime.config import config_from_dict, parse_overrides, _merge
@@ -78,7 +80,9 @@ def run_one(job: dict) -> tuple[dict, list[dict]]:
     order = class_incremental(train.labels(), 2, seed=seed)
     limit = job.get("limit") or len(order.indices)
     indices = order.indices[:limit]
-    overrides = _merge(POLICIES[job["policy"]], {"buffer": {"max_items": size}, "training": {"seed": seed}})
+    base = yaml.safe_load(Path(job["config"]).read_text()) if job.get("config") else {}
+    overrides = _merge(base or {}, POLICIES[job["policy"]])
+    overrides = _merge(overrides, {"buffer": {"max_items": size}, "training": {"seed": seed}})
     overrides = _merge(overrides, parse_overrides(job.get("set")))
     learner = Learner(config_from_dict(overrides, source="buffer_sweep"))
     test_samples = job.get("_test") or [test.sample(i, split="eval") for i in range(len(test))]
@@ -217,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, default=5, help="seeds 0 .. N-1 (default 5)")
     ap.add_argument("--jobs", type=int, default=1, help="parallel worker processes (one torch thread each)")
     ap.add_argument("--curve-size", type=int, default=200, help="buffer size of the accuracy-vs-samples plot")
+    ap.add_argument("--config", default="configs/avdigits.yaml", help="base configuration of every run (default configs/avdigits.yaml)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override for every run")
     args = ap.parse_args(argv)
     from tqdm import tqdm
@@ -238,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     results = ResumableCSV(args.out / "results.csv", FIELDS, KEY)
     curves = ResumableCSV(args.out / "curves.csv", CURVE_FIELDS, KEY + ["samples"])
-    jobs = [{"dataset": "avdigits", "scenario": sc, "policy": p, "buffer_items": size, "seed": seed, "limit": limit, "set": args.set}
+    jobs = [{"dataset": "avdigits", "scenario": sc, "policy": p, "buffer_items": size, "seed": seed, "limit": limit, "set": args.set, "config": args.config}
             for sc in scenarios for p in policies for size in sizes for seed in seeds]
     todo = [j for j in jobs if not results.has(j)]
     print(f"buffer_sweep: {len(jobs)} runs, {len(jobs) - len(todo)} already in {results.path}, {len(todo)} to do", flush=True)

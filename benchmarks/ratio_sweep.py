@@ -45,7 +45,7 @@ DEFAULT_RATIOS = "0.05,0.1,0.15,0.2,0.25,0.3,0.35,0.4,0.45,0.5"
 def run_seed(job: dict) -> list[dict]:
     import torch
 
-    from edge_runtime.config import config_from_dict, parse_overrides
+    from edge_runtime.config import load_config
     from edge_runtime.selection.offline import run_protocol
 
     torch.set_num_threads(1)
@@ -53,7 +53,7 @@ def run_seed(job: dict) -> list[dict]:
     n = job.get("limit") or len(train_ds)
     train = [train_ds.sample(i) for i in range(n)]
     test = [test_ds.sample(i, split="eval") for i in range(len(test_ds))]
-    config = config_from_dict(parse_overrides(job.get("set")), source="ratio_sweep")
+    config = load_config(job.get("config"), job.get("set"))
     done = job["done"]
     return run_protocol(train, test, config, job["pretrain"], job["ratios"], job["strategies"], job["epochs"], seed=job["seed"],
                         skip=lambda key: tuple(str(key[k]) if not isinstance(key[k], float) else f"{key[k]:.6g}" for k in KEY) in done)
@@ -126,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=5, help="training epochs on the kept subset (default 5)")
     ap.add_argument("--seeds", type=int, default=3, help="seeds 0 .. N-1 (default 3)")
     ap.add_argument("--jobs", type=int, default=1, help="parallel worker processes, one per seed")
+    ap.add_argument("--config", default="configs/avdigits.yaml", help="base configuration of every run (default configs/avdigits.yaml)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (model, training.lr)")
     args = ap.parse_args(argv)
     from tqdm import tqdm
@@ -145,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     results = ResumableCSV(args.out / "results.csv", FIELDS, KEY)
     done = {tuple(r[k] for k in KEY) for r in results.rows}
     jobs = [{"seed": s, "pretrain": pretrain, "ratios": ratios, "strategies": strategies + ["random", "base"], "epochs": args.epochs,
-             "limit": limit, "set": args.set, "done": done} for s in seeds]
+             "limit": limit, "set": args.set, "config": args.config, "done": done} for s in seeds]
     per_seed = 1 + len(ratios) * (1 + len(strategies) * len(pretrain))
     print(f"ratio_sweep: {len(seeds)} seeds x {per_seed} trainings; {len(results.rows)} rows already in {results.path}", flush=True)
     bar = tqdm(total=len(seeds), unit="seed", desc="ratio sweep")

@@ -69,6 +69,8 @@ class SelectionConfig(_Section):
 
     policy: str = Field("mbs", description="name in edge_runtime.selection.REGISTRY")
     keep_ratio: float = Field(0.5, gt=0.0, le=1.0, description="fraction of the batch KEPT (the paper's tables speak of pruning = 1 - keep)")
+    train_on: Literal["selected", "all"] = Field(
+        "selected", description="selected: CE only on the kept samples (saves compute); all: CE on every sample, the selection only decides buffer admission")
     center: Literal["median", "running", "one"] = "median"
     deviation: Literal["ratio", "log"] = "ratio"
     running_window: int = Field(2048, ge=1, description="samples in the running-median window")

@@ -196,7 +196,9 @@ class Learner:
             ctx = StepContext(batch=batch.index(rows), labels=y, output=sub, p_audio=p_audio, p_video=p_video, model=self.model)
             selection = self.policy.select(ctx)
             self.replay.observe(ctx)
-        chosen = rows.index_select(0, selection.indices.to(self.device))
+        selected = rows.index_select(0, selection.indices.to(self.device))
+        # train_on "all": every labelled sample gets CE; the selection only decides what is offered to the buffer.
+        chosen = rows if self.config.selection.train_on == "all" else selected
         self.seen |= present
         t3 = time.perf_counter()
         self.times.select += t3 - t2
@@ -213,7 +215,7 @@ class Learner:
         t5 = time.perf_counter()
         self.times.model += t5 - t4
 
-        # Step 7: verdicts; selected samples are offered to the buffer.
+        # Step 7: verdicts; selected samples are offered to the buffer (the others were trained on or skipped).
         deviation = selection.deviation
         chosen_rows = set(selection.indices.tolist())
         for j, row in enumerate(rows.tolist()):
@@ -223,7 +225,7 @@ class Learner:
                 result = self.buffer.offer(samples[row], score)
                 verdicts[pos] = ADMITTED if result.admitted else TRAINED
             else:
-                verdicts[pos] = SKIPPED
+                verdicts[pos] = TRAINED if self.config.selection.train_on == "all" else SKIPPED
         self.times.buffer += time.perf_counter() - t5
 
     def _confidences(self, out: ModelOutput, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
