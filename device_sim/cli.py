@@ -38,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "node's next_seq after a restart. Device K replays positions K, K+N, ... of the scenario's order.")
     run.add_argument("--endpoint", default="tcp://127.0.0.1:5555", help="node endpoint (default tcp://127.0.0.1:5555)")
     run.add_argument("--devices", type=int, default=4, help="simulated devices (default 4)")
+    run.add_argument("--infer", default=None, metavar="ENDPOINT",
+                     help="follow the node's published ONNX models (its node.model_bind) and predict on this device's own "
+                          "samples; the summary reports accuracy and latency per model version")
     run.add_argument("--device-prefix", default="uav", help="devices are named PREFIX-0, PREFIX-1, ...; give each fleet its own (default uav)")
     run.add_argument("--dataset", choices=sorted(DATASETS), default="synthetic", help="data set (default synthetic)")
     _data_options(run)
@@ -134,7 +137,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"device-sim: {err}", file=sys.stderr)
         return 2
     result = run_fleet(dataset, order, base, args.devices, eval_every=args.eval_every, seconds=args.seconds,
-                       progress=not args.no_progress, owner=owner, prefix=args.device_prefix)
+                       progress=not args.no_progress, owner=owner, prefix=args.device_prefix, infer=args.infer)
     text = json.dumps(result, indent=2)
     print(text)
     if args.summary:

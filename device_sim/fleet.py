@@ -15,7 +15,8 @@ from device_sim.scenario import StreamOrder
 from edge_runtime.wire import Sample, schema_of
 
 
-def shard(dataset: Any, order: StreamOrder, k: int, n: int, eval_every: int | None, owner: np.ndarray | None = None) -> Iterator[Sample]:
+def shard(dataset: Any, order: StreamOrder, k: int, n: int, eval_every: int | None, owner: np.ndarray | None = None,
+          follower: Any = None) -> Iterator[Sample]:
     """Device ``k`` of ``n`` replays its stream positions in order: those with ``owner == k`` (see
     :func:`device_sim.scenario.assign_devices`), or k, k+n, ... without an owner array.  Every
     ``eval_every``-th of them is split ``eval``."""
@@ -24,18 +25,27 @@ def shard(dataset: Any, order: StreamOrder, k: int, n: int, eval_every: int | No
         sample = dataset.sample(int(index))
         if eval_every and j % eval_every == eval_every - 1:
             sample.split = "eval"
+        if follower is not None:
+            follower.observe(sample)  # on-device inference with the newest model, before sending
         yield sample
 
 
 def run_fleet(dataset: Any, order: StreamOrder, base: ClientConfig, devices: int, eval_every: int | None = None,
-              seconds: float | None = None, progress: bool = True, owner: np.ndarray | None = None, prefix: str = "uav") -> dict[str, Any]:
+              seconds: float | None = None, progress: bool = True, owner: np.ndarray | None = None, prefix: str = "uav",
+              infer: str | None = None) -> dict[str, Any]:
     """Stream ``order`` from ``devices`` clients named ``{prefix}-0 ..``; returns per-device summaries and totals."""
     ctx = zmq.Context()
     schema = schema_of(dataset.sample(int(order.indices[0])))
     clients = []
+    followers = []
+    if infer:
+        from device_sim.infer import ModelFollower
+
+        followers = [ModelFollower(infer, ctx=ctx) for _ in range(devices)]
     for k in range(devices):
         cfg = ClientConfig(**{**base.__dict__, "device_id": f"{prefix}-{k}"})
-        clients.append(DeviceClient(cfg, shard(dataset, order, k, devices, eval_every, owner), schema, ctx=ctx))
+        follower = followers[k] if followers else None
+        clients.append(DeviceClient(cfg, shard(dataset, order, k, devices, eval_every, owner, follower), schema, ctx=ctx))
     stop = threading.Event()
     deadline = time.monotonic() + seconds if seconds else None
     results: list[DeviceSummary | None] = [None] * devices
@@ -60,8 +70,12 @@ def run_fleet(dataset: Any, order: StreamOrder, base: ClientConfig, devices: int
     for t in threads:
         t.join()
     bar.close()
-    ctx.term()
+    for f in followers:
+        f.close()
     summaries = [r.as_dict() for r in results if r is not None]
+    for s, f in zip(summaries, followers):
+        s["inference"] = f.summary()
+    ctx.term()
     totals: dict[str, Any] = {"devices": devices, "samples": int(len(order.indices))}
     for key in ("sent", "resent", "acked", "skipped_resume", "ack_conflicts"):
         totals[key] = sum(s[key] for s in summaries)

@@ -166,6 +166,9 @@ class NodeConfig(_Section):
     metrics_host: str = "127.0.0.1"
     log_format: Literal["json", "text"] = "json"
     curve: CurveConfig = CurveConfig()
+    model_bind: str | None = Field(None, description="PUB endpoint for ONNX models to devices, e.g. tcp://127.0.0.1:5556 (None: off)")
+    model_every: int = Field(50, ge=1, description="publish a new model version every N learner updates")
+    model_resend_s: float = Field(2.0, gt=0.0, description="re-send the newest model this often, for late subscribers")
 
 
 class Config(_Section):

@@ -255,7 +255,13 @@ class EdgeNode:
         wake_rx.bind(wake_addr)
         if self.nc.metrics_port is not None:
             self.metrics_port = self.metrics.serve(self.nc.metrics_port, self.nc.metrics_host)
-        info = {"endpoint": self.endpoint, "metrics_port": self.metrics_port, "pid": os.getpid()}
+        self._publisher = None
+        if self.nc.model_bind:
+            from edge_runtime.publish import ModelPublisher
+
+            self._publisher = ModelPublisher(ctx, self.nc.model_bind, self.nc.model_every, self.nc.model_resend_s)
+        info = {"endpoint": self.endpoint, "metrics_port": self.metrics_port, "pid": os.getpid(),
+                "model_endpoint": self._publisher.endpoint if self._publisher else None}
         _atomic_write(self.state_dir / "node.json", json.dumps(info))
         log.info("listening", extra={"event": "listening", **info})
         reader = self.store.reader()
@@ -457,6 +463,7 @@ class EdgeNode:
         wake = ctx.socket(zmq.PUSH)
         wake.connect(wake_addr)
         last_checkpoint = time.monotonic()
+        publisher = self._publisher
         try:
             while True:
                 batch = self._take_batch()
@@ -464,6 +471,8 @@ class EdgeNode:
                     break
                 self._decide(batch)
                 wake.send(_WAKE)
+                if publisher is not None:
+                    publisher.maybe_publish(self.learner.model, self.learner.stats.updates)  # type: ignore[attr-defined]
                 if time.monotonic() - last_checkpoint >= self.nc.checkpoint_every_s:
                     self.checkpoint()
                     last_checkpoint = time.monotonic()
@@ -474,6 +483,8 @@ class EdgeNode:
             self._stop.set()
         finally:
             wake.close(0)
+            if publisher is not None:
+                publisher.close()
 
     def _decide(self, batch: list[_Item]) -> None:
         started = time.perf_counter()

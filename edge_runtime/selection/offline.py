@@ -132,8 +132,8 @@ def select_subset(strategy: str, ratio: float, model: nn.Module, samples: Sequen
     if strategy == "mbs":
         pa = prototype_confidence(o.z_audio, o.labels, num_classes)
         pv = prototype_confidence(o.z_video, o.labels, num_classes)
-        # Algorithm 1 keeps floor(rho n / 2) per side: rho = 2k/n keeps k in total.
-        return np.sort(mbs_select(mbs(pa, pv), min(1.0, 2 * k / n) if n else ratio).numpy())
+        # Algorithm 1 keeps K = floor(rho n / 2) on each side of the median: about rho n in total.
+        return np.sort(mbs_select(mbs(pa, pv), ratio).numpy())
     if strategy == "bmmal":
         model.eval()
         with torch.no_grad():
