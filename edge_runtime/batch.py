@@ -32,6 +32,10 @@ class Batch:
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
         return Batch(**{f.name: getattr(self, f.name).to(device, non_blocking=non_blocking) for f in fields(self)})
 
+    def pin_memory(self) -> "Batch":
+        """A copy in page-locked host memory (for asynchronous copies to a CUDA device)."""
+        return Batch(**{f.name: getattr(self, f.name).pin_memory() for f in fields(self)})
+
     def index(self, idx: torch.Tensor) -> "Batch":
         """Sub-batch of the rows ``idx`` (a LongTensor on the batch's device)."""
         return Batch(**{f.name: getattr(self, f.name).index_select(0, idx) for f in fields(self)})

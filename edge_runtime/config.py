@@ -135,6 +135,10 @@ class TrainingConfig(_Section):
     teacher_every: int | None = Field(200, ge=1, description="refresh the teacher every N updates (None: never)")
     teacher_on_new_class: bool = True
     replay_steps: int = Field(1, ge=1, le=64, description="optimiser steps per micro-batch")
+    amp: Literal["off", "auto", "bf16", "fp16"] = Field(
+        "off", description="mixed precision on CUDA (auto: bf16 where supported, else fp16); CPU always runs float32")
+    teacher_dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="precision of the frozen KD teacher (half precision halves its memory on a GPU)")
     seed: int = 0
 
 

@@ -35,9 +35,10 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, classes:
 class Teacher:
     """A frozen snapshot of the model plus the mask of classes it had seen when taken."""
 
-    def __init__(self, every: int | None, on_new_class: bool) -> None:
+    def __init__(self, every: int | None, on_new_class: bool, dtype: torch.dtype = torch.float32) -> None:
         self.every = every
         self.on_new_class = on_new_class
+        self.dtype = dtype
         self.model: nn.Module | None = None
         self.classes: torch.Tensor | None = None
         self.taken_at: int = -1
@@ -51,12 +52,19 @@ class Teacher:
         return self.every is not None and updates - max(self.taken_at, 0) >= self.every
 
     def snapshot(self, model: nn.Module, seen: torch.Tensor, updates: int) -> None:
-        teacher = copy.deepcopy(model)
+        teacher = copy.deepcopy(model).to(self.dtype)
         teacher.eval()
         teacher.requires_grad_(False)
         self.model = teacher
         self.classes = seen.clone()
         self.taken_at = updates
+
+    @torch.no_grad()
+    def logits(self, audio: torch.Tensor, audio_lengths: torch.Tensor, video: torch.Tensor, video_lengths: torch.Tensor) -> torch.Tensor:
+        """The teacher's fused logits (float32), with inputs cast to the teacher's precision."""
+        assert self.model is not None
+        out = self.model(audio.to(self.dtype), audio_lengths, video.to(self.dtype), video_lengths)
+        return out.logits.float()
 
     def state_dict(self) -> dict:
         if self.model is None:
@@ -68,7 +76,7 @@ class Teacher:
         if "model" not in state:
             self.model, self.classes = None, None
             return
-        teacher = copy.deepcopy(template)
+        teacher = copy.deepcopy(template).to(self.dtype)
         teacher.load_state_dict(state["model"])
         teacher.eval()
         teacher.requires_grad_(False)

@@ -16,6 +16,7 @@ The learner knows nothing about sockets; it is fed lists of :class:`~edge_runtim
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -46,6 +47,15 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device: {name!r} requested but CUDA is not available on this machine; use device: auto or cpu")
     return device
+
+
+def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``training.amp`` on ``device``; None (float32) on CPU and when off."""
+    if amp == "off" or device.type != "cuda":
+        return None
+    if amp == "bf16" or (amp == "auto" and torch.cuda.is_bf16_supported()):
+        return torch.bfloat16
+    return torch.float16
 
 
 @dataclass
@@ -101,7 +111,11 @@ class Learner:
         self.buffer = ReplayBuffer(config.buffer, seed=seed, store=store)
         self.replay = build_replay(config.replay, config.buffer.replay_batch_size, seed=seed)
         tc = config.training
-        self.teacher = Teacher(tc.teacher_every, tc.teacher_on_new_class)
+        self.teacher = Teacher(tc.teacher_every, tc.teacher_on_new_class, getattr(torch, tc.teacher_dtype))
+        self.amp_dtype = resolve_amp(tc.amp, self.device)
+        # fp16 needs loss scaling against underflow; bf16 has float32's range and does not.
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.pin = self.device.type == "cuda"
         self.seen = torch.zeros(mc.num_classes, dtype=torch.bool, device=self.device)
         self.stats = LearnerStats()
         self.times = StepTimes()
@@ -154,12 +168,13 @@ class Learner:
     def _step(self, samples: list[Sample], positions: list[int], verdicts: list[str]) -> None:
         tc = self.config.training
         t0 = time.perf_counter()
-        batch = collate(samples).to(self.device)
+        batch = self._to_device(collate(samples))
         t1 = time.perf_counter()
         self.times.data += t1 - t0
 
         self.model.train()
-        out = self.model(*batch.inputs())
+        with self._autocast():
+            out = self.model(*batch.inputs())
         labels = batch.labels
         with torch.no_grad():
             correct = out.logits.argmax(dim=1) == labels
@@ -190,7 +205,7 @@ class Learner:
         if self.teacher.due(self.stats.updates, new_class):
             self.teacher.snapshot(self.model, self.seen, self.stats.updates)
         with torch.no_grad():
-            sub = ModelOutput(*(t.detach().index_select(0, rows) for t in out))
+            sub = ModelOutput(*(t.detach().float().index_select(0, rows) for t in out))  # float32 even under AMP
             self.prototypes.update({"audio": sub.z_audio, "video": sub.z_video}, y)
             p_audio, p_video = self._confidences(sub, y)
             ctx = StepContext(batch=batch.index(rows), labels=y, output=sub, p_audio=p_audio, p_video=p_video, model=self.model)
@@ -243,7 +258,21 @@ class Learner:
     @torch.no_grad()
     def _forward_no_grad(self, samples: list[Sample]) -> ModelOutput:
         """The current model's outputs on ``samples`` (train mode, no gradients): for re-scoring."""
-        return self.model(*collate(samples).to(self.device).inputs())
+        with self._autocast():
+            out = self.model(*self._to_device(collate(samples)).inputs())
+        return ModelOutput(*(t.float() for t in out))
+
+    def _autocast(self):
+        """Mixed precision on CUDA when ``training.amp`` asks for it; a no-op context on CPU."""
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type="cuda", dtype=self.amp_dtype)
+
+    def _to_device(self, batch: Batch) -> Batch:
+        """Host-to-device copy; on CUDA from pinned memory, asynchronously."""
+        if self.pin:
+            return batch.pin_memory().to(self.device, non_blocking=True)
+        return batch.to(self.device)
 
     def _update(self, out: ModelOutput | None, batch: Batch, chosen: torch.Tensor, present: torch.Tensor, plan: ReplayPlan) -> None:
         tc = self.config.training
@@ -251,40 +280,44 @@ class Learner:
         if chosen.numel():
             if out is None:
                 sub_batch = batch.index(chosen)
-                logits_out = self.model(*sub_batch.inputs())
+                with self._autocast():
+                    logits_out = self.model(*sub_batch.inputs())
                 y = sub_batch.labels
             else:
                 logits_out = ModelOutput(*(t.index_select(0, chosen) for t in out))
                 y = batch.labels.index_select(0, chosen)
-            logits = logits_out.logits
+            logits = logits_out.logits.float()
             if tc.asymmetric_ce:
                 # ER-ACE (Caccia et al. 2022): incoming samples compete only with the classes of this batch.
                 logits = logits.masked_fill(~present, float("-inf"))
             loss = loss + F.cross_entropy(logits, y)
             if tc.unimodal_loss_weight > 0:
                 loss = loss + tc.unimodal_loss_weight * (
-                    F.cross_entropy(logits_out.audio_logits, y) + F.cross_entropy(logits_out.video_logits, y)
+                    F.cross_entropy(logits_out.audio_logits.float(), y) + F.cross_entropy(logits_out.video_logits.float(), y)
                 )
         replay = plan.samples
         if replay:
-            rb = collate(replay).to(self.device)
-            rout = self.model(*rb.inputs())
-            loss = loss + F.cross_entropy(rout.logits, rb.labels)
+            rb = self._to_device(collate(replay))
+            with self._autocast():
+                rout = self.model(*rb.inputs())
+            loss = loss + F.cross_entropy(rout.logits.float(), rb.labels)
             if self.teacher.model is not None and tc.kd_lambda > 0:
-                with torch.no_grad():
-                    tlogits = self.teacher.model(*rb.inputs()).logits
-                loss = loss + tc.kd_lambda * kd_loss(rout.logits, tlogits, self.teacher.classes, tc.kd_temperature)
+                tlogits = self.teacher.logits(*rb.inputs())
+                loss = loss + tc.kd_lambda * kd_loss(rout.logits.float(), tlogits, self.teacher.classes, tc.kd_temperature)
         for modality, extra in plan.unimodal.items():
             if extra:  # DUS: the weaker modality's unimodal head only
-                ub = collate(extra).to(self.device)
-                uout = self.model(*ub.inputs())
+                ub = self._to_device(collate(extra))
+                with self._autocast():
+                    uout = self.model(*ub.inputs())
                 head = uout.audio_logits if modality == "audio" else uout.video_logits
-                loss = loss + self.config.replay.dus_weight * F.cross_entropy(head, ub.labels)
+                loss = loss + self.config.replay.dus_weight * F.cross_entropy(head.float(), ub.labels)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        self.scaler.scale(loss).backward()  # a pass-through unless fp16 AMP is on
         if tc.grad_clip is not None:
+            self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
@@ -297,8 +330,9 @@ class Learner:
         chunk: list[Sample] = []
 
         def flush() -> None:
-            b = collate(chunk).to(self.device)
-            o = self.model(*b.inputs())
+            b = self._to_device(collate(chunk))
+            with self._autocast():
+                o = self.model(*b.inputs())
             y = b.labels
             counts["n"] += len(chunk)
             hit = (o.logits.argmax(1) == y).cpu()
@@ -357,6 +391,7 @@ class Learner:
             "buffer": self.buffer.state_dict(),
             "policy": self.policy.state_dict(),
             "replay": self.replay.state_dict(),
+            "scaler": self.scaler.state_dict(),
             "seen": self.seen.clone(),
             "stats": {
                 "samples_seen": st.samples_seen,
@@ -380,6 +415,8 @@ class Learner:
         self.buffer.load_state_dict(state["buffer"])
         self.policy.load_state_dict(state["policy"])
         self.replay.load_state_dict(state.get("replay", {}))
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
         self.seen = state["seen"].clone().to(self.device)
         s = dict(state["stats"])
         verdicts = Counter(s.pop("verdicts"))
