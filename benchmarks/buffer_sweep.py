@@ -34,7 +34,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import ResumableCSV, load_avdigits, mean_ci, plt_figure  # noqa: E402
+from benchmarks.common import ResumableCSV, load_avdigits, mean_ci, plt_figure, run_jobs  # noqa: E402
 
 POLICIES: dict[str, dict] = {
     "reservoir": {"selection": {"policy": "all"}, "buffer": {"retention": "reservoir"}},
@@ -248,15 +248,8 @@ def main(argv: list[str] | None = None) -> int:
     todo = [j for j in jobs if not results.has(j)]
     print(f"buffer_sweep: {len(jobs)} runs, {len(jobs) - len(todo)} already in {results.path}, {len(todo)} to do", flush=True)
     bar = tqdm(total=len(todo), unit="run", desc="buffer sweep")
-    if args.jobs > 1 and len(todo) > 1:
-        import multiprocessing as mp
-
-        with mp.get_context("spawn").Pool(args.jobs) as pool:
-            for row, curve in pool.imap_unordered(run_one, todo):
-                _store(results, curves, row, curve, bar)
-    else:
-        for job in todo:
-            _store(results, curves, *run_one(job), bar)
+    for row, curve in run_jobs(run_one, todo, args.jobs):
+        _store(results, curves, row, curve, bar)
     bar.close()
     mine = [r for r in results.rows if r["policy"] in policies and r["scenario"] in scenarios and int(r["buffer_items"]) in sizes]
     for path in plot(mine, curves.rows, args.out, args.curve_size):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import math
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -48,6 +48,19 @@ def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.6g}"
     return str(value)
+
+
+def run_jobs(fn: Callable[[Any], Any], jobs: list, workers: int) -> Iterator[Any]:
+    """``fn(job)`` for every job, in worker processes (spawned, one torch thread each) when ``workers > 1``;
+    results are yielded as they finish."""
+    if workers > 1 and len(jobs) > 1:
+        import multiprocessing as mp
+
+        with mp.get_context("spawn").Pool(workers) as pool:
+            yield from pool.imap_unordered(fn, jobs)
+    else:
+        for job in jobs:
+            yield fn(job)
 
 
 def mean_ci(values: Iterable[float], level: float = 0.95) -> tuple[float, float]:

@@ -34,7 +34,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import ResumableCSV, load_avdigits, mean_ci, plt_figure  # noqa: E402
+from benchmarks.common import ResumableCSV, load_avdigits, mean_ci, plt_figure, run_jobs  # noqa: E402
 
 FIELDS = ["seed", "pretrain_epochs", "strategy", "keep_ratio", "kept", "accuracy", "audio_accuracy", "video_accuracy"]
 KEY = ["seed", "pretrain_epochs", "strategy", "keep_ratio"]
@@ -150,15 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     per_seed = 1 + len(ratios) * (1 + len(strategies) * len(pretrain))
     print(f"ratio_sweep: {len(seeds)} seeds x {per_seed} trainings; {len(results.rows)} rows already in {results.path}", flush=True)
     bar = tqdm(total=len(seeds), unit="seed", desc="ratio sweep")
-    if args.jobs > 1 and len(jobs) > 1:
-        import multiprocessing as mp
-
-        with mp.get_context("spawn").Pool(args.jobs) as pool:
-            for rows in pool.imap_unordered(run_seed, jobs):
-                _store(results, rows, bar)
-    else:
-        for job in jobs:
-            _store(results, run_seed(job), bar)
+    for rows in run_jobs(run_seed, jobs, args.jobs):
+        _store(results, rows, bar)
     bar.close()
     rows = [r for r in results.rows if int(r["seed"]) in seeds]
     score = wins(rows, strategies, pretrain, ratios)

@@ -28,20 +28,19 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Literal
 
 import numpy as np
 
 from device_sim.datasets.media import (
+    ClipDataset,
     decode_video,
     list_jpeg_frames,
     load_jpeg_frames,
-    media_tensors,
     read_split_lines,
     report_missing,
 )
 from edge_runtime.features import FeatureConfig, read_wav
-from edge_runtime.wire import Sample
 
 SPLIT_FILES = {"train": "trainSet.txt", "val": "valSet.txt", "test": "testSet.txt"}
 ANNOTATIONS = "Annotations.txt"
@@ -190,10 +189,11 @@ def available(root: str | None) -> tuple[bool, str]:
     return True, f"{root}: {layout} layout"
 
 
-class AVE:
+class AVE(ClipDataset):
     """AVE from a user's folder (raw release or common preprocessing), one lazy sample at a time."""
 
     name = "ave"
+    title = "AVE"
 
     def __init__(
         self,
@@ -272,13 +272,6 @@ class AVE:
         """The clips of this split, in stream-index order."""
         return list(self._clips)
 
-    def __len__(self) -> int:
-        return len(self._clips)
-
-    def labels(self) -> np.ndarray:
-        """Labels of all clips (int64), without decoding any media."""
-        return self._labels.copy()
-
     def load(self, index: int) -> tuple[np.ndarray, int, np.ndarray]:
         """Decode clip ``index``: ``(waveform float32, sample rate, frames uint8 (T, H, W, 3))``.
 
@@ -290,31 +283,6 @@ class AVE:
             return media.wave, media.sample_rate, media.frames
         wave, sr = read_wav(clip.audio)
         return wave, sr, load_jpeg_frames(clip.video)
-
-    def sample(self, index: int, split: str = "train") -> Sample:
-        """Clip ``index`` as a :class:`Sample` (features or raw tensors, per ``send``)."""
-        if not 0 <= index < len(self._clips):
-            raise IndexError(f"index {index} out of range for AVE {self.split} ({len(self._clips)} clips)")
-        wave, sr, frames = self.load(index)
-        clip = self._clips[index]
-        return Sample(
-            tensors=media_tensors(wave, sr, frames, self.features, self.send),
-            label=clip.label,
-            split=split,
-            device=self.name,
-            seq=int(index),
-            meta={"clip": clip.name},
-        )
-
-    def __getitem__(self, index: int) -> Sample:
-        n = len(self._clips)
-        if not -n <= index < n:
-            raise IndexError(f"index {index} out of range for AVE {self.split} ({n} clips)")
-        return self.sample(index % n)
-
-    def __iter__(self) -> Iterator[Sample]:
-        for i in range(len(self._clips)):
-            yield self.sample(i)
 
     def __repr__(self) -> str:
         return f"AVE(root={str(self.root)!r}, split={self.split!r}, layout={self.layout!r}, clips={len(self)})"

@@ -33,19 +33,18 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Literal
 
 import numpy as np
 
 from device_sim.datasets.media import (
+    ClipDataset,
     decode_video,
     list_jpeg_frames,
     load_jpeg_frames,
-    media_tensors,
     report_missing,
 )
 from edge_runtime.features import FeatureConfig, read_wav
-from edge_runtime.wire import Sample
 
 EMOTIONS: tuple[str, ...] = ("NEU", "HAP", "SAD", "FEA", "DIS", "ANG")
 """Class names in label order: NEU=0, HAP=1, SAD=2, FEA=3, DIS=4, ANG=5."""
@@ -202,10 +201,11 @@ def seeded_split(names: list[str], groups: list[str] | None, test_fraction: floa
     return {n for n, g in zip(names, groups) if g in test_groups}
 
 
-class CremaD:
+class CremaD(ClipDataset):
     """CREMA-D from a user's folder (raw release or common preprocessing), one lazy sample at a time."""
 
     name = "cremad"
+    title = "CREMA-D"
     num_classes = len(EMOTIONS)
 
     def __init__(
@@ -329,13 +329,6 @@ class CremaD:
         """The clips of this split, in stream-index order."""
         return list(self._clips)
 
-    def __len__(self) -> int:
-        return len(self._clips)
-
-    def labels(self) -> np.ndarray:
-        """Labels of all clips (int64), without decoding any media."""
-        return self._labels.copy()
-
     def load(self, index: int) -> tuple[np.ndarray, int, np.ndarray]:
         """Decode clip ``index``: ``(waveform float32, sample rate, frames uint8 (T, H, W, 3))``."""
         clip = self._clips[index]
@@ -345,31 +338,6 @@ class CremaD:
         else:
             frames = load_jpeg_frames(clip.video)
         return wave, sr, frames
-
-    def sample(self, index: int, split: str = "train") -> Sample:
-        """Clip ``index`` as a :class:`Sample` (features or raw tensors, per ``send``)."""
-        if not 0 <= index < len(self._clips):
-            raise IndexError(f"index {index} out of range for CREMA-D {self.split} ({len(self._clips)} clips)")
-        wave, sr, frames = self.load(index)
-        clip = self._clips[index]
-        return Sample(
-            tensors=media_tensors(wave, sr, frames, self.features, self.send),
-            label=clip.label,
-            split=split,
-            device=self.name,
-            seq=int(index),
-            meta={"clip": clip.name},
-        )
-
-    def __getitem__(self, index: int) -> Sample:
-        n = len(self._clips)
-        if not -n <= index < n:
-            raise IndexError(f"index {index} out of range for CREMA-D {self.split} ({n} clips)")
-        return self.sample(index % n)
-
-    def __iter__(self) -> Iterator[Sample]:
-        for i in range(len(self._clips)):
-            yield self.sample(i)
 
     def __repr__(self) -> str:
         return f"CremaD(root={str(self.root)!r}, split={self.split!r}, layout={self.layout!r}, clips={len(self)})"

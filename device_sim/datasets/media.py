@@ -20,9 +20,11 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
+from edge_runtime.wire import Sample
 from edge_runtime.features import AUDIO, VIDEO, FeatureConfig, audio_features, frame_features, raw_tensors
 
 JPEG_SUFFIXES = (".jpg", ".jpeg")
@@ -279,3 +281,50 @@ __all__ = [
     "read_split_lines",
     "report_missing",
 ]
+
+
+class ClipDataset:
+    """Shared behaviour of the folder-backed data sets: lazy per-clip decoding into samples.
+
+    Subclasses set ``name``, ``title`` (for messages), ``self._clips`` (objects with ``label`` and
+    ``name``), ``self._labels``, ``self.split``, ``self.features``, ``self.send`` and implement
+    ``load(index) -> (waveform, sample rate, frames uint8 (T, H, W, 3))``.
+    """
+
+    name = "clips"
+    title = "clips"
+
+    def __len__(self) -> int:
+        return len(self._clips)
+
+    def labels(self) -> np.ndarray:
+        """Labels of all clips (int64), without decoding any media."""
+        return self._labels.copy()
+
+    def load(self, index: int) -> tuple[np.ndarray, int, np.ndarray]:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def sample(self, index: int, split: str = "train") -> Sample:
+        """Clip ``index`` as a :class:`Sample` (features or raw tensors, per ``send``)."""
+        if not 0 <= index < len(self._clips):
+            raise IndexError(f"index {index} out of range for {self.title} {self.split} ({len(self._clips)} clips)")
+        wave, sr, frames = self.load(index)
+        clip = self._clips[index]
+        return Sample(
+            tensors=media_tensors(wave, sr, frames, self.features, self.send),
+            label=clip.label,
+            split=split,
+            device=self.name,
+            seq=int(index),
+            meta={"clip": clip.name},
+        )
+
+    def __getitem__(self, index: int) -> Sample:
+        n = len(self._clips)
+        if not -n <= index < n:
+            raise IndexError(f"index {index} out of range for {self.title} {self.split} ({n} clips)")
+        return self.sample(index % n)
+
+    def __iter__(self) -> Iterator[Sample]:
+        for i in range(len(self._clips)):
+            yield self.sample(i)
