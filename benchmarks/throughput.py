@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--policy-samples", type=int, default=1280)
     args = ap.parse_args(argv)
     if args.quick:
-        args.ingest_samples, args.learner_samples, args.policy_samples = 3000, 640, 320
+        args.ingest_samples, args.learner_samples, args.policy_samples = 2000, 480, 160
     import torch
     from tqdm import tqdm
 
