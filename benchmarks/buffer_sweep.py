@@ -48,6 +48,7 @@ POLICIES: dict[str, dict] = {
     "dus": {"selection": {"policy": "all"}, "replay": {"policy": "dus"}},
 }
 SCENARIOS = ("class-incremental", "corrupted")
+HIGHLIGHT = ("mbs", "reservoir", "class-balanced")  # drawn solid with CI bands; the rest dashed
 FIELDS = ["dataset", "scenario", "policy", "buffer_items", "buffer_bytes", "seed", "final_accuracy",
           "average_incremental_accuracy", "forgetting", "audio_only_accuracy", "visual_only_accuracy",
           "prequential_accuracy", "samples_seen", "updates", "seconds"]
@@ -149,17 +150,22 @@ def plot(rows: list[dict], curves: list[dict], out: Path, curve_size: int) -> li
                 xs.append(size), ms.append(m), hs.append(h)
         return np.array(xs), np.array(ms), np.array(hs)
 
-    plt, fig, axes = plt_figure(len(scenarios))
+    plt, fig, axes = plt_figure(len(scenarios), height=5.0)
     for ax, scenario in zip(axes, scenarios):
+        low = 100.0
         for policy in policies:
             x, m, h = series(scenario, policy, "final_accuracy")
-            line, = ax.plot(x, 100 * m, marker="o", label=policy, linewidth=2 if policy == "mbs" else 1.2)
-            ax.fill_between(x, 100 * (m - h), 100 * (m + h), alpha=0.15, color=line.get_color())
+            main = policy in HIGHLIGHT
+            line, = ax.plot(x, 100 * m, marker="o" if main else ".", label=policy, linewidth=2.4 if main else 1.0,
+                            alpha=1.0 if main else 0.75, linestyle="-" if main else "--")
+            if main:
+                ax.fill_between(x, 100 * (m - h), 100 * (m + h), alpha=0.15, color=line.get_color())
+            low = min(low, float(np.nanmin(100 * (m - h))) if len(m) else low)
         _log_sizes(ax, sizes)
-        ax.set_ylim(0, 100)
+        ax.set_ylim(max(0.0, 5 * np.floor(low / 5) - 2), 100)
         ax.set_xlabel("replay buffer size (items)")
         ax.set_ylabel("final accuracy on all 10 digits (%)")
-        ax.set_title(f"AV-Digits, {scenario}: mean and 95% CI over {seeds} seeds")
+        ax.set_title(f"AV-Digits, {scenario}: mean over {seeds} seeds\n(95% CI bands for the solid lines)", fontsize=10)
         ax.grid(alpha=0.3)
     axes[-1].legend(fontsize=8, loc="lower right")
     fig.suptitle("Final accuracy after one class-incremental pass (5 tasks x 2 digits)")
@@ -168,28 +174,33 @@ def plot(rows: list[dict], curves: list[dict], out: Path, curve_size: int) -> li
     fig.savefig(written[-1], dpi=90)
     plt.close(fig)
 
-    plt, fig, axes = plt_figure(2 * len(scenarios), width=4.6)
+    plt, fig, axes = plt_figure(2 * len(scenarios), width=4.6, height=4.6)
     for s_i, scenario in enumerate(scenarios):
         for k, (field, name) in enumerate((("audio_only_accuracy", "audio-only head"), ("visual_only_accuracy", "visual-only head"))):
             ax = axes[2 * s_i + k]
+            low = 100.0
             for policy in policies:
                 x, m, h = series(scenario, policy, field)
-                line, = ax.plot(x, 100 * m, marker=".", label=policy)
-                ax.fill_between(x, 100 * (m - h), 100 * (m + h), alpha=0.12, color=line.get_color())
+                low = min(low, float(np.nanmin(100 * (m - h))) if len(m) else low)
+                main = policy in HIGHLIGHT
+                line, = ax.plot(x, 100 * m, marker="o" if main else ".", label=policy, linewidth=2.2 if main else 1.0,
+                                linestyle="-" if main else "--", alpha=1.0 if main else 0.75)
+                if main:
+                    ax.fill_between(x, 100 * (m - h), 100 * (m + h), alpha=0.12, color=line.get_color())
             _log_sizes(ax, sizes)
-            ax.set_ylim(0, 100)
+            ax.set_ylim(max(0.0, 10 * np.floor(low / 10)), 100)
             ax.set_xlabel("replay buffer size (items)")
             ax.set_ylabel(f"{name} accuracy (%)")
             ax.set_title(f"{scenario}: {name}", fontsize=10)
             ax.grid(alpha=0.3)
     axes[-1].legend(fontsize=7)
-    fig.suptitle("Modality balance: accuracy of each unimodal head (mean, 95% CI)")
+    fig.suptitle("Modality balance: accuracy of each unimodal head alone (mean; 95% CI bands for the solid lines)")
     fig.tight_layout()
     written.append(out / "unimodal_vs_buffer.png")
     fig.savefig(written[-1], dpi=90)
     plt.close(fig)
 
-    plt, fig, axes = plt_figure(len(scenarios))
+    plt, fig, axes = plt_figure(len(scenarios), height=5.0)
     for ax, scenario in zip(axes, scenarios):
         for policy in policies:
             pts = [c for c in curves if c["scenario"] == scenario and c["policy"] == policy and int(c["buffer_items"]) == curve_size]
@@ -197,7 +208,9 @@ def plot(rows: list[dict], curves: list[dict], out: Path, curve_size: int) -> li
             if not xs:
                 continue
             ms = [100 * np.mean([float(c["accuracy"]) for c in pts if int(c["samples"]) == x]) for x in xs]
-            ax.plot(xs, ms, marker=".", label=policy)
+            main = policy in HIGHLIGHT
+            ax.plot(xs, ms, marker="o" if main else ".", label=policy, linewidth=2.2 if main else 1.0,
+                    linestyle="-" if main else "--", alpha=1.0 if main else 0.75)
         ax.set_xlabel("samples seen")
         ax.set_ylabel("accuracy on all 10 digits (%)")
         ax.set_title(f"{scenario}, buffer {curve_size} items (mean over seeds)")
