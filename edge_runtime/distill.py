@@ -8,6 +8,7 @@ so refreshing is deliberately sparse.
 from __future__ import annotations
 
 import copy
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +40,9 @@ class Teacher:
         self.every = every
         self.on_new_class = on_new_class
         self.dtype = dtype
+        # The teacher is frozen between snapshots, so its logits for a stored sample never change:
+        # computed once per (sample key, snapshot), they save the teacher forward of most replays.
+        self._cache: dict[Any, torch.Tensor] = {}
         self.model: nn.Module | None = None
         self.classes: torch.Tensor | None = None
         self.taken_at: int = -1
@@ -58,6 +62,25 @@ class Teacher:
         self.model = teacher
         self.classes = seen.clone()
         self.taken_at = updates
+        self._cache.clear()
+
+    def cached_logits(self, keys: Sequence[Any], inputs: tuple[torch.Tensor, ...], keep: Callable[[Any], bool] | None = None,
+                      limit: int = 4096) -> torch.Tensor:
+        """The teacher's logits for the rows of ``inputs`` (batch first), whose sample keys are ``keys``.
+
+        Rows whose key was seen since the last snapshot come from the cache; the others go through
+        one teacher forward.  When the cache grows past ``limit`` entries, keys for which ``keep``
+        is false (samples no longer in the buffer) are dropped.
+        """
+        missing = [i for i, k in enumerate(keys) if k not in self._cache]
+        if missing:
+            idx = torch.tensor(missing, dtype=torch.long, device=inputs[0].device)
+            fresh = self.logits(*(t.index_select(0, idx) for t in inputs))
+            for j, i in enumerate(missing):
+                self._cache[keys[i]] = fresh[j]
+            if len(self._cache) > limit and keep is not None:
+                self._cache = {k: v for k, v in self._cache.items() if keep(k)}
+        return torch.stack([self._cache[k] for k in keys])
 
     @torch.no_grad()
     def logits(self, audio: torch.Tensor, audio_lengths: torch.Tensor, video: torch.Tensor, video_lengths: torch.Tensor) -> torch.Tensor:
@@ -69,10 +92,14 @@ class Teacher:
     def state_dict(self) -> dict:
         if self.model is None:
             return {"taken_at": self.taken_at}
-        return {"taken_at": self.taken_at, "model": self.model.state_dict(), "classes": self.classes.clone()}
+        keys = list(self._cache)
+        return {"taken_at": self.taken_at, "model": self.model.state_dict(), "classes": self.classes.clone(),
+                "cache_keys": [list(k) if isinstance(k, tuple) else k for k in keys],
+                "cache_logits": torch.stack([self._cache[k] for k in keys]) if keys else torch.zeros(0)}
 
     def load_state_dict(self, state: dict, template: nn.Module) -> None:
         self.taken_at = int(state["taken_at"])
+        self._cache = {}
         if "model" not in state:
             self.model, self.classes = None, None
             return
@@ -81,4 +108,8 @@ class Teacher:
         teacher.eval()
         teacher.requires_grad_(False)
         self.model = teacher
-        self.classes = state["classes"].clone().to(next(template.parameters()).device)
+        device = next(template.parameters()).device
+        self.classes = state["classes"].clone().to(device)
+        logits = state.get("cache_logits")
+        for key, row in zip(state.get("cache_keys", []), logits if logits is not None else []):
+            self._cache[tuple(key) if isinstance(key, list) else key] = row.to(device)

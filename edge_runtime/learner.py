@@ -302,7 +302,8 @@ class Learner:
                 rout = self.model(*rb.inputs())
             loss = loss + F.cross_entropy(rout.logits.float(), rb.labels)
             if self.teacher.model is not None and tc.kd_lambda > 0:
-                tlogits = self.teacher.logits(*rb.inputs())
+                tlogits = self.teacher.cached_logits([r.key for r in replay], rb.inputs(), keep=self.buffer.__contains__,
+                                                     limit=4 * self.config.buffer.max_items)
                 loss = loss + tc.kd_lambda * kd_loss(rout.logits.float(), tlogits, self.teacher.classes, tc.kd_temperature)
         for modality, extra in plan.unimodal.items():
             if extra:  # DUS: the weaker modality's unimodal head only

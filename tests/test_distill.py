@@ -51,3 +51,35 @@ def test_teacher_policy_and_snapshot_is_frozen():
     assert all(not p.requires_grad for p in teacher.model.parameters())
     never = Teacher(every=None, on_new_class=False)
     assert not never.due(1000, new_class=True)
+
+
+def test_teacher_logit_cache_matches_a_fresh_forward_and_resets_on_snapshot(synthetic):
+    from conftest import stream
+    from edge_runtime.batch import collate
+    from edge_runtime.config import Config
+    from edge_runtime.distill import Teacher
+    from edge_runtime.model import build_model
+
+    torch.manual_seed(0)
+    model = build_model(Config().model)
+    teacher = Teacher(every=None, on_new_class=True)
+    teacher.snapshot(model, torch.ones(10, dtype=torch.bool), updates=1)
+    samples = stream(synthetic, range(12))
+    b = collate(samples)
+    keys = [s.key for s in samples]
+    first = teacher.cached_logits(keys[:8], collate(samples[:8]).inputs())
+    both = teacher.cached_logits(keys, b.inputs())  # rows 0-7 from the cache, 8-11 computed now
+    direct = teacher.logits(*b.inputs())
+    assert torch.allclose(both, direct, atol=1e-5)
+    assert torch.equal(both[:8], first)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1)
+    teacher.snapshot(model, torch.ones(10, dtype=torch.bool), updates=2)  # a new teacher: the cache is gone
+    again = teacher.cached_logits(keys, b.inputs())
+    assert torch.allclose(again, teacher.logits(*b.inputs()), atol=1e-5)
+    assert not torch.allclose(again, both, atol=1e-3)
+    state = teacher.state_dict()
+    clone = Teacher(every=None, on_new_class=True)
+    clone.load_state_dict(state, build_model(Config().model))
+    assert torch.equal(clone.cached_logits(keys, b.inputs()), again)  # restored from the checkpointed cache
