@@ -412,7 +412,10 @@ class EdgeNode:
             else:
                 full = False
                 self._queue.append(_Item(rid, device, seq, sample, verdict, time.monotonic()))
-                self._cond.notify()
+                if len(self._queue) == 1 or len(self._queue) >= self.nc.batch_size:
+                    # The learner needs waking only to start a batch window or when a batch is full;
+                    # otherwise its own window timeout wakes it (one wake-up per sample costs the GIL).
+                    self._cond.notify()
             depth = len(self._queue)
         if full:
             self._error(sock, rid, seq, "busy", "ingest queue full; resend later")
