@@ -19,6 +19,16 @@ class ConfigError(ValueError):
     """A configuration value is missing, unknown or out of range; the message names the key."""
 
 
+def _registered(name: str, registry: str, kind: str) -> str:
+    """``name`` when it is in ``edge_runtime.selection.<registry>`` (imported lazily), else a ValueError listing the choices."""
+    import edge_runtime.selection as selection
+
+    names = getattr(selection, registry)
+    if name not in names:
+        raise ValueError(f"unknown {kind} policy {name!r}; choose one of {sorted(names)}")
+    return name
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -81,11 +91,7 @@ class SelectionConfig(_Section):
     @field_validator("policy")
     @classmethod
     def _known_policy(cls, name: str) -> str:
-        from edge_runtime.selection import REGISTRY
-
-        if name not in REGISTRY:
-            raise ValueError(f"unknown selection policy {name!r}; choose one of {sorted(REGISTRY)}")
-        return name
+        return _registered(name, "REGISTRY", "selection")
 
 
 class BufferConfig(_Section):
@@ -113,11 +119,7 @@ class ReplayConfig(_Section):
     @field_validator("policy")
     @classmethod
     def _known_policy(cls, name: str) -> str:
-        from edge_runtime.selection import REPLAY_REGISTRY
-
-        if name not in REPLAY_REGISTRY:
-            raise ValueError(f"unknown replay policy {name!r}; choose one of {sorted(REPLAY_REGISTRY)}")
-        return name
+        return _registered(name, "REPLAY_REGISTRY", "replay")
 
 
 class TrainingConfig(_Section):

@@ -42,7 +42,6 @@ from device_sim.datasets.media import (
     decode_video,
     list_jpeg_frames,
     load_jpeg_frames,
-    report_missing,
 )
 from edge_runtime.features import FeatureConfig, read_wav
 
@@ -312,23 +311,7 @@ class CremaD(ClipDataset):
             return clip.video / "00000.jpg"
         return None
 
-    def _drop_missing(self, clips: list[Clip]) -> list[Clip]:
-        kept, missing = [], []
-        for clip in clips:
-            path = self._missing_path(clip)
-            if path is None:
-                kept.append(clip)
-            else:
-                missing.append((clip.name, path))
-        report_missing("CREMA-D", self.split, missing, self.strict)
-        return kept
-
     # ------------------------------------------------------------------ interface
-    @property
-    def clips(self) -> list[Clip]:
-        """The clips of this split, in stream-index order."""
-        return list(self._clips)
-
     def load(self, index: int) -> tuple[np.ndarray, int, np.ndarray]:
         """Decode clip ``index``: ``(waveform float32, sample rate, frames uint8 (T, H, W, 3))``."""
         clip = self._clips[index]

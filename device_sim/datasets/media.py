@@ -20,7 +20,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -303,6 +303,27 @@ class ClipDataset:
 
     def load(self, index: int) -> tuple[np.ndarray, int, np.ndarray]:  # pragma: no cover - interface
         raise NotImplementedError
+
+    def _missing_path(self, clip: Any) -> Path | None:  # pragma: no cover - interface
+        """The first missing (or empty) media path of ``clip``, or None when all are there."""
+        raise NotImplementedError
+
+    def _drop_missing(self, clips: list) -> list:
+        """``clips`` without those whose files are missing, reported once (or an error when strict)."""
+        kept, missing = [], []
+        for clip in clips:
+            path = self._missing_path(clip)
+            if path is None:
+                kept.append(clip)
+            else:
+                missing.append((clip.name, path))
+        report_missing(self.title, self.split, missing, self.strict)
+        return kept
+
+    @property
+    def clips(self) -> list:
+        """The clips of this split, in stream-index order."""
+        return list(self._clips)
 
     def sample(self, index: int, split: str = "train") -> Sample:
         """Clip ``index`` as a :class:`Sample` (features or raw tensors, per ``send``)."""
