@@ -127,6 +127,23 @@ def run_one(job: dict) -> tuple[dict, list[dict]]:
     return row, curve
 
 
+def _line(ax, policy: str, x, m, h=None) -> None:
+    """One policy's line: the highlighted policies solid with a CI band (when ``h`` is given), the rest dashed."""
+    main = policy in HIGHLIGHT
+    line, = ax.plot(x, m, marker="o" if main else ".", label=policy, linewidth=2.3 if main else 1.0,
+                    linestyle="-" if main else "--", alpha=1.0 if main else 0.75)
+    if main and h is not None:
+        ax.fill_between(x, np.asarray(m) - h, np.asarray(m) + h, alpha=0.14, color=line.get_color())
+
+
+def _save(plt, fig, title: str, path: Path) -> Path:
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
 def _log_sizes(ax, sizes: list[int]) -> None:
     ax.set_xscale("log")
     ax.minorticks_off()
@@ -155,11 +172,7 @@ def plot(rows: list[dict], curves: list[dict], out: Path, curve_size: int) -> li
         low = 100.0
         for policy in policies:
             x, m, h = series(scenario, policy, "final_accuracy")
-            main = policy in HIGHLIGHT
-            line, = ax.plot(x, 100 * m, marker="o" if main else ".", label=policy, linewidth=2.4 if main else 1.0,
-                            alpha=1.0 if main else 0.75, linestyle="-" if main else "--")
-            if main:
-                ax.fill_between(x, 100 * (m - h), 100 * (m + h), alpha=0.15, color=line.get_color())
+            _line(ax, policy, x, 100 * m, 100 * h)
             low = min(low, float(np.nanmin(100 * (m - h))) if len(m) else low)
         _log_sizes(ax, sizes)
         ax.set_ylim(max(0.0, 5 * np.floor(low / 5) - 2), 100)
@@ -168,11 +181,7 @@ def plot(rows: list[dict], curves: list[dict], out: Path, curve_size: int) -> li
         ax.set_title(f"AV-Digits, {scenario}: mean over {seeds} seeds\n(95% CI bands for the solid lines)", fontsize=10)
         ax.grid(alpha=0.3)
     axes[-1].legend(fontsize=8, loc="lower right")
-    fig.suptitle("Final accuracy after one class-incremental pass (5 tasks x 2 digits)")
-    fig.tight_layout()
-    written.append(out / "accuracy_vs_buffer.png")
-    fig.savefig(written[-1], dpi=90)
-    plt.close(fig)
+    written.append(_save(plt, fig, "Final accuracy after one class-incremental pass (5 tasks x 2 digits)", out / "accuracy_vs_buffer.png"))
 
     plt, fig, axes = plt_figure(2 * len(scenarios), width=4.6, height=4.6)
     for s_i, scenario in enumerate(scenarios):
@@ -182,11 +191,7 @@ def plot(rows: list[dict], curves: list[dict], out: Path, curve_size: int) -> li
             for policy in policies:
                 x, m, h = series(scenario, policy, field)
                 low = min(low, float(np.nanmin(100 * (m - h))) if len(m) else low)
-                main = policy in HIGHLIGHT
-                line, = ax.plot(x, 100 * m, marker="o" if main else ".", label=policy, linewidth=2.2 if main else 1.0,
-                                linestyle="-" if main else "--", alpha=1.0 if main else 0.75)
-                if main:
-                    ax.fill_between(x, 100 * (m - h), 100 * (m + h), alpha=0.12, color=line.get_color())
+                _line(ax, policy, x, 100 * m, 100 * h)
             _log_sizes(ax, sizes)
             ax.set_ylim(max(0.0, 10 * np.floor(low / 10)), 100)
             ax.set_xlabel("replay buffer size (items)")
@@ -194,11 +199,7 @@ def plot(rows: list[dict], curves: list[dict], out: Path, curve_size: int) -> li
             ax.set_title(f"{scenario}: {name}", fontsize=10)
             ax.grid(alpha=0.3)
     axes[-1].legend(fontsize=7)
-    fig.suptitle("Modality balance: accuracy of each unimodal head alone (mean; 95% CI bands for the solid lines)")
-    fig.tight_layout()
-    written.append(out / "unimodal_vs_buffer.png")
-    fig.savefig(written[-1], dpi=90)
-    plt.close(fig)
+    written.append(_save(plt, fig, "Modality balance: accuracy of each unimodal head alone (mean; 95% CI bands for the solid lines)", out / "unimodal_vs_buffer.png"))
 
     plt, fig, axes = plt_figure(len(scenarios), height=5.0)
     for ax, scenario in zip(axes, scenarios):
@@ -208,19 +209,13 @@ def plot(rows: list[dict], curves: list[dict], out: Path, curve_size: int) -> li
             if not xs:
                 continue
             ms = [100 * np.mean([float(c["accuracy"]) for c in pts if int(c["samples"]) == x]) for x in xs]
-            main = policy in HIGHLIGHT
-            ax.plot(xs, ms, marker="o" if main else ".", label=policy, linewidth=2.2 if main else 1.0,
-                    linestyle="-" if main else "--", alpha=1.0 if main else 0.75)
+            _line(ax, policy, xs, ms)
         ax.set_xlabel("samples seen")
         ax.set_ylabel("accuracy on all 10 digits (%)")
         ax.set_title(f"{scenario}, buffer {curve_size} items (mean over seeds)")
         ax.grid(alpha=0.3)
     axes[-1].legend(fontsize=8)
-    fig.suptitle("Accuracy while streaming (at most 20% after task 1, 40% after task 2, ...)")
-    fig.tight_layout()
-    written.append(out / "accuracy_vs_samples.png")
-    fig.savefig(written[-1], dpi=90)
-    plt.close(fig)
+    written.append(_save(plt, fig, "Accuracy while streaming (at most 20% after task 1, 40% after task 2, ...)", out / "accuracy_vs_samples.png"))
     return written
 
 

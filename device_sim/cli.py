@@ -136,8 +136,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"device-sim: {err}", file=sys.stderr)
         return 2
-    result = run_fleet(dataset, order, base, args.devices, eval_every=args.eval_every, seconds=args.seconds,
-                       progress=not args.no_progress, owner=owner, prefix=args.device_prefix, infer=args.infer)
+    try:
+        result = run_fleet(dataset, order, base, args.devices, eval_every=args.eval_every, seconds=args.seconds,
+                           progress=not args.no_progress, owner=owner, prefix=args.device_prefix, infer=args.infer)
+    except ValueError as err:
+        print(f"device-sim: {err}", file=sys.stderr)
+        return 2
     text = json.dumps(result, indent=2)
     print(text)
     if args.summary:

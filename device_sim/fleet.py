@@ -41,7 +41,14 @@ def run_fleet(dataset: Any, order: StreamOrder, base: ClientConfig, devices: int
     if infer:
         from device_sim.infer import ModelFollower
 
-        followers = [ModelFollower(infer, ctx=ctx) for _ in range(devices)]
+        try:
+            for _ in range(devices):
+                followers.append(ModelFollower(infer, ctx=ctx))
+        except ValueError:
+            for f in followers:
+                f.close()
+            ctx.term()
+            raise
     for k in range(devices):
         cfg = ClientConfig(**{**base.__dict__, "device_id": f"{prefix}-{k}"})
         follower = followers[k] if followers else None

@@ -49,14 +49,20 @@ class ModelFollower:
         self.events: list[str] = []
         self.received: list[int] = []
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name=f"models-{endpoint}", daemon=True)
-        self._thread.start()
-
-    def _loop(self) -> None:
+        # Connected here, so a bad endpoint is an error for the caller; the thread only reads from it.
         sock = self._ctx.socket(zmq.SUB)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SUBSCRIBE, b"model")
-        sock.connect(self.endpoint)
+        try:
+            sock.connect(endpoint)
+        except zmq.ZMQError as err:
+            sock.close(0)
+            raise ValueError(f"--infer {endpoint!r}: cannot connect ({err}); give the node's model endpoint, "
+                             "e.g. tcp://127.0.0.1:5556 (its node.model_bind, also in state_dir/node.json)") from None
+        self._thread = threading.Thread(target=self._loop, args=(sock,), name=f"models-{endpoint}", daemon=True)
+        self._thread.start()
+
+    def _loop(self, sock: zmq.Socket) -> None:
         try:
             while not self._stop.is_set():
                 if not sock.poll(100):

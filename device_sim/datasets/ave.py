@@ -34,6 +34,7 @@ import numpy as np
 
 from device_sim.datasets.media import (
     ClipDataset,
+    choose_layout,
     decode_video,
     list_jpeg_frames,
     load_jpeg_frames,
@@ -160,15 +161,7 @@ def detect_layout(root: str | os.PathLike[str], layout: Layout = "auto") -> str:
     splits, raw, pre = _missing_parts(root)
     if len(splits) == len(SPLIT_FILES):
         raise ValueError(f"{root}: no AVE split files ({', '.join(SPLIT_FILES.values())}) found; {_EXPECTED}")
-    if layout in ("auto", "preprocessed") and not pre:
-        return "preprocessed"
-    if layout in ("auto", "raw") and not raw:
-        return "raw"
-    if layout == "preprocessed":
-        raise ValueError(f"{root}: not a preprocessed AVE copy: missing {', '.join(pre)}; {_EXPECTED}")
-    if layout == "raw":
-        raise ValueError(f"{root}: not a raw AVE release: missing {VIDEO_DIR}/; {_EXPECTED}")
-    raise ValueError(f"{root}: no AVE media found (no {VIDEO_DIR}/ folder, and {' / '.join(pre)} missing); {_EXPECTED}")
+    return choose_layout("AVE", root, layout, raw, pre, _EXPECTED)
 
 
 def available(root: str | None) -> tuple[bool, str]:

@@ -39,6 +39,7 @@ import numpy as np
 
 from device_sim.datasets.media import (
     ClipDataset,
+    choose_layout,
     decode_video,
     list_jpeg_frames,
     load_jpeg_frames,
@@ -125,18 +126,7 @@ def detect_layout(root: str | os.PathLike[str], layout: Layout = "auto") -> str:
     if not root.is_dir():
         raise FileNotFoundError(f"CREMA-D root {root} does not exist or is not a folder; {_EXPECTED}")
     raw_missing, pre_missing = _missing_parts(root)
-    if layout in ("auto", "preprocessed") and not pre_missing:
-        return "preprocessed"
-    if layout in ("auto", "raw") and not raw_missing:
-        return "raw"
-    if layout == "preprocessed":
-        raise ValueError(f"{root}: not a preprocessed CREMA-D copy: missing {', '.join(pre_missing)}; {_EXPECTED}")
-    if layout == "raw":
-        raise ValueError(f"{root}: not a raw CREMA-D release: missing {', '.join(raw_missing)}; {_EXPECTED}")
-    raise ValueError(
-        f"{root}: no CREMA-D layout found: the raw release lacks {', '.join(raw_missing)}, the "
-        f"preprocessed layout lacks {', '.join(pre_missing)}; {_EXPECTED}"
-    )
+    return choose_layout("CREMA-D", root, layout, raw_missing, pre_missing, _EXPECTED)
 
 
 def available(root: str | None) -> tuple[bool, str]:

@@ -218,6 +218,26 @@ class MissingFilesWarning(UserWarning):
     """Listed clips whose media files are missing (or empty) were dropped from a data set."""
 
 
+def choose_layout(title: str, root: Path, layout: str, raw_missing: list[str], pre_missing: list[str], expected: str) -> str:
+    """``"preprocessed"`` or ``"raw"`` for a root lacking ``raw_missing`` / ``pre_missing`` parts.
+
+    ``layout="auto"`` prefers the preprocessed layout when both are complete; a ValueError names
+    what is missing when the asked-for (or any) layout is incomplete.
+    """
+    if layout in ("auto", "preprocessed") and not pre_missing:
+        return "preprocessed"
+    if layout in ("auto", "raw") and not raw_missing:
+        return "raw"
+    if layout == "preprocessed":
+        raise ValueError(f"{root}: not a preprocessed {title} copy: missing {', '.join(pre_missing)}; {expected}")
+    if layout == "raw":
+        raise ValueError(f"{root}: not a raw {title} release: missing {', '.join(raw_missing)}; {expected}")
+    raise ValueError(
+        f"{root}: no {title} layout found: the raw release lacks {', '.join(raw_missing)}, the "
+        f"preprocessed layout lacks {', '.join(pre_missing)}; {expected}"
+    )
+
+
 def report_missing(dataset: str, split: str, missing: list[tuple[str, Path]], strict: bool) -> None:
     """Report listed clips whose files are missing: ONE warning, or ``ValueError`` when ``strict``.
 
