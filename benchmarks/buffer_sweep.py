@@ -72,6 +72,7 @@ def run_one(job: dict) -> tuple[dict, list[dict]]:
 
     from device_sim.scenario import Corrupted, class_incremental
     from edge_runtime.config import config_from_dict, parse_overrides, _merge
+    from edge_runtime.evaluation import TaskAccuracy
     from edge_runtime.learner import Learner
 
     torch.set_num_threads(1)
@@ -87,10 +88,10 @@ def run_one(job: dict) -> tuple[dict, list[dict]]:
     overrides = _merge(overrides, parse_overrides(job.get("set")))
     learner = Learner(config_from_dict(overrides, source="buffer_sweep"))
     test_samples = job.get("_test") or [test.sample(i, split="eval") for i in range(len(test))]
-    task_of_class = {c: t for t, cls in enumerate(order.task_classes) for c in cls}
     n_tasks = len(order.task_classes)
     task_len = len(order.indices) // n_tasks
-    curve, task_acc, seen_acc = [], [], []
+    tasks = TaskAccuracy(order.task_classes)
+    curve = []
     start = time.perf_counter()
     for i in range(0, len(indices), 32):
         chunk = []
@@ -104,22 +105,14 @@ def run_one(job: dict) -> tuple[dict, list[dict]]:
             r = learner.evaluate(test_samples)
             curve.append({**{k: job[k] for k in KEY}, "dataset": "avdigits", "samples": done, "accuracy": r["accuracy"]})
             if done % task_len == 0 or done == len(indices):
-                per_task = np.zeros(n_tasks)
-                for t in range(n_tasks):
-                    accs = [r["per_class_accuracy"].get(c, 0.0) for c in order.task_classes[t]]
-                    per_task[t] = float(np.mean(accs))
-                tasks_seen = min(n_tasks, max(1, int(np.ceil(done / task_len))))
-                task_acc.append(per_task)
-                seen_acc.append(float(np.mean(per_task[:tasks_seen])))
+                tasks.update(r["per_class_accuracy"], tasks_seen=min(n_tasks, int(np.ceil(done / task_len))))
     seconds = time.perf_counter() - start
     final = learner.evaluate(test_samples)
-    hist = np.array(task_acc)
-    forgetting = float(np.mean([hist[:, t].max() - hist[-1, t] for t in range(n_tasks - 1)])) if len(hist) > 1 else 0.0
     summary = learner.summary()
     row = {
         "dataset": "avdigits", "scenario": job["scenario"], "policy": job["policy"], "buffer_items": size,
         "buffer_bytes": summary["buffer_bytes"], "seed": seed, "final_accuracy": final["accuracy"],
-        "average_incremental_accuracy": float(np.mean(seen_acc)), "forgetting": forgetting,
+        "average_incremental_accuracy": tasks.average_incremental_accuracy, "forgetting": tasks.forgetting,
         "audio_only_accuracy": final["audio_accuracy"], "visual_only_accuracy": final["video_accuracy"],
         "prequential_accuracy": summary["prequential_accuracy"], "samples_seen": summary["samples_seen"],
         "updates": summary["updates"], "seconds": seconds,

@@ -38,7 +38,7 @@ POLICIES: list[tuple[str, dict]] = [
     ("grand all params", {"selection": {"policy": "grand", "grad_params": "all"}}),
     ("bmmal", {"selection": {"policy": "bmmal"}}),
     ("bss heuristic (replay)", {"replay": {"policy": "bss"}}),
-    ("bss learned (replay)", {"replay": {"policy": "bss", "bss_variant": "learned"}}),
+    ("bss learned (replay)", {"replay": {"policy": "bss", "variant": "learned"}}),
     ("dus (replay)", {"replay": {"policy": "dus"}}),
     ("reservoir retention", {"selection": {"policy": "all"}, "buffer": {"retention": "reservoir"}}),
 ]

@@ -2,9 +2,11 @@
 
 For each seed: one model is pre-trained on the full training split and snapshot at every R in
 ``--pretrain`` (default 5, 10, 15, 20 epochs); each snapshot scores every training sample with
-EL2N (keep smallest), GraNd (keep largest), MBS (Algorithm 1, median centre) and optionally BMMAL;
-a fresh model is trained ``--epochs`` epochs on each kept subset and evaluated on the test split.
-Controls: BASE (all samples) and RANDOM (seeded uniform subset of the same size).
+EL2N (keep smallest), GraNd (keep largest), MBS (Algorithm 1, median centre) and optionally BMMAL
+or any other registered admission policy, through the same ``build_policy(...).select`` as the
+stream (``edge_runtime/protocols/offline.py``); a fresh model is trained ``--epochs`` epochs on each
+kept subset and evaluated on the test split.  Controls: BASE (all samples, the ``all`` policy) and
+RANDOM (the ``random`` policy: a seeded uniform subset of the same size).
 
 **The ratio is the KEPT fraction** (0.05 = keep 5 %, the most extreme pruning); the paper's tables
 speak of pruning.  Defaults: kept 0.1 to 0.5 in steps of 0.05, plus 0.05 for extreme pruning.
@@ -38,7 +40,13 @@ from benchmarks.common import ResumableCSV, load_avdigits, mean_ci, plt_figure, 
 
 FIELDS = ["seed", "pretrain_epochs", "strategy", "keep_ratio", "kept", "accuracy", "audio_accuracy", "video_accuracy"]
 KEY = ["seed", "pretrain_epochs", "strategy", "keep_ratio"]
-SCORED = ("el2n", "grand", "mbs", "bmmal")
+
+def scored() -> list[str]:
+    """Score-based strategies: every registered admission policy but the controls."""
+    from edge_runtime.protocols.offline import CONTROLS, strategies
+
+    return [s for s in strategies() if s not in CONTROLS]
+
 DEFAULT_RATIOS = "0.05,0.1,0.15,0.2,0.25,0.3,0.35,0.4,0.45,0.5"
 
 
@@ -46,7 +54,7 @@ def run_seed(job: dict) -> list[dict]:
     import torch
 
     from edge_runtime.config import load_config
-    from edge_runtime.selection.offline import run_protocol
+    from edge_runtime.protocols.offline import run_protocol
 
     torch.set_num_threads(1)
     train_ds, test_ds = load_avdigits(0)
@@ -122,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="R 1,2; kept 0.1, 0.3; 2 epochs on 600 samples; 1 seed")
     ap.add_argument("--pretrain", default="5,10,15,20", help="pre-training epochs R at which samples are scored")
     ap.add_argument("--ratios", default=DEFAULT_RATIOS, help="KEPT fractions")
-    ap.add_argument("--strategies", default="el2n,grand,mbs", help="score-based strategies (of el2n, grand, mbs, bmmal); RANDOM and BASE always run")
+    ap.add_argument("--strategies", default="el2n,grand,mbs", help="score-based strategies (registered admission policies: el2n, grand, mbs, bmmal, ...); RANDOM and BASE always run")
     ap.add_argument("--epochs", type=int, default=5, help="training epochs on the kept subset (default 5)")
     ap.add_argument("--seeds", type=int, default=3, help="seeds 0 .. N-1 (default 3)")
     ap.add_argument("--jobs", type=int, default=1, help="parallel worker processes, one per seed")
@@ -138,8 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         pretrain, ratios, seeds, limit, args.epochs = [1, 2], [0.1, 0.3], [0], 600, 2
     for s in strategies:
-        if s not in SCORED:
-            ap.error(f"--strategies: unknown strategy {s!r}; choose from {', '.join(SCORED)}")
+        if s not in scored():
+            ap.error(f"--strategies: unknown strategy {s!r}; choose from {', '.join(scored())}")
     if any(not 0 < q <= 1 for q in ratios):
         ap.error("--ratios: kept fractions must be in (0, 1]")
     args.out.mkdir(parents=True, exist_ok=True)

@@ -12,21 +12,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, ValidationInfo, field_validator
+
+from edge_runtime.selection.registry import ReplaySettings, SelectionSettings, parse_settings
 
 
 class ConfigError(ValueError):
     """A configuration value is missing, unknown or out of range; the message names the key."""
-
-
-def _registered(name: str, registry: str, kind: str) -> str:
-    """``name`` when it is in ``edge_runtime.selection.<registry>`` (imported lazily), else a ValueError listing the choices."""
-    import edge_runtime.selection as selection
-
-    names = getattr(selection, registry)
-    if name not in names:
-        raise ValueError(f"unknown {kind} policy {name!r}; choose one of {sorted(names)}")
-    return name
 
 
 class _Section(BaseModel):
@@ -74,26 +66,6 @@ class PrototypeConfig(_Section):
     confidence: Literal["prototype", "linear"] = "prototype"
 
 
-class SelectionConfig(_Section):
-    """Which samples of an incoming micro-batch are trained on (DESIGN steps 3-4)."""
-
-    policy: str = Field("mbs", description="name in edge_runtime.selection.REGISTRY")
-    keep_ratio: float = Field(0.5, gt=0.0, le=1.0, description="fraction of the batch KEPT (the paper's tables speak of pruning = 1 - keep)")
-    train_on: Literal["selected", "all"] = Field(
-        "selected", description="selected: CE only on the kept samples (saves compute); all: CE on every sample, the selection only decides buffer admission")
-    center: Literal["median", "running", "one"] = "median"
-    deviation: Literal["ratio", "log"] = "ratio"
-    running_window: int = Field(2048, ge=1, description="samples in the running-median window")
-    direction: Literal["auto", "smallest", "largest"] = Field(
-        "auto", description="score policies (el2n, grand): keep the smallest or largest scores; auto: el2n smallest, grand largest")
-    grad_params: Literal["last_layer", "all"] = Field("last_layer", description="grand: gradient over the fusion head or every parameter")
-
-    @field_validator("policy")
-    @classmethod
-    def _known_policy(cls, name: str) -> str:
-        return _registered(name, "REGISTRY", "selection")
-
-
 class BufferConfig(_Section):
     """Bounded replay buffer (DESIGN step 5-6)."""
 
@@ -101,25 +73,6 @@ class BufferConfig(_Section):
     max_bytes: int = Field(64 * 2**20, ge=1, description="upper bound on stored tensor bytes")
     retention: Literal["reservoir", "class_balanced", "mbs"] = "class_balanced"
     replay_batch_size: int = Field(32, ge=0, description="replayed samples per update; 0 disables replay")
-
-
-class ReplayConfig(_Section):
-    """How replay batches are drawn from the buffer (DESIGN step 6): uniform, BSS or DUS."""
-
-    policy: str = Field("uniform", description="name in edge_runtime.selection.REPLAY_REGISTRY")
-    round_updates: int = Field(10, ge=1, description="bss: learner updates per curriculum round (the stream's 'epoch')")
-    bss_variant: Literal["heuristic", "learned"] = "heuristic"
-    bss_lambda0: float = Field(0.1, gt=0.0, le=1.0, description="bss: initial fraction of the most balanced samples")
-    bss_t_grow: int = Field(40, ge=1, description="bss: rounds until the curriculum uses every sample")
-    dus_gamma: float = Field(0.9, ge=0.0, lt=1.0, description="dus: discount of the cumulative modality discrepancy")
-    dus_max: int | None = Field(None, ge=0, description="dus: most extra unimodal samples per step (None: buffer.replay_batch_size)")
-    dus_epsilon: float = Field(0.02, ge=0.0, le=1.0, description="dus: dead band of the imbalance level")
-    dus_weight: float = Field(1.0, ge=0.0, description="dus: weight of the unimodal cross-entropy")
-
-    @field_validator("policy")
-    @classmethod
-    def _known_policy(cls, name: str) -> str:
-        return _registered(name, "REPLAY_REGISTRY", "replay")
 
 
 class TrainingConfig(_Section):
@@ -182,14 +135,22 @@ class Config(_Section):
 
     model: ModelConfig = ModelConfig()
     prototypes: PrototypeConfig = PrototypeConfig()
-    selection: SelectionConfig = SelectionConfig()
+    selection: SerializeAsAny[SelectionSettings] = Field(
+        default_factory=lambda: parse_settings("selection", {}), description="admission policy and its settings (DESIGN steps 3-4)")
     buffer: BufferConfig = BufferConfig()
-    replay: ReplayConfig = ReplayConfig()
+    replay: SerializeAsAny[ReplaySettings] = Field(
+        default_factory=lambda: parse_settings("replay", {}), description="replay policy and its settings (DESIGN step 6)")
     training: TrainingConfig = TrainingConfig()
     node: NodeConfig = NodeConfig()
     features: FeatureConfig = FeatureConfig()
     device: str = Field("cpu", description="auto | cpu | cuda | cuda:N")
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads (None: torch default)")
+
+    @field_validator("selection", "replay", mode="before")
+    @classmethod
+    def _policy_settings(cls, value: Any, info: ValidationInfo) -> Any:
+        """The settings model of the policy the section names (see :mod:`edge_runtime.selection.registry`)."""
+        return parse_settings(info.field_name, value)
 
     @field_validator("device")
     @classmethod
@@ -206,6 +167,9 @@ def _format(err: ValidationError, source: str) -> str:
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown key; check the spelling against configs/default.yaml"
+        elif e["type"] == "not_a_setting":  # a key the section's policy does not have
+            lines.append(f"{key} {msg}")
+            continue
         elif "input" in e and not isinstance(e["input"], dict):
             msg = f"{msg} (got {e['input']!r})"
         lines.append(f"{key}: {msg}")

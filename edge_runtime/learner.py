@@ -1,15 +1,17 @@
 """The one training loop: ``Learner.observe(samples) -> verdicts``, used by the node and the benchmarks.
 
-Each call runs the learning step of DESIGN.md on one micro-batch, in order:
+Each call runs the learning step of DESIGN.md on one micro-batch, one method per stage of
+:meth:`Learner._step`:
 
-1. forward with the current model; record prequential accuracy (predict before learning);
-2. update the EMA class prototypes per modality and compute the per-modality confidence of the
-   true class (prototype or linear-head confidence);
-3-4. score and select with the configured policy (MBS by default, Algorithm 1);
-5. cross-entropy on the selected samples (asymmetric, ER-ACE, in class-incremental streams) and
-   offer them to the bounded replay buffer;
-6. replay a batch from the buffer with full cross-entropy plus KD against a frozen teacher;
-7. one verdict per sample: admitted, trained, skipped, eval, invalid:<reason>.
+1. ``_predict_and_record``: forward with the current model; prequential and held-out accuracy go
+   to the learner's :class:`~edge_runtime.evaluation.StreamMetrics` (predict before learning);
+2. ``_confidences``: EMA class prototypes per modality and the per-modality confidence of the true
+   class (prototype or linear-head confidence);
+3-4. ``_select``: the configured admission policy (MBS by default, Algorithm 1);
+5-6. ``_losses_and_update``: optimiser steps on the sum of the loss terms (:mod:`edge_runtime.losses`:
+   incoming CE with ER-ACE masking, replay CE, KD against a frozen teacher, and the policies' own terms);
+7. ``_admit_and_verdicts``: selected samples offered to the bounded replay buffer; one verdict per
+   sample: admitted, trained, skipped, eval, invalid:<reason>.
 
 The learner knows nothing about sockets; it is fed lists of :class:`~edge_runtime.wire.Sample`.
 """
@@ -28,12 +30,14 @@ import torch.nn.functional as F
 
 from edge_runtime.batch import Batch, collate
 from edge_runtime.buffer import ReplayBuffer
-from edge_runtime.config import Config
-from edge_runtime.distill import Teacher, kd_loss
+from edge_runtime.config import Config, TrainingConfig
+from edge_runtime.distill import Teacher
+from edge_runtime.evaluation import StreamMetrics
+from edge_runtime.losses import Forwarded, LossTerm, UpdateStep, standard_terms, total_loss
 from edge_runtime.model import ModelOutput, build_model
 from edge_runtime.prototypes import ModalityPrototypes
 from edge_runtime.selection import build_policy, build_replay
-from edge_runtime.selection.base import ReplayPlan, StepContext
+from edge_runtime.selection.base import ReplayPlan, Selection, StepContext
 from edge_runtime.wire import Sample
 
 ADMITTED, TRAINED, SKIPPED, EVAL = "admitted", "trained", "skipped", "eval"
@@ -73,29 +77,30 @@ class StepTimes:
 
 @dataclass
 class LearnerStats:
+    """Counters of the stream (accuracies live in :class:`~edge_runtime.evaluation.StreamMetrics`)."""
+
     samples_seen: int = 0
     updates: int = 0
-    preq_correct: int = 0
-    preq_total: int = 0
-    eval_correct: int = 0
-    eval_total: int = 0
     verdicts: Counter = field(default_factory=Counter)
 
-    @property
-    def prequential_accuracy(self) -> float | None:
-        """Accuracy of predictions made before learning, over labelled train samples; None before any."""
-        return self.preq_correct / self.preq_total if self.preq_total else None
 
-    @property
-    def eval_accuracy(self) -> float | None:
-        """Accuracy on samples streamed with split "eval" (never trained on); None before any."""
-        return self.eval_correct / self.eval_total if self.eval_total else None
+def make_optimizer(tc: TrainingConfig, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    """The optimiser ``training.optimizer`` names, with its learning rate, momentum and weight decay."""
+    if tc.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=tc.lr, momentum=tc.momentum, weight_decay=tc.weight_decay)
+    return torch.optim.Adam(params, lr=tc.lr, weight_decay=tc.weight_decay)
 
 
 class Learner:
-    """Incremental multimodal learner with balanced selection, bounded replay and distillation."""
+    """Incremental multimodal learner with balanced selection, bounded replay and distillation.
 
-    def __init__(self, config: Config, store: Any | None = None) -> None:
+    ``metrics`` receives the stream's prequential and held-out accuracy (a fresh
+    :class:`StreamMetrics` by default); ``terms`` replaces the learner's standard loss terms
+    (:func:`~edge_runtime.losses.standard_terms`); the policies' own terms are always added after them.
+    """
+
+    def __init__(self, config: Config, store: Any | None = None, metrics: StreamMetrics | None = None,
+                 terms: Sequence[LossTerm] | None = None) -> None:
         self.config = config
         self.device = resolve_device(config.device)
         if config.num_threads:
@@ -105,8 +110,9 @@ class Learner:
         mc = config.model
         self.model = build_model(mc).to(self.device)
         self.num_classes = mc.num_classes
-        self.optimizer = self._make_optimizer()
+        self.optimizer = make_optimizer(config.training, self.model.parameters())
         self.prototypes = ModalityPrototypes(mc.num_classes, {"audio": mc.embed_dim, "video": mc.embed_dim}, config.prototypes.momentum).to(self.device)
+        self.policy_settings = config.selection
         self.policy = build_policy(config.selection, seed=seed)
         self.buffer = ReplayBuffer(config.buffer, seed=seed, store=store)
         self.replay = build_replay(config.replay, config.buffer.replay_batch_size, seed=seed)
@@ -118,14 +124,10 @@ class Learner:
         self.pin = self.device.type == "cuda"
         self.seen = torch.zeros(mc.num_classes, dtype=torch.bool, device=self.device)
         self.stats = LearnerStats()
+        self.metrics = metrics if metrics is not None else StreamMetrics()
         self.times = StepTimes()
-
-    def _make_optimizer(self) -> torch.optim.Optimizer:
-        tc = self.config.training
-        params = self.model.parameters()
-        if tc.optimizer == "sgd":
-            return torch.optim.SGD(params, lr=tc.lr, momentum=tc.momentum, weight_decay=tc.weight_decay)
-        return torch.optim.Adam(params, lr=tc.lr, weight_decay=tc.weight_decay)
+        own = list(terms) if terms is not None else standard_terms(tc, self.teacher, self.buffer.__contains__, 4 * config.buffer.max_items)
+        self.terms: list[LossTerm] = own + [p.loss for p in (self.policy, self.replay) if p.loss is not None]
 
     # ------------------------------------------------------------------ validation
     def check(self, sample: Sample) -> str | None:
@@ -166,39 +168,54 @@ class Learner:
         return verdicts
 
     def _step(self, samples: list[Sample], positions: list[int], verdicts: list[str]) -> None:
-        tc = self.config.training
+        """DESIGN's learning step on the valid samples of one micro-batch, stage by stage."""
+        times = self.times
         t0 = time.perf_counter()
         batch = self._to_device(collate(samples))
         t1 = time.perf_counter()
-        self.times.data += t1 - t0
+        times.data += t1 - t0
+        out = self._predict_and_record(batch)
+        rows = self._untrained_verdicts(batch, positions, verdicts)
+        t2 = time.perf_counter()
+        times.model += t2 - t1
+        if rows.numel() == 0:
+            return
+        ctx, present = self._confidences(batch, out, rows)
+        selection = self._select(ctx)
+        self.seen |= present
+        chosen = rows if self.policy_settings.train_on == "all" else rows.index_select(0, selection.indices.to(self.device))
+        t3 = time.perf_counter()
+        times.select += t3 - t2
+        self._losses_and_update(out, batch, chosen, present, selection)
+        t5 = time.perf_counter()
+        self._admit_and_verdicts(samples, positions, rows, selection, verdicts)
+        times.buffer += time.perf_counter() - t5
 
+    def _predict_and_record(self, batch: Batch) -> ModelOutput:
+        """Step 1: forward with the current model; prequential and held-out accuracy into ``self.metrics``."""
         self.model.train()
         with self._autocast():
             out = self.model(*batch.inputs())
-        labels = batch.labels
         with torch.no_grad():
-            correct = out.logits.argmax(dim=1) == labels
-            labelled = labels >= 0
-            train_mask = labelled & ~batch.is_eval
-            eval_mask = labelled & batch.is_eval
-            self.stats.preq_correct += int((correct & train_mask).sum())
-            self.stats.preq_total += int(train_mask.sum())
-            self.stats.eval_correct += int((correct & eval_mask).sum())
-            self.stats.eval_total += int(eval_mask.sum())
-        t2 = time.perf_counter()
-        self.times.model += t2 - t1
+            self.metrics.update(batch.labels, out.logits.argmax(dim=1), batch.is_eval)
+        return out
 
+    def _untrained_verdicts(self, batch: Batch, positions: list[int], verdicts: list[str]) -> torch.Tensor:
+        """Verdicts of the rows nothing is learned from (eval, unlabelled); returns the labelled train rows."""
+        labels = batch.labels
         for row, pos in enumerate(positions):
             if batch.is_eval[row]:
                 verdicts[pos] = EVAL
             elif labels[row] < 0:
                 verdicts[pos] = SKIPPED  # unlabelled: predicted, nothing to learn from
-        rows = torch.nonzero(train_mask).squeeze(1)
-        if rows.numel() == 0:
-            return
+        return torch.nonzero((labels >= 0) & ~batch.is_eval).squeeze(1)
 
-        # Steps 2-4: prototypes, confidences, score, select.
-        y = labels[rows]
+    def _confidences(self, batch: Batch, out: ModelOutput, rows: torch.Tensor) -> tuple[StepContext, torch.Tensor]:
+        """Step 2: teacher snapshot when due, EMA prototypes, per-modality confidences of the true class.
+
+        Returns the selection context of the train rows and the mask of classes present in them.
+        """
+        y = batch.labels[rows]
         present = torch.zeros_like(self.seen)
         present[y] = True
         new_class = bool((present & ~self.seen).any())
@@ -207,32 +224,38 @@ class Learner:
         with torch.no_grad():
             sub = ModelOutput(*(t.detach().float().index_select(0, rows) for t in out))  # float32 even under AMP
             self.prototypes.update({"audio": sub.z_audio, "video": sub.z_video}, y)
-            p_audio, p_video = self._confidences(sub, y)
-            ctx = StepContext(batch=batch.index(rows), labels=y, output=sub, p_audio=p_audio, p_video=p_video, model=self.model)
+            p_audio, p_video = self._confidence_of_true_class(sub, y)
+        ctx = StepContext(batch=batch.index(rows), labels=y, output=sub, p_audio=p_audio, p_video=p_video, model=self.model)
+        return ctx, present
+
+    def _select(self, ctx: StepContext) -> Selection:
+        """Steps 3-4: the admission policy's selection; the replay policy watches the same context."""
+        with torch.no_grad():
             selection = self.policy.select(ctx)
             self.replay.observe(ctx)
-        selected = rows.index_select(0, selection.indices.to(self.device))
-        # train_on "all": every labelled sample gets CE; the selection only decides what is offered to the buffer.
-        chosen = rows if self.config.selection.train_on == "all" else selected
-        self.seen |= present
-        t3 = time.perf_counter()
-        self.times.select += t3 - t2
+        return selection
 
-        # Steps 5-6: CE on the selected samples, replay with KD; one optimiser step per replay step.
-        replay = self._plan_replay()
-        t4 = time.perf_counter()
-        self.times.buffer += t4 - t3
-        if chosen.numel() or replay.samples or replay.unimodal:
-            self._update(out, batch, chosen, present, replay)
-            for _ in range(tc.replay_steps - 1):
-                self._update(None, batch, chosen, present, self._plan_replay())
+    def _losses_and_update(self, out: ModelOutput, batch: Batch, chosen: torch.Tensor, present: torch.Tensor, selection: Selection) -> None:
+        """Steps 5-6: ``training.replay_steps`` optimiser steps, each on the sum of the loss terms
+        (incoming CE, replay CE, KD, the policies' own terms) with a fresh replay plan."""
+        t0 = time.perf_counter()
+        plan = self._plan_replay()
+        t1 = time.perf_counter()
+        self.times.buffer += t1 - t0
+        if chosen.numel() or plan.samples or plan.extra:
+            self._update(out, batch, chosen, present, plan, selection)
+            for _ in range(self.config.training.replay_steps - 1):
+                self._update(None, batch, chosen, present, self._plan_replay(), selection)
             self.stats.updates += 1
-        t5 = time.perf_counter()
-        self.times.model += t5 - t4
+        self.times.model += time.perf_counter() - t1
 
-        # Step 7: verdicts; selected samples are offered to the buffer (the others were trained on or skipped).
+    def _admit_and_verdicts(self, samples: list[Sample], positions: list[int], rows: torch.Tensor, selection: Selection,
+                            verdicts: list[str]) -> None:
+        """Step 7: selected samples are offered to the buffer (admitted or trained); the others were
+        trained on (``train_on: all``) or skipped."""
         deviation = selection.deviation
         chosen_rows = set(selection.indices.tolist())
+        unselected = TRAINED if self.policy_settings.train_on == "all" else SKIPPED
         for j, row in enumerate(rows.tolist()):
             pos = positions[row]
             if j in chosen_rows:
@@ -240,10 +263,9 @@ class Learner:
                 result = self.buffer.offer(samples[row], score)
                 verdicts[pos] = ADMITTED if result.admitted else TRAINED
             else:
-                verdicts[pos] = TRAINED if self.config.selection.train_on == "all" else SKIPPED
-        self.times.buffer += time.perf_counter() - t5
+                verdicts[pos] = unselected
 
-    def _confidences(self, out: ModelOutput, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _confidence_of_true_class(self, out: ModelOutput, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """p_m of the true class per modality (DESIGN step 2)."""
         if self.config.prototypes.confidence == "prototype":
             return (self.prototypes.confidence("audio", out.z_audio, y), self.prototypes.confidence("video", out.z_video, y))
@@ -252,7 +274,7 @@ class Learner:
         return pa, pv
 
     def _plan_replay(self) -> ReplayPlan:
-        """The replay policy's plan for one update (uniform, BSS or DUS)."""
+        """The replay policy's plan for one update (uniform, BSS, DUS, ...)."""
         return self.replay.plan(self.buffer, self.config.buffer.replay_batch_size, self._forward_no_grad)
 
     @torch.no_grad()
@@ -261,6 +283,12 @@ class Learner:
         with self._autocast():
             out = self.model(*self._to_device(collate(samples)).inputs())
         return ModelOutput(*(t.float() for t in out))
+
+    def _forward_samples(self, samples: Sequence[Sample]) -> tuple[Batch, ModelOutput]:
+        """The device batch of ``samples`` and the model's outputs on it, with gradients."""
+        b = self._to_device(collate(list(samples)))
+        with self._autocast():
+            return b, self.model(*b.inputs())
 
     def _autocast(self):
         """Mixed precision on CUDA when ``training.amp`` asks for it; a no-op context on CPU."""
@@ -274,46 +302,24 @@ class Learner:
             return batch.pin_memory().to(self.device, non_blocking=True)
         return batch.to(self.device)
 
-    def _update(self, out: ModelOutput | None, batch: Batch, chosen: torch.Tensor, present: torch.Tensor, plan: ReplayPlan) -> None:
-        tc = self.config.training
-        loss = torch.zeros((), device=self.device)
-        if chosen.numel():
+    def _update(self, out: ModelOutput | None, batch: Batch, chosen: torch.Tensor, present: torch.Tensor, plan: ReplayPlan,
+                selection: Selection) -> None:
+        """One optimiser step on the sum of the loss terms; ``out`` is the step-1 forward (None: forward again)."""
+
+        def incoming() -> Forwarded | None:
+            if not chosen.numel():
+                return None
             if out is None:
                 sub_batch = batch.index(chosen)
                 with self._autocast():
-                    logits_out = self.model(*sub_batch.inputs())
-                y = sub_batch.labels
-            else:
-                logits_out = ModelOutput(*(t.index_select(0, chosen) for t in out))
-                y = batch.labels.index_select(0, chosen)
-            logits = logits_out.logits.float()
-            if tc.asymmetric_ce:
-                # ER-ACE (Caccia et al. 2022): incoming samples compete only with the classes of this batch.
-                logits = logits.masked_fill(~present, float("-inf"))
-            loss = loss + F.cross_entropy(logits, y)
-            if tc.unimodal_loss_weight > 0:
-                loss = loss + tc.unimodal_loss_weight * (
-                    F.cross_entropy(logits_out.audio_logits.float(), y) + F.cross_entropy(logits_out.video_logits.float(), y)
-                )
-        replay = plan.samples
-        if replay:
-            rb = self._to_device(collate(replay))
-            with self._autocast():
-                rout = self.model(*rb.inputs())
-            loss = loss + F.cross_entropy(rout.logits.float(), rb.labels)
-            if self.teacher.model is not None and tc.kd_lambda > 0:
-                tlogits = self.teacher.cached_logits([r.key for r in replay], rb.inputs(), keep=self.buffer.__contains__,
-                                                     limit=4 * self.config.buffer.max_items)
-                loss = loss + tc.kd_lambda * kd_loss(rout.logits.float(), tlogits, self.teacher.classes, tc.kd_temperature)
-        for modality, extra in plan.unimodal.items():
-            if extra:  # DUS: the weaker modality's unimodal head only
-                ub = self._to_device(collate(extra))
-                with self._autocast():
-                    uout = self.model(*ub.inputs())
-                head = uout.audio_logits if modality == "audio" else uout.video_logits
-                loss = loss + self.config.replay.dus_weight * F.cross_entropy(head.float(), ub.labels)
+                    return Forwarded(self.model(*sub_batch.inputs()), sub_batch.labels)
+            return Forwarded(ModelOutput(*(t.index_select(0, chosen) for t in out)), batch.labels.index_select(0, chosen))
+
+        step = UpdateStep(incoming=incoming, present=present, plan=plan, selection=selection, forward_samples=self._forward_samples)
+        loss = total_loss(self.terms, step, self.device)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()  # a pass-through unless fp16 AMP is on
+        tc = self.config.training
         if tc.grad_clip is not None:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
@@ -370,8 +376,8 @@ class Learner:
         return {
             "samples_seen": st.samples_seen,
             "updates": st.updates,
-            "prequential_accuracy": st.prequential_accuracy,
-            "eval_accuracy": st.eval_accuracy,
+            "prequential_accuracy": self.metrics.prequential.get(),
+            "eval_accuracy": self.metrics.held_out.get(),
             "verdicts": dict(st.verdicts),
             "buffer_items": len(self.buffer),
             "buffer_bytes": self.buffer.nbytes,
@@ -394,15 +400,8 @@ class Learner:
             "replay": self.replay.state_dict(),
             "scaler": self.scaler.state_dict(),
             "seen": self.seen.clone(),
-            "stats": {
-                "samples_seen": st.samples_seen,
-                "updates": st.updates,
-                "preq_correct": st.preq_correct,
-                "preq_total": st.preq_total,
-                "eval_correct": st.eval_correct,
-                "eval_total": st.eval_total,
-                "verdicts": dict(st.verdicts),
-            },
+            "stats": {"samples_seen": st.samples_seen, "updates": st.updates, "verdicts": dict(st.verdicts),
+                      **self.metrics.state_dict()},
             "torch_rng": torch.get_rng_state(),
         }
 
@@ -419,8 +418,8 @@ class Learner:
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.seen = state["seen"].clone().to(self.device)
-        s = dict(state["stats"])
-        verdicts = Counter(s.pop("verdicts"))
-        self.stats = LearnerStats(**s, verdicts=verdicts)
+        s = state["stats"]
+        self.stats = LearnerStats(int(s["samples_seen"]), int(s["updates"]), Counter(s["verdicts"]))
+        self.metrics.load_state_dict(s)
         torch.set_rng_state(state["torch_rng"])
 

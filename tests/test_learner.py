@@ -27,10 +27,10 @@ def test_learns_synthetic_stream_above_chance(synthetic):
     learner = Learner(config_from_dict({"selection": {"keep_ratio": 0.5}}))
     hits = []
     for i in range(0, len(samples), 32):
-        before = learner.stats.preq_correct
+        before = learner.metrics.prequential.correct
         chunk = samples[i : i + 32]
         learner.observe(chunk)
-        hits.append((learner.stats.preq_correct - before, len(chunk)))
+        hits.append((learner.metrics.prequential.correct - before, len(chunk)))
     last = hits[-30:]  # the last ~1000 samples, predicted before being learned from
     late_accuracy = sum(h for h, _ in last) / sum(n for _, n in last)
     assert late_accuracy > 0.5, late_accuracy  # chance is 0.1

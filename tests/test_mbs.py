@@ -8,12 +8,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge_runtime.config import SelectionConfig
 from edge_runtime.scoring import mbs, mbs_deviation
 from edge_runtime.selection import build_policy
 from edge_runtime.selection.base import StepContext
-from edge_runtime.selection.mbs import MBSPolicy, select, select_with_deviation
-from edge_runtime.selection.random import RandomPolicy
+from edge_runtime.selection.mbs import MBSPolicy, MBSSettings, select, select_with_deviation
+from edge_runtime.selection.random import RandomPolicy, RandomSettings
 from edge_runtime.selection.running_median import RunningMedian
 
 TINY64 = torch.finfo(torch.float64).tiny
@@ -210,7 +209,7 @@ def _ctx(pa, pv):
 def test_mbs_policy_is_algorithm1_on_the_confidence_ratio(center, deviation):
     rng = np.random.default_rng(6)
     pa, pv = rng.uniform(0.01, 1, size=25), rng.uniform(0.01, 1, size=25)
-    policy = build_policy(SelectionConfig(policy="mbs", keep_ratio=0.4, center=center, deviation=deviation))
+    policy = build_policy(MBSSettings(keep_ratio=0.4, center=center, deviation=deviation))
     assert isinstance(policy, MBSPolicy)
     out = policy.select(_ctx(pa, pv))
     want, want_dev = reference_select((pa / pv).tolist(), 0.4, center, deviation)
@@ -221,7 +220,7 @@ def test_mbs_policy_is_algorithm1_on_the_confidence_ratio(center, deviation):
 
 def test_mbs_policy_running_centre_includes_this_batch_and_survives_restart():
     rng = np.random.default_rng(7)
-    cfg = SelectionConfig(policy="mbs", keep_ratio=0.5, center="running", running_window=20)
+    cfg = MBSSettings(keep_ratio=0.5, center="running", running_window=20)
     policy = MBSPolicy(cfg)
     history: list[float] = []
     batches = [(rng.uniform(0.05, 1, size=n), rng.uniform(0.05, 1, size=n)) for n in (8, 5, 13, 30, 6)]
@@ -239,7 +238,7 @@ def test_mbs_policy_running_centre_includes_this_batch_and_survives_restart():
 
 
 def test_random_policy_size_determinism_and_state():
-    cfg = SelectionConfig(policy="random", keep_ratio=0.25)
+    cfg = RandomSettings(keep_ratio=0.25)
     a, b = build_policy(cfg, seed=3), RandomPolicy(cfg, seed=3)
     assert isinstance(a, RandomPolicy)
     draws_a = [a.select(_ctx(np.ones(n), np.ones(n))) for n in (10, 40, 3, 7)]

@@ -14,7 +14,7 @@ from torch import nn
 from conftest import stream
 from edge_runtime.batch import collate
 from edge_runtime.buffer import ReplayBuffer
-from edge_runtime.config import BufferConfig, Config, ReplayConfig, SelectionConfig, config_from_dict
+from edge_runtime.config import BufferConfig, Config, config_from_dict
 from edge_runtime.learner import Learner
 from edge_runtime.model import build_model
 from edge_runtime.scoring.balance import balance_score, minmax, pacing, sampling_weights
@@ -24,8 +24,9 @@ from edge_runtime.scoring.grand import grand
 from edge_runtime.scoring.shapley import contributions, gradient_embedding, kmeans_pp, modality_weights, shapley_two_modalities
 from edge_runtime.selection import REGISTRY, REPLAY_REGISTRY, build_policy
 from edge_runtime.selection.base import keep_by_score
-from edge_runtime.selection.bss import BSSReplay
-from edge_runtime.selection.dus import DUSReplay
+from edge_runtime.selection.bss import BSSReplay, BSSSettings
+from edge_runtime.selection.dus import DUSReplay, DUSSettings
+from edge_runtime.selection.registry import parse_settings
 from edge_runtime.wire import Sample
 
 
@@ -54,8 +55,8 @@ def test_el2n_policy_direction():
     labels = torch.randint(0, 4, (10,))
     score = el2n(logits, labels)
     ctx = _ctx(logits, labels)
-    small = build_policy(SelectionConfig(policy="el2n", keep_ratio=0.3)).select(ctx).indices
-    large = build_policy(SelectionConfig(policy="el2n", keep_ratio=0.3, direction="largest")).select(ctx).indices
+    small = build_policy(parse_settings("selection", dict(policy="el2n", keep_ratio=0.3))).select(ctx).indices
+    large = build_policy(parse_settings("selection", dict(policy="el2n", keep_ratio=0.3, direction="largest"))).select(ctx).indices
     order = np.argsort(score.numpy(), kind="stable")
     assert sorted(small.tolist()) == sorted(order[:3].tolist())
     assert sorted(large.tolist()) == sorted(order[-3:].tolist())
@@ -180,7 +181,7 @@ def test_bmmal_policy_keeps_k_distinct_rows(synthetic):
     from edge_runtime.selection.base import StepContext
 
     ctx = StepContext(batch=batch, labels=batch.labels, output=out, p_audio=torch.ones(20), p_video=torch.ones(20), model=model)
-    sel = build_policy(SelectionConfig(policy="bmmal", keep_ratio=0.25), seed=1).select(ctx)
+    sel = build_policy(parse_settings("selection", dict(policy="bmmal", keep_ratio=0.25)), seed=1).select(ctx)
     assert len(sel.indices) == 5 and len(set(sel.indices.tolist())) == 5
     d1, d2, _ = shapley_two_modalities(lambda a, v: model.fusion(a, v)[0], out.z_audio, out.z_video)
     phi1, phi2 = contributions(d1, d2)
@@ -244,7 +245,7 @@ def test_bss_heuristic_replays_only_the_most_balanced_share():
     for seq in range(100):
         buf.offer(_labelled(seq, 0))
         balance[seq] = seq / 99  # higher seq = more balanced (modalities agree)
-    policy = BSSReplay(ReplayConfig(policy="bss", round_updates=1000), replay_batch_size=8)
+    policy = BSSReplay(BSSSettings(round_updates=1000), replay_batch_size=8)
     forward = _scripted_forward(balance)
     share = pacing(0)
     allowed = set(range(100 - math.ceil(share * 100), 100))
@@ -261,7 +262,7 @@ def test_bss_learned_draws_proportional_to_weights():
     balance = {seq: seq / 9 for seq in range(10)}
     for seq in range(10):
         buf.offer(_labelled(seq, 0))
-    policy = BSSReplay(ReplayConfig(policy="bss", bss_variant="learned", round_updates=10**6), replay_batch_size=1)
+    policy = BSSReplay(BSSSettings(variant="learned", round_updates=10**6), replay_batch_size=1)
     forward = _scripted_forward(balance)
     counts = np.zeros(10)
     trials = 3000
@@ -295,13 +296,13 @@ def test_dus_plans_extra_samples_of_the_weaker_modality():
     buf = ReplayBuffer(BufferConfig(max_items=50, retention="reservoir"))
     for seq in range(50):
         buf.offer(_labelled(seq, seq % 3))
-    pol = DUSReplay(ReplayConfig(policy="dus", dus_gamma=0.0), replay_batch_size=8)
+    pol = DUSReplay(DUSSettings(gamma=0.0), replay_batch_size=8)
     from edge_runtime.selection.base import StepContext
 
     pol.observe(StepContext(None, None, None, torch.full((4,), 0.9), torch.full((4,), 0.4), None))
     plan = pol.plan(buf, 8, lambda s: None)
     assert len(plan.samples) == 8
-    assert list(plan.unimodal) == ["video"] and len(plan.unimodal["video"]) == round(8 * 0.5)
+    assert list(plan.extra) == ["video"] and len(plan.extra["video"]) == round(8 * 0.5)
 
 
 # ---------------------------------------------------------------- every policy through the Learner

@@ -14,7 +14,7 @@ import copy
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Any, Hashable, Iterator
+from typing import Any, Hashable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -125,6 +125,23 @@ class ReplayBuffer:
     def score(self, key: Key) -> float:
         """The score the sample ``key`` was offered with."""
         return self._scores[key]
+
+    # The read-only view the retention policies plan with (no copies: do not modify what they return).
+    def slots(self) -> Sequence[Key]:
+        """The stored keys in storage-slot order (a live view, not a copy)."""
+        return self._keys
+
+    def by_class(self) -> Mapping[int, Sequence[Key]]:
+        """Stored keys per class, classes with none absent (a live view, not a copy)."""
+        return self._class_keys
+
+    def label_of(self, key: Key) -> int:
+        """The class of the stored sample ``key``."""
+        return self._labels[key]
+
+    def nbytes_of(self, key: Key) -> int:
+        """Tensor bytes of the stored sample ``key``."""
+        return self._sizes[key]
 
     def get(self, key: Key) -> Sample:
         """The stored sample ``key``."""

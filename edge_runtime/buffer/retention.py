@@ -2,7 +2,8 @@
 
 A policy is a small stateless object; everything it needs (stored keys per class, scores, sizes,
 offered counters, the random generator) lives in the :class:`~edge_runtime.buffer.ReplayBuffer`
-it is asked about, so the buffer's ``state_dict`` captures the policy's state too.
+it is asked about, so the buffer's ``state_dict`` captures the policy's state too.  Policies read
+the buffer through its small public view, :class:`BufferView`, never its private fields.
 
 The buffer calls :meth:`RetentionPolicy.plan` once per offer (after the duplicate and ``too_large``
 checks and after counting the offer).  ``plan`` returns the keys to evict so that the incoming
@@ -17,12 +18,36 @@ never changes the buffer; the buffer applies the plan.  Each policy has two part
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Hashable
+from typing import Hashable, Mapping, Protocol, Sequence
 
-if TYPE_CHECKING:  # pragma: no cover
-    from edge_runtime.buffer.replay import ReplayBuffer
+import numpy as np
 
 Key = Hashable
+
+
+class BufferView(Protocol):
+    """What a retention policy may read of the buffer (``ReplayBuffer`` implements it)."""
+
+    max_items: int
+    max_bytes: int
+    offered: int
+    offered_per_class: dict[int, int]
+    rng: np.random.Generator
+
+    def __len__(self) -> int: ...
+
+    @property
+    def nbytes(self) -> int: ...
+
+    def slots(self) -> Sequence[Key]: ...
+
+    def by_class(self) -> Mapping[int, Sequence[Key]]: ...
+
+    def label_of(self, key: Key) -> int: ...
+
+    def nbytes_of(self, key: Key) -> int: ...
+
+    def score(self, key: Key) -> float: ...
 
 
 class Plan:
@@ -30,7 +55,7 @@ class Plan:
 
     __slots__ = ("buf", "label", "score", "nbytes", "victims", "excluded", "removed", "freed")
 
-    def __init__(self, buf: "ReplayBuffer", label: int, score: float, nbytes: int) -> None:
+    def __init__(self, buf: BufferView, label: int, score: float, nbytes: int) -> None:
         self.buf = buf
         self.label = label
         self.score = score
@@ -51,23 +76,23 @@ class Plan:
         buf = self.buf
         self.victims.append(key)
         self.excluded.add(key)
-        label = buf._labels[key]
+        label = buf.label_of(key)
         self.removed[label] = self.removed.get(label, 0) + 1
-        self.freed += buf._sizes[key]
+        self.freed += buf.nbytes_of(key)
 
     def remaining(self, label: int) -> int:
         """Stored items of class ``label`` that are not planned victims."""
-        keys = self.buf._class_keys.get(label)
+        keys = self.buf.by_class().get(label)
         return (len(keys) if keys else 0) - self.removed.get(label, 0)
 
     def counts(self, with_incoming: bool) -> dict[int, int]:
         """Per-class counts of the remaining stored items (plus the incoming sample if asked)."""
-        out = {c: len(keys) - self.removed.get(c, 0) for c, keys in self.buf._class_keys.items()}
+        out = {c: len(keys) - self.removed.get(c, 0) for c, keys in self.buf.by_class().items()}
         if with_incoming:
             out[self.label] = out.get(self.label, 0) + 1
         return out
 
-    def _pick(self, keys: list[Key]) -> Key:
+    def _pick(self, keys: Sequence[Key]) -> Key:
         """A uniformly random element of ``keys`` that is not a planned victim (one must exist)."""
         rng = self.buf.rng
         excluded = self.excluded
@@ -83,11 +108,11 @@ class Plan:
 
     def random_any(self) -> Key:
         """A uniformly random remaining stored item."""
-        return self._pick(self.buf._keys)
+        return self._pick(self.buf.slots())
 
     def random_of_class(self, label: int) -> Key:
         """A uniformly random remaining stored item of class ``label``."""
-        return self._pick(self.buf._class_keys[label])
+        return self._pick(self.buf.by_class()[label])
 
     def random_of_largest(self, with_incoming: bool) -> Key:
         """A random remaining item of a largest class (ties: a class drawn uniformly among them).
@@ -107,7 +132,7 @@ class RetentionPolicy:
 
     name = "base"
 
-    def plan(self, buf: "ReplayBuffer", label: int, score: float, nbytes: int) -> list[Key] | None:
+    def plan(self, buf: BufferView, label: int, score: float, nbytes: int) -> list[Key] | None:
         """Victims that make room for the incoming sample (possibly none), or None to reject it."""
         plan = Plan(buf, label, score, nbytes)
         if len(buf) >= buf.max_items:
@@ -147,7 +172,7 @@ class ReservoirRetention(RetentionPolicy):
         j = int(buf.rng.integers(buf.offered))
         if j >= buf.max_items:
             return False
-        keys = buf._keys
+        keys = buf.slots()
         plan.evict(keys[j] if j < len(keys) else plan.random_any())
         return True
 
@@ -209,12 +234,12 @@ class MBSRetention(RetentionPolicy):
         top = max(counts.values())
         best: Key | None = None
         best_score = float("-inf")
-        scores, excluded = buf._scores, plan.excluded
+        score, excluded, by_class = buf.score, plan.excluded, buf.by_class()
         for c in sorted(c for c, n in counts.items() if n == top):
-            for key in buf._class_keys.get(c, ()):
+            for key in by_class.get(c, ()):
                 if key in excluded:
                     continue
-                s = scores[key]
+                s = score(key)
                 if best is None or s > best_score:
                     best, best_score = key, s
         if best is None:

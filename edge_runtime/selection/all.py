@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 
-from edge_runtime.config import SelectionConfig
 from edge_runtime.selection.base import Selection, SelectionPolicy, StepContext
+from edge_runtime.selection.settings import SelectionSettings
+
+
+class AllSettings(SelectionSettings):
+    """``all`` has no settings of its own (it keeps everything)."""
+
+    policy: Literal["all"] = "all"
 
 
 class KeepAllPolicy(SelectionPolicy):
-    """Select every row (``keep_ratio`` is ignored)."""
+    """Select every row."""
 
-    def __init__(self, cfg: SelectionConfig, seed: int = 0) -> None:
+    Settings = AllSettings
+
+    def __init__(self, cfg: AllSettings, seed: int = 0) -> None:
         self.cfg = cfg
 
     def select(self, ctx: StepContext) -> Selection:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
 import torch
@@ -11,8 +11,9 @@ import torch
 if TYPE_CHECKING:
     from edge_runtime.batch import Batch
     from edge_runtime.buffer import ReplayBuffer
-    from edge_runtime.wire import Sample
+    from edge_runtime.losses import UpdateStep
     from edge_runtime.model import ModelOutput, MultimodalNet
+    from edge_runtime.wire import Sample
 
 
 @dataclass
@@ -63,8 +64,20 @@ def keep_by_score(score: torch.Tensor, keep_ratio: float, largest: bool) -> torc
     return indices
 
 
+#: ``loss(step) -> Tensor | None``: a policy's own loss term, added to the learner's at every update.
+LossTerm = Callable[["UpdateStep"], "torch.Tensor | None"]
+
+
 class SelectionPolicy:
-    """Base class: ``select(ctx) -> Selection``; state that must survive a restart goes in state_dict."""
+    """Base class: ``select(ctx) -> Selection``; state that must survive a restart goes in state_dict.
+
+    A subclass declares ``Settings`` (its pydantic settings model, a subclass of
+    :class:`~edge_runtime.selection.registry.SelectionSettings`) and is built as ``Policy(settings,
+    seed=...)``.  It may define ``loss(step)``, a term the learner adds to its loss at every update
+    (see :class:`~edge_runtime.losses.UpdateStep` for what a term may look at).
+    """
+
+    loss: LossTerm | None = None
 
     def select(self, ctx: StepContext) -> Selection:  # pragma: no cover - interface
         raise NotImplementedError
@@ -78,11 +91,12 @@ class SelectionPolicy:
 
 @dataclass
 class ReplayPlan:
-    """What one update replays: ``samples`` through the fused head (CE + KD), and per modality
-    extra ``unimodal`` samples through that modality's unimodal head only (DUS)."""
+    """What one update replays: ``samples`` go through the fused head (CE + KD); ``extra`` is
+    whatever else the replay policy planned for its own loss term (e.g. DUS's unimodal samples),
+    opaque to the learner.  An update runs when there are incoming samples, ``samples`` or ``extra``."""
 
     samples: list["Sample"]
-    unimodal: dict[str, list["Sample"]] = field(default_factory=dict)
+    extra: Any = None
 
 
 #: ``forward(samples) -> ModelOutput`` of the current model, without gradients (for re-scoring).
@@ -93,8 +107,12 @@ class ReplayPolicy:
     """Base class of replay policies: how each update's replay batch is drawn from the buffer.
 
     ``observe(ctx)`` sees every step's selection context (to monitor the stream);
-    ``plan(buffer, n, forward)`` returns the :class:`ReplayPlan` of one update.
+    ``plan(buffer, n, forward)`` returns the :class:`ReplayPlan` of one update.  A subclass declares
+    ``Settings`` (a subclass of :class:`~edge_runtime.selection.registry.ReplaySettings`), is built as
+    ``Policy(settings, replay_batch_size, seed=...)`` and may define a ``loss(step)`` term.
     """
+
+    loss: LossTerm | None = None
 
     def observe(self, ctx: StepContext) -> None:
         return None

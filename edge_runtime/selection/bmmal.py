@@ -12,17 +12,25 @@ The per-row ``deviation`` handed to the buffer is ``|phi_a - phi_v|`` (0 = balan
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping
 
 import torch
 
-from edge_runtime.config import SelectionConfig
 from edge_runtime.scoring.shapley import contributions, gradient_embedding, kmeans_pp, modality_weights, shapley_two_modalities
 from edge_runtime.selection.base import Selection, SelectionPolicy, StepContext, keep_count
+from edge_runtime.selection.settings import KeepRatioSettings
+
+
+class BMMALSettings(KeepRatioSettings):
+    """``bmmal``: only the kept share."""
+
+    policy: Literal["bmmal"] = "bmmal"
 
 
 class BMMALPolicy(SelectionPolicy):
-    def __init__(self, cfg: SelectionConfig, seed: int = 0) -> None:
+    Settings = BMMALSettings
+
+    def __init__(self, cfg: BMMALSettings, seed: int = 0) -> None:
         self.cfg = cfg
         self.generator = torch.Generator(device="cpu")
         self.generator.manual_seed(int(seed))

@@ -18,19 +18,33 @@ Samples admitted since the last scoring wait for the next one (at most a round).
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping
 
 import torch
+from pydantic import Field
 
-from edge_runtime.config import ReplayConfig
 from edge_runtime.scoring.balance import balance_score, pacing, sampling_weights
 from edge_runtime.selection.base import Forward, ReplayPlan, ReplayPolicy
+from edge_runtime.selection.settings import ReplaySettings
 
 _SCORE_CHUNK = 256
 
 
+class BSSSettings(ReplaySettings):
+    """``bss``: the curriculum round, variant and pacing."""
+
+    policy: Literal["bss"] = "bss"
+    round_updates: int = Field(10, ge=1, description="learner updates per curriculum round (the stream's 'epoch')")
+    variant: Literal["heuristic", "learned"] = Field("heuristic", description="heuristic (pacing) | learned (re-scored weighted sampling)")
+    lambda0: float = Field(0.1, gt=0.0, le=1.0, description="initial fraction of the most balanced samples")
+    t_grow: int = Field(40, ge=1, description="rounds until the curriculum uses every sample")
+    renamed = {"bss_variant": "variant", "bss_lambda0": "lambda0", "bss_t_grow": "t_grow"}
+
+
 class BSSReplay(ReplayPolicy):
-    def __init__(self, cfg: ReplayConfig, replay_batch_size: int, seed: int = 0) -> None:
+    Settings = BSSSettings
+
+    def __init__(self, cfg: BSSSettings, replay_batch_size: int, seed: int = 0) -> None:
         self.cfg = cfg
         self.generator = torch.Generator(device="cpu")
         self.generator.manual_seed(int(seed))
@@ -55,7 +69,7 @@ class BSSReplay(ReplayPolicy):
             self.keys, self.values = [], torch.zeros(0, dtype=torch.float64)
             return
         a, v, m, y = (torch.cat(parts) for parts in zip(*values))  # min-max over the whole buffer
-        if self.cfg.bss_variant == "heuristic":
+        if self.cfg.variant == "heuristic":
             score = balance_score(a, v, m, y).double().cpu()
             order = torch.argsort(score, stable=True)
             self.keys = [keys[i] for i in order.tolist()]
@@ -74,8 +88,8 @@ class BSSReplay(ReplayPolicy):
             live = list(range(len(self.keys)))
         t = self.round
         self.calls += 1
-        if self.cfg.bss_variant == "heuristic":
-            share = pacing(t, self.cfg.bss_lambda0, self.cfg.bss_t_grow)
+        if self.cfg.variant == "heuristic":
+            share = pacing(t, self.cfg.lambda0, self.cfg.t_grow)
             pool = live[: max(1, math.ceil(share * len(live)))]
             picks = torch.randperm(len(pool), generator=self.generator)[:n].tolist()
             chosen = [pool[i] for i in picks]

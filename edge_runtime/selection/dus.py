@@ -3,25 +3,47 @@
 Each step the :class:`~edge_runtime.scoring.discrepancy.CumulativeDiscrepancy` folds in the
 batch's mean per-modality confidences, ``D_t = gamma D_{t-1} + (mean p_a - mean p_v)``.  Each
 update replays the usual uniform batch plus ``n_t = round(n_max * (1 - gamma) |D_t|)`` extra buffer
-samples of the weaker modality (video when ``D_t > 0``), which the learner passes through that
-modality's unimodal head only (cross-entropy weighted by ``replay.dus_weight``), so the lagging
+samples of the weaker modality (video when ``D_t > 0``), which DUS's own loss term passes through
+that modality's unimodal head only (cross-entropy weighted by ``replay.weight``), so the lagging
 encoder gets more gradient.  The paper's PPO-driven variant is not implemented.
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Literal, Mapping
 
-from edge_runtime.config import ReplayConfig
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+
 from edge_runtime.scoring.discrepancy import CumulativeDiscrepancy
 from edge_runtime.selection.base import Forward, ReplayPlan, ReplayPolicy, StepContext
+from edge_runtime.selection.settings import ReplaySettings
+
+if TYPE_CHECKING:
+    from edge_runtime.losses import UpdateStep
+
+
+class DUSSettings(ReplaySettings):
+    """``dus``: discount, quantity bound, dead band and weight of the unimodal term."""
+
+    policy: Literal["dus"] = "dus"
+    gamma: float = Field(0.9, ge=0.0, lt=1.0, description="discount of the cumulative modality discrepancy")
+    max_extra: int | None = Field(None, ge=0, description="most extra unimodal samples per update (None: buffer.replay_batch_size)")
+    epsilon: float = Field(0.02, ge=0.0, le=1.0, description="dead band of the imbalance level")
+    weight: float = Field(1.0, ge=0.0, description="weight of the unimodal cross-entropy")
+    renamed = {"dus_gamma": "gamma", "dus_max": "max_extra", "dus_epsilon": "epsilon", "dus_weight": "weight"}
 
 
 class DUSReplay(ReplayPolicy):
-    def __init__(self, cfg: ReplayConfig, replay_batch_size: int, seed: int = 0) -> None:
+    """Uniform replay plus ``{weaker modality: extra samples}`` in the plan's ``extra``, for :meth:`loss`."""
+
+    Settings = DUSSettings
+
+    def __init__(self, cfg: DUSSettings, replay_batch_size: int, seed: int = 0) -> None:
         self.cfg = cfg
-        self.n_max = replay_batch_size if cfg.dus_max is None else cfg.dus_max
-        self.monitor = CumulativeDiscrepancy(cfg.dus_gamma)
+        self.n_max = replay_batch_size if cfg.max_extra is None else cfg.max_extra
+        self.monitor = CumulativeDiscrepancy(cfg.gamma)
 
     def observe(self, ctx: StepContext) -> None:
         self.monitor.update(ctx.p_audio, ctx.p_video)
@@ -30,11 +52,22 @@ class DUSReplay(ReplayPolicy):
         if not len(buffer):
             return ReplayPlan([])
         samples = buffer.sample(n) if n > 0 else []
-        extra = self.monitor.quantity(self.n_max, self.cfg.dus_epsilon)
+        extra = self.monitor.quantity(self.n_max, self.cfg.epsilon)
         weak = self.monitor.weaker
         if extra and weak is not None:
             return ReplayPlan(samples, {weak: buffer.sample(extra)})
         return ReplayPlan(samples)
+
+    def loss(self, step: "UpdateStep") -> torch.Tensor | None:
+        """``weight * CE`` of the planned extra samples through the weaker modality's unimodal head only."""
+        total = None
+        for modality, extra in (step.plan.extra or {}).items():
+            if extra:
+                out, labels = step.forward(extra)
+                head = out.audio_logits if modality == "audio" else out.video_logits
+                term = self.cfg.weight * F.cross_entropy(head.float(), labels)
+                total = term if total is None else total + term
+        return total
 
     def state_dict(self) -> dict[str, Any]:
         return {"monitor": self.monitor.state_dict()}

@@ -7,13 +7,26 @@ buffer's ``mbs`` retention can use it as well.
 
 from __future__ import annotations
 
-from edge_runtime.config import SelectionConfig
+from typing import Literal
+
+from pydantic import Field
+
 from edge_runtime.scoring.el2n import el2n
 from edge_runtime.selection.base import Selection, SelectionPolicy, StepContext, keep_by_score
+from edge_runtime.selection.settings import KeepRatioSettings
+
+
+class EL2NSettings(KeepRatioSettings):
+    """``el2n``: which end of the score is kept."""
+
+    policy: Literal["el2n"] = "el2n"
+    direction: Literal["smallest", "largest"] = Field("smallest", description="keep the smallest (easy, the paper's baseline) or largest scores")
 
 
 class EL2NPolicy(SelectionPolicy):
-    def __init__(self, cfg: SelectionConfig, seed: int = 0) -> None:
+    Settings = EL2NSettings
+
+    def __init__(self, cfg: EL2NSettings, seed: int = 0) -> None:
         self.cfg = cfg
         self.largest = cfg.direction == "largest"
 

@@ -6,17 +6,30 @@ opposite); ``selection.grad_params`` picks the fusion head (vmap, cheap) or ever
 
 from __future__ import annotations
 
-import torch
+from typing import Literal
 
-from edge_runtime.config import SelectionConfig
+import torch
+from pydantic import Field
+
 from edge_runtime.scoring.grand import grand
 from edge_runtime.selection.base import Selection, SelectionPolicy, StepContext, keep_by_score
+from edge_runtime.selection.settings import KeepRatioSettings
+
+
+class GraNdSettings(KeepRatioSettings):
+    """``grand``: which end of the score is kept, and over which parameters the gradient is taken."""
+
+    policy: Literal["grand"] = "grand"
+    direction: Literal["smallest", "largest"] = Field("largest", description="keep the largest (the paper's baseline) or smallest norms")
+    grad_params: Literal["last_layer", "all"] = Field("last_layer", description="gradient over the fusion head (vmap) or every parameter")
 
 
 class GraNdPolicy(SelectionPolicy):
-    def __init__(self, cfg: SelectionConfig, seed: int = 0) -> None:
+    Settings = GraNdSettings
+
+    def __init__(self, cfg: GraNdSettings, seed: int = 0) -> None:
         self.cfg = cfg
-        self.largest = cfg.direction != "smallest"
+        self.largest = cfg.direction == "largest"
 
     def select(self, ctx: StepContext) -> Selection:
         with torch.enable_grad():

@@ -28,10 +28,11 @@ import math
 from typing import Any, Literal, Mapping
 
 import torch
+from pydantic import Field
 
-from edge_runtime.config import SelectionConfig
 from edge_runtime.scoring.mbs import Deviation, mbs as mbs_score, mbs_deviation
 from edge_runtime.selection.base import Selection, SelectionPolicy, StepContext
+from edge_runtime.selection.settings import KeepRatioSettings
 from edge_runtime.selection.running_median import RunningMedian
 
 Center = Literal["median", "running", "one"] | float
@@ -124,6 +125,15 @@ def select(mbs: torch.Tensor, keep_ratio: float, center: Center = "median", devi
     return select_with_deviation(mbs, keep_ratio, center, deviation)[0]
 
 
+class MBSSettings(KeepRatioSettings):
+    """``mbs``: the centre and deviation of Algorithm 1."""
+
+    policy: Literal["mbs"] = "mbs"
+    center: Literal["median", "running", "one"] = Field("median", description="median of the batch | running median of the stream | 1")
+    deviation: Literal["ratio", "log"] = Field("ratio", description="ratio: |MBS - m| | log: |log MBS - log m|")
+    running_window: int = Field(2048, ge=1, description="samples in the running-median window")
+
+
 class MBSPolicy(SelectionPolicy):
     """Algorithm 1 on the micro-batch (DESIGN steps 3-4), with ``ctx.p_audio / ctx.p_video``.
 
@@ -133,7 +143,9 @@ class MBSPolicy(SelectionPolicy):
     buffer's ``mbs`` retention uses.
     """
 
-    def __init__(self, cfg: SelectionConfig, seed: int = 0) -> None:
+    Settings = MBSSettings
+
+    def __init__(self, cfg: MBSSettings, seed: int = 0) -> None:
         self.cfg = cfg
         self.seed = seed  # deterministic policy; kept for the common constructor signature
         self.running = RunningMedian(cfg.running_window)

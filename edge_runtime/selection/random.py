@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-import math
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping
 
 import torch
 
-from edge_runtime.config import SelectionConfig
-from edge_runtime.selection.base import Selection, SelectionPolicy, StepContext
+from edge_runtime.selection.base import Selection, SelectionPolicy, StepContext, keep_count
+from edge_runtime.selection.settings import KeepRatioSettings
+
+
+class RandomSettings(KeepRatioSettings):
+    """``random``: only the kept share."""
+
+    policy: Literal["random"] = "random"
 
 
 class RandomPolicy(SelectionPolicy):
@@ -19,7 +24,9 @@ class RandomPolicy(SelectionPolicy):
     The generator state is part of :meth:`state_dict`, so a restored policy draws the same subsets.
     """
 
-    def __init__(self, cfg: SelectionConfig, seed: int = 0) -> None:
+    Settings = RandomSettings
+
+    def __init__(self, cfg: RandomSettings, seed: int = 0) -> None:
         self.cfg = cfg
         self.generator = torch.Generator(device="cpu")
         self.generator.manual_seed(int(seed))
@@ -28,7 +35,7 @@ class RandomPolicy(SelectionPolicy):
         n = int(ctx.labels.shape[0])
         if n == 0:
             return Selection(indices=torch.empty(0, dtype=torch.long))
-        k = max(1, int(math.floor(self.cfg.keep_ratio * n)))
+        k = keep_count(self.cfg.keep_ratio, n)
         chosen = torch.randperm(n, generator=self.generator)[:k]
         indices, _ = torch.sort(chosen)
         return Selection(indices=indices, deviation=None)

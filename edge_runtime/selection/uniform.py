@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
-from edge_runtime.config import ReplayConfig
+from typing import Literal
+
 from edge_runtime.selection.base import Forward, ReplayPlan, ReplayPolicy
+from edge_runtime.selection.settings import ReplaySettings
+
+
+class UniformSettings(ReplaySettings):
+    """``uniform`` has no settings of its own."""
+
+    policy: Literal["uniform"] = "uniform"
 
 
 class UniformReplay(ReplayPolicy):
-    def __init__(self, cfg: ReplayConfig, replay_batch_size: int, seed: int = 0) -> None:
+    Settings = UniformSettings
+
+    def __init__(self, cfg: UniformSettings, replay_batch_size: int, seed: int = 0) -> None:
         self.cfg = cfg
 
     def plan(self, buffer, n: int, forward: Forward) -> ReplayPlan:
