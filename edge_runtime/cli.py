@@ -62,7 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(demo)
     demo.add_argument("--devices", type=int, default=4, help="simulated UAVs (default 4)")
     demo.add_argument("--samples", type=int, default=6000, help="samples in the stream, over all devices (default 6000)")
-    demo.add_argument("--seconds", type=float, default=60.0, help="stop streaming after this long even if the stream is not over (default 60)")
+    demo.add_argument("--seconds", type=float, default=60.0, help="stop sending after this long even if the stream is not over, "
+                      "then wait for the verdicts of what was sent (default 60)")
+    demo.add_argument("--drain-timeout", type=float, default=30.0, help="after --seconds: wait at most this long for in-flight verdicts (default 30)")
     demo.add_argument("--rate", type=float, default=None, help="samples/s per device (default: as fast as credit allows)")
     demo.add_argument("--eval-every", type=int, default=10, help="every k-th sample of a device is sent as split eval (default 10)")
     demo.add_argument("--test-samples", type=int, default=1000, help="held-out samples for the final evaluation (default 1000)")
@@ -111,11 +113,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(args, name)})")
     if args.seconds <= 0:
         raise ConfigError(f"--seconds must be > 0 (got {args.seconds})")
+    if args.drain_timeout < 0:
+        raise ConfigError(f"--drain-timeout must be >= 0 (got {args.drain_timeout})")
     config = load_config(args.config, args.set)
     out = Path(args.out)
     try:
         run_demo(config, out, devices=args.devices, samples=args.samples, seconds=args.seconds, rate=args.rate,
-                 eval_every=args.eval_every, test_samples=args.test_samples, seed=args.seed, progress=not args.no_progress)
+                 eval_every=args.eval_every, test_samples=args.test_samples, seed=args.seed, progress=not args.no_progress,
+                 drain_timeout=args.drain_timeout)
     except DemoError as err:
         print(f"edge-node demo: {err}", file=sys.stderr)
         return 1

@@ -5,8 +5,10 @@
 2. ``device-sim run`` starts N simulated devices in a second child process, replaying the
    synthetic audio-visual data set class-incrementally (every k-th sample held out as ``eval``),
    with its live progress line;
-3. when the stream ends (or ``--seconds`` pass) the node gets SIGTERM: it decides what is queued,
-   checkpoints and exits; its final checkpoint is evaluated here on held-out samples;
+3. when the stream ends, or ``--seconds`` pass (the devices stop sending, then wait up to
+   ``--drain-timeout`` for the verdicts of what they sent, so sent = acked + unanswered), the node
+   gets SIGTERM: it decides what is queued, checkpoints and exits; its final checkpoint is
+   evaluated here on held-out samples;
 4. a summary table is printed and ``report.json`` written.
 
 This is the only place in ``edge_runtime`` that reaches ``device_sim`` (as a subprocess, plus
@@ -92,6 +94,7 @@ def run_demo(
     test_samples: int = 1000,
     seed: int = 0,
     progress: bool = True,
+    drain_timeout: float = 30.0,
 ) -> dict[str, Any]:
     """Run the node + devices demo; returns the report (also written to ``out/report.json``)."""
     out.mkdir(parents=True, exist_ok=True)
@@ -100,11 +103,11 @@ def run_demo(
     devices_json = out / "demo-devices.json"
     cmd = [sys.executable, "-m", "device_sim.cli", "run", "--endpoint", info["endpoint"], "--devices", str(devices),
            "--dataset", "synthetic", "--scenario", "class-incremental", "--samples", str(samples),
-           "--eval-every", str(eval_every), "--seed", str(seed), "--seconds", str(seconds), "--summary", str(devices_json)]
+           "--eval-every", str(eval_every), "--seed", str(seed), "--seconds", str(seconds), "--drain-timeout", str(drain_timeout), "--summary", str(devices_json)]
     if rate:
         cmd += ["--rate", str(rate)]
     try:
-        sim = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=None if progress else subprocess.DEVNULL, timeout=seconds + 300)
+        sim = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=None if progress else subprocess.DEVNULL, timeout=seconds + drain_timeout + 300)
     except BaseException:
         node.kill()
         raise
@@ -122,6 +125,7 @@ def run_demo(
         "samples_sent": totals["sent"],
         "samples_resent": totals["resent"],
         "samples_acked": totals["acked"],
+        "samples_unanswered": totals["unanswered"],
         "stream_complete": bool(totals.get("complete", sim.returncode == 0)),
         "verdicts": node_summary["verdicts"],
         "device_verdicts": totals["verdicts"],
@@ -151,7 +155,8 @@ def _fmt(value: float | None) -> str:
 def _print_table(r: dict[str, Any], chance: float) -> None:
     rows = [
         ("devices", f"{r['devices']} simulated UAVs over tcp://127.0.0.1"),
-        ("samples sent / acked", f"{r['samples_sent']} / {r['samples_acked']} ({r['samples_resent']} resent)"),
+        ("samples sent / acked", f"{r['samples_sent']} / {r['samples_acked']} ({r['samples_resent']} resent, "
+                                 f"{r['samples_unanswered']} unanswered)"),
         ("verdicts", ", ".join(f"{k} {v}" for k, v in sorted(r["verdicts"].items()))),
         ("prequential accuracy", _fmt(r["prequential_accuracy"])),
         ("eval accuracy (streamed eval)", _fmt(r["eval_accuracy"])),
