@@ -49,6 +49,7 @@ class ClientConfig:
     ping_after_s: float = 1.0
     drain_timeout_s: float = 30.0  # after a deadline: wait this long at most for in-flight verdicts
     record_latency: bool = False  # keep send-to-verdict seconds per sample in DeviceClient.latencies
+    start_delay_s: float = 0.0  # first sample not before this long after open() (staggers a fleet's start)
     heartbeat_ivl_ms: int = 1000
     curve_public: bytes | None = None
     curve_secret: bytes | None = None
@@ -209,7 +210,8 @@ class DeviceClient:
         """Connect; ``deadline`` (monotonic) is when to stop sending new samples and start draining."""
         self.sock = self._socket()
         self._deadline = deadline
-        self._started = self._last_traffic = self._next_send = time.monotonic()
+        self._started = self._last_traffic = time.monotonic()
+        self._next_send = self._started + self.cfg.start_delay_s
         return self.sock
 
     def _sending(self, now: float) -> bool:

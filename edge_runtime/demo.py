@@ -35,7 +35,9 @@ class DemoError(RuntimeError):
     """A part of the demo failed; the message says which and where its log is."""
 
 
-def _start_node(config: Config, out: Path) -> tuple[subprocess.Popen, dict[str, Any], Path]:
+def start_node(config: Config, out: Path) -> tuple[subprocess.Popen, dict[str, Any], Path]:
+    """``edge-node run`` of ``config`` in a child process, on a free loopback port and a fresh state folder
+    ``out/demo-state``; returns (process, its node.json, its log file) once it listens."""
     state = out / "demo-state"
     if state.exists():
         shutil.rmtree(state)
@@ -57,7 +59,8 @@ def _start_node(config: Config, out: Path) -> tuple[subprocess.Popen, dict[str, 
     return proc, json.loads(info_path.read_text()), log_path
 
 
-def _stop_node(proc: subprocess.Popen, log_path: Path) -> None:
+def stop_node(proc: subprocess.Popen, log_path: Path) -> None:
+    """SIGTERM, wait for the drain and final checkpoint; DemoError unless it exits 0 within 120 s."""
     proc.send_signal(signal.SIGTERM)
     try:
         code = proc.wait(120)
@@ -99,7 +102,7 @@ def run_demo(
     """Run the node + devices demo; returns the report (also written to ``out/report.json``)."""
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    node, info, node_log = _start_node(config, out)
+    node, info, node_log = start_node(config, out)
     devices_json = out / "demo-devices.json"
     cmd = [sys.executable, "-m", "device_sim.cli", "run", "--endpoint", info["endpoint"], "--devices", str(devices),
            "--dataset", "synthetic", "--scenario", "class-incremental", "--samples", str(samples),
@@ -111,7 +114,7 @@ def run_demo(
     except BaseException:
         node.kill()
         raise
-    _stop_node(node, node_log)
+    stop_node(node, node_log)
     wall = time.perf_counter() - started
     if not devices_json.exists():
         raise DemoError(f"device-sim exited with {sim.returncode} and wrote no summary")
