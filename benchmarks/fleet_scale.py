@@ -22,6 +22,7 @@ side), and samples left unanswered after the drain (0 expected). Writes ``fleet_
 per run) and ``fleet_scale.png`` under ``--out``; prints median [min, max] per N.
 
 Usage: python benchmarks/fleet_scale.py [--devices 10,100,1000] [--repeats 1] [--rate 100] [--seconds 20] [--out DIR]
+       python benchmarks/fleet_scale.py --replot --out DIR   (table + PNG again from DIR/fleet_scale.csv)
 """
 
 from __future__ import annotations
@@ -171,8 +172,15 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     def med(key: str) -> list[float]:
         return [statistics.median(float(r[key]) for r in rows if int(r["devices"]) == n) for n in sizes]
 
+    growth = [float(r["node_rss_mib"]) - float(r["rss_base_mib"]) for r in rows]
+    b.scatter([int(r["devices"]) for r in rows], growth, s=16, color="tab:green", label="runs")
+    slope = marginal_kib_per_device(rows)
+    intercept = float(np.mean(growth)) - slope / 1024 * float(np.mean([float(r["devices"]) for r in rows]))
+    grid = np.geomspace(sizes[0], sizes[-1], 50)
+    b.plot(grid, intercept + slope / 1024 * grid, color="tab:green", label=f"fit: {slope:.1f} KiB / device")
+    b.legend()
     for ax, keys, ylabel in ((a, ["cpu_ms_per_sample"], "node CPU ms per sample"),
-                             (b, ["rss_kib_per_device"], "node RSS KiB per device"),
+                             (b, [], "node RSS growth MiB over the window"),
                              (c, ["p50_ms", "p99_ms"], "ack latency ms")):
         for key in keys:  # the line is the median, every run a dot
             line, = ax.plot(sizes, med(key), marker="o", label=key.split("_")[0])
@@ -184,7 +192,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
         ax.set_ylabel(ylabel)
         ax.set_ylim(bottom=0)
     c.legend()
-    fig.suptitle(f"one edge-node, {rows[0]['total_rate']:g} samples/s in total")
+    fig.suptitle(f"one edge-node, {float(rows[0]['total_rate']):g} samples/s in total")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -200,7 +208,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=200, help="samples of the warm-up device (default 200)")
     ap.add_argument("--out", default="benchmarks/out/fleet_scale", help="folder for fleet_scale.csv / .png")
     ap.add_argument("--quick", action="store_true", help="smoke run: 2 and 5 devices, 20 samples/s, 2 s windows")
+    ap.add_argument("--replot", action="store_true", help="only print the table and redraw the PNG from --out's fleet_scale.csv")
     args = ap.parse_args(argv)
+    if args.replot:
+        with open(Path(args.out) / "fleet_scale.csv", newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        report(rows, Path(args.out))
+        return 0
     if args.quick:
         args.devices, args.rate, args.seconds, args.settle, args.warmup = "2,5", 20.0, 2.0, 1.5, 40
     try:
@@ -225,12 +239,17 @@ def main(argv: list[str] | None = None) -> int:
                       f"RSS {row['node_rss_mib']:.0f} MiB ({row['rss_kib_per_device']:.1f} KiB/device), "
                       f"p50 {row['p50_ms']:.0f} ms, p99 {row['p99_ms']:.0f} ms, device side {row['device_side_cpu_pct']:.0f}% CPU, "
                       f"{row['unanswered']} unanswered", flush=True)
+    report(rows, out)
+    return 0
+
+
+def report(rows: list[dict[str, Any]], out: Path) -> None:
+    """Print the table and the marginal memory per device; draw ``out/fleet_scale.png``."""
     print()
     print(table(rows))
     print(f"\nmarginal node memory per connected device (slope of RSS growth over N): {marginal_kib_per_device(rows):.1f} KiB")
     plot(rows, out / "fleet_scale.png")
     print(f"\nwrote {out / 'fleet_scale.csv'} and {out / 'fleet_scale.png'}")
-    return 0
 
 
 if __name__ == "__main__":
