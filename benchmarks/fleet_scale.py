@@ -31,6 +31,7 @@ import argparse
 import csv
 import os
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -40,14 +41,16 @@ from typing import Any
 import numpy as np
 import zmq
 
-from benchmarks.common import plt_figure
-from device_sim.client import ClientConfig, DeviceClient, run_many
-from device_sim.datasets.synthetic import SyntheticConfig, SyntheticDataset
-from device_sim.fleet import shard
-from device_sim.scenario import make_order
-from edge_runtime.config import config_from_dict
-from edge_runtime.demo import start_node, stop_node
-from edge_runtime.wire import schema_of
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.common import plt_figure  # noqa: E402
+from device_sim.client import ClientConfig, DeviceClient, run_many  # noqa: E402
+from device_sim.datasets.synthetic import SyntheticConfig, SyntheticDataset  # noqa: E402
+from device_sim.fleet import shard  # noqa: E402
+from device_sim.scenario import make_order  # noqa: E402
+from edge_runtime.config import config_from_dict  # noqa: E402
+from edge_runtime.demo import start_node, stop_node  # noqa: E402
+from edge_runtime.wire import schema_of  # noqa: E402
 
 #: The node's learner for this benchmark: the real learning step on a narrower model, a small buffer.
 LIGHT: dict[str, Any] = {
