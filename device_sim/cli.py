@@ -4,7 +4,8 @@ Sub-commands:
   datasets  list the data sets this machine can replay, and why the others are not available
   inspect   print the tensor shapes, labels and modality kinds of the first samples of a data set
   run       stream a data set from N simulated devices to an edge node (ZeroMQ, wire protocol v1);
-            live progress, then a JSON summary; exit 0 when every sample got a verdict
+            live progress, then a JSON summary; exit 0 when every sample sent got a verdict
+            (and the stream ended, or --seconds stopped it)
 """
 
 from __future__ import annotations
@@ -60,7 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resend-timeout", type=float, default=2.0, help="seconds before an unacknowledged sample is resent (default 2)")
     run.add_argument("--eval-every", type=int, default=None, help="every K-th sample of a device is sent as split eval (default: none)")
     run.add_argument("--seed", type=int, default=0, help="seed of data set and order (default 0)")
-    run.add_argument("--seconds", type=float, default=None, help="stop after this many seconds (default: when the stream ends)")
+    run.add_argument("--seconds", type=float, default=None,
+                     help="stop sending after this many seconds, then wait for the verdicts of what was sent (default: when the stream ends)")
+    run.add_argument("--drain-timeout", type=float, default=30.0,
+                     help="after --seconds: wait at most this long for in-flight verdicts; the rest is reported unanswered (default 30)")
     run.add_argument("--curve-dir", default=None, help="CURVE keys folder from `edge-node keys DIR`: uses DIR/device.key_secret and DIR/server.key")
     run.add_argument("--curve-name", default="device", help="certificate name in --curve-dir (default device)")
     run.add_argument("--summary", default=None, metavar="FILE", help="also write the JSON summary here")
@@ -105,6 +109,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if getattr(args, name) < 1:
             print(f"device-sim: --{name.replace('_', '-')} must be at least 1 (got {getattr(args, name)})", file=sys.stderr)
             return 2
+    for name in ("seconds", "drain_timeout"):
+        value = getattr(args, name)
+        if value is not None and (value < 0 or (name == "seconds" and value == 0)):
+            print(f"device-sim: --{name.replace('_', '-')} must be {'> 0' if name == 'seconds' else '>= 0'} (got {value})", file=sys.stderr)
+            return 2
     if args.samples is not None and args.samples < 1:
         print(f"device-sim: --samples must be at least 1 (got {args.samples})", file=sys.stderr)
         return 2
@@ -132,7 +141,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         curve = {"curve_public": public, "curve_secret": secret, "curve_server": server}
     try:
         base = ClientConfig(endpoint=args.endpoint, device_id="uav-0", max_in_flight=args.window, rate=args.rate,
-                            jitter=args.jitter, resend_timeout_s=args.resend_timeout, **curve)
+                            jitter=args.jitter, resend_timeout_s=args.resend_timeout,
+                            drain_timeout_s=args.drain_timeout, **curve)
     except ValueError as err:
         print(f"device-sim: {err}", file=sys.stderr)
         return 2
@@ -147,9 +157,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.summary:
         Path(args.summary).write_text(text + "\n")
     totals = result["totals"]
+    if totals["unanswered"]:
+        print(f"device-sim: {totals['unanswered']} of {totals['sent']} samples sent got no verdict within the "
+              f"{args.drain_timeout:g} s drain timeout (node overloaded or unreachable)" if args.seconds else
+              f"device-sim: {totals['unanswered']} of {totals['sent']} samples sent got no verdict (interrupted)", file=sys.stderr)
+        return 1
     if not totals["complete"]:
+        if args.seconds:
+            print(f"device-sim: stopped at --seconds {args.seconds:g} after {totals['sent']} of {totals['samples']} samples; "
+                  "every sample sent got a verdict", file=sys.stderr)
+            return 0
         print(f"device-sim: {totals['samples'] - totals['decided']} of {totals['samples']} samples got no verdict "
-              "(stopped early, or the node is unreachable)", file=sys.stderr)
+              "(node unreachable, or interrupted)", file=sys.stderr)
         return 1
     return 0
 

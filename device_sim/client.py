@@ -7,6 +7,16 @@ with the same seq after ``resend_timeout_s``; the node answers a decided seq wit
 verdict, so resends are safe. When the node restarts, the socket reconnects by itself, the new
 node answers ``no_hello``, and the device says hello again and resumes from ``next_seq``.
 Only unacknowledged samples are kept, so memory is bounded by the window.
+
+Stopping by time (a ``deadline``) stops *sending* new samples at the deadline, then keeps
+receiving (and resending) until every sample already sent has its verdict, for at most
+``drain_timeout_s``; what is still unanswered after that is counted in ``DeviceSummary.unanswered``.
+So ``sent == acked + unanswered + <error verdicts>`` always holds in a summary.
+
+One :class:`DeviceClient` is a small state machine (:meth:`DeviceClient.open`, ``step``,
+``on_readable``, ``finished``, ``close``); :meth:`DeviceClient.run` drives one of them, and
+:func:`run_many` drives many on one ZeroMQ poller in the calling thread (1,000 devices in one
+process need no 1,000 threads).
 """
 
 from __future__ import annotations
@@ -37,6 +47,9 @@ class ClientConfig:
     resend_timeout_s: float = 2.0
     hello_timeout_s: float = 2.0
     ping_after_s: float = 1.0
+    drain_timeout_s: float = 30.0  # after a deadline: wait this long at most for in-flight verdicts
+    record_latency: bool = False  # keep send-to-verdict seconds per sample in DeviceClient.latencies
+    start_delay_s: float = 0.0  # first sample not before this long after open() (staggers a fleet's start)
     heartbeat_ivl_ms: int = 1000
     curve_public: bytes | None = None
     curve_secret: bytes | None = None
@@ -49,6 +62,8 @@ class ClientConfig:
             raise ValueError(f"max_in_flight must be >= 1 (got {self.max_in_flight})")
         if self.rate is not None and self.rate <= 0:
             raise ValueError(f"rate must be > 0 samples/s (got {self.rate})")
+        if self.drain_timeout_s < 0:
+            raise ValueError(f"drain_timeout_s must be >= 0 (got {self.drain_timeout_s})")
 
 
 @dataclass
@@ -59,6 +74,7 @@ class DeviceSummary:
     sent: int = 0
     resent: int = 0
     acked: int = 0
+    unanswered: int = 0  # sent, but no verdict when the device stopped (deadline + drain timeout, or stop)
     verdicts: dict[str, int] = field(default_factory=dict)
     errors: dict[str, int] = field(default_factory=dict)
     skipped_resume: int = 0
@@ -89,6 +105,16 @@ class DeviceClient:
         self._credit = 0  # the window the node granted in its welcome (its per-device credit)
         self._welcomed = False
         self._rng = random.Random(cfg.device_id)
+        self._first_sent: dict[int, float] = {}  # seq -> first send time (for latencies)
+        self.latencies: list[float] = []  # send-to-verdict seconds per sample (cfg.record_latency)
+        self._resend_check_at = float("inf")  # no unacked sample is due for a resend before this time
+        self.sock: zmq.Socket | None = None
+        self._deadline: float | None = None
+        self._started = 0.0
+        self._last_hello = -1e9
+        self._last_traffic = 0.0
+        self._gap = 1.0 / cfg.rate if cfg.rate else 0.0
+        self._next_send = 0.0
 
     # ------------------------------------------------------------------ socket
     def _socket(self) -> zmq.Socket:
@@ -112,7 +138,11 @@ class DeviceClient:
             sock.send_multipart(wire.encode_sample(sample), zmq.NOBLOCK, copy=False)
         except zmq.Again:  # not connected yet (IMMEDIATE): it stays unacked and is resent later
             pass
-        self._unacked[sample.seq] = (sample, time.monotonic())
+        now = time.monotonic()
+        self._unacked[sample.seq] = (sample, now)
+        self._resend_check_at = min(self._resend_check_at, now + self.cfg.resend_timeout_s)
+        if not resend and self.cfg.record_latency:
+            self._first_sent[sample.seq] = now
         with self._lock:
             if resend:
                 self.summary.resent += 1
@@ -137,6 +167,9 @@ class DeviceClient:
                 return
             self.verdicts[seq] = outcome
             self._unacked.pop(seq, None)
+            sent_at = self._first_sent.pop(seq, None)
+            if sent_at is not None:
+                self.latencies.append(time.monotonic() - sent_at)
             if not outcome.startswith("error:"):
                 self.summary.acked += 1
             self.summary.verdicts[outcome] = self.summary.verdicts.get(outcome, 0) + 1
@@ -157,6 +190,7 @@ class DeviceClient:
             now = time.monotonic()
             for seq, (sample, _) in list(self._unacked.items()):  # resend at once; decided ones get re-acked
                 self._unacked[seq] = (sample, now - self.cfg.resend_timeout_s)
+            self._resend_check_at = now
         elif isinstance(msg, wire.Ack):
             for seq, status in msg.acks:
                 self._decide(seq, status)
@@ -171,58 +205,155 @@ class DeviceClient:
         with self._lock:
             self.summary.errors[code] = self.summary.errors.get(code, 0) + 1
 
+    # ------------------------------------------------------------------ state machine
+    def open(self, deadline: float | None = None) -> zmq.Socket:
+        """Connect; ``deadline`` (monotonic) is when to stop sending new samples and start draining."""
+        self.sock = self._socket()
+        self._deadline = deadline
+        self._started = self._last_traffic = time.monotonic()
+        self._next_send = self._started + self.cfg.start_delay_s
+        return self.sock
+
+    def _sending(self, now: float) -> bool:
+        return self._deadline is None or now < self._deadline
+
+    def finished(self, now: float) -> bool:
+        """Every sample decided; or past the deadline with nothing in flight, or the drain timeout over."""
+        if self._exhausted and not self._unacked:
+            return True
+        if self._sending(now):
+            return False
+        return not self._unacked or now >= self._deadline + self.cfg.drain_timeout_s  # type: ignore[operator]
+
+    def step(self, now: float) -> None:
+        """Say hello when due, resend what timed out, send new samples the window and rate allow, ping when idle."""
+        cfg, sock = self.cfg, self.sock
+        assert sock is not None, "open() first"
+        if not self._welcomed and now - self._last_hello >= cfg.hello_timeout_s:
+            sock.send_multipart(wire.encode_hello(cfg.device_id, self.schema))
+            self._last_hello = now
+            with self._lock:
+                self.summary.hellos += 1
+        if not self._welcomed:
+            return
+        if now >= self._resend_check_at:
+            self._resend_check_at = float("inf")
+            for seq, (sample, at) in sorted(self._unacked.items()):
+                if now - at >= cfg.resend_timeout_s:
+                    self._send_sample(sock, sample, resend=True)
+                else:
+                    self._resend_check_at = min(self._resend_check_at, at + cfg.resend_timeout_s)
+        if self._sending(now):
+            window = min(cfg.max_in_flight, self._credit)
+            gap = self._gap
+            while len(self._unacked) < window and not self._exhausted and time.monotonic() >= self._next_send:
+                sample = self._take()
+                if sample is None:
+                    break
+                self._send_sample(sock, sample, resend=False)
+                if gap:
+                    self._next_send += gap * (1 + self._rng.uniform(-cfg.jitter, cfg.jitter))
+                    self._next_send = max(self._next_send, time.monotonic() - gap)
+        if now - self._last_traffic >= cfg.ping_after_s:
+            sock.send_multipart(wire.encode_ping())
+            self._last_traffic = now
+
+    def wait_s(self, now: float) -> float:
+        """How long this device may sleep before :meth:`step` has something to do (at most 50 ms)."""
+        if self._gap and self._sending(now):
+            return max(0.001, min(0.05, self._next_send - now))
+        return 0.05
+
+    def on_readable(self) -> None:
+        """Read and handle every message waiting on the socket."""
+        sock = self.sock
+        assert sock is not None
+        while True:
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            self._on_message(sock, frames)
+            self._last_traffic = time.monotonic()
+
+    def close(self) -> DeviceSummary:
+        """Say bye (when welcomed), close the socket and return the final summary."""
+        sock = self.sock
+        if sock is not None:
+            try:
+                if self._welcomed:
+                    sock.send_multipart(wire.encode_bye(), zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass
+            sock.close(linger=200)
+            self.sock = None
+        with self._lock:
+            self.summary.seconds = round(time.monotonic() - self._started, 3)
+            self.summary.complete = self._exhausted and not self._unacked
+            self.summary.unanswered = len(self._unacked)
+        return self.summary
+
     # ------------------------------------------------------------------ main loop
     def run(self, stop: threading.Event | None = None, deadline: float | None = None) -> DeviceSummary:
-        """Stream until every sample is decided, ``stop`` is set, or ``deadline`` (monotonic) passes."""
-        cfg = self.cfg
-        sock = self._socket()
-        started = time.monotonic()
-        last_hello = -1e9
-        last_traffic = time.monotonic()
-        gap = 1.0 / cfg.rate if cfg.rate else 0.0
-        next_send = time.monotonic()
+        """Stream until every sample is decided or ``stop`` is set; at ``deadline`` (monotonic) stop sending
+        and drain in-flight verdicts for at most ``drain_timeout_s``."""
+        sock = self.open(deadline)
         try:
             while True:
                 now = time.monotonic()
-                if (stop is not None and stop.is_set()) or (deadline is not None and now >= deadline):
+                if (stop is not None and stop.is_set()) or self.finished(now):
                     break
-                if self._exhausted and not self._unacked:
-                    break
-                if not self._welcomed and now - last_hello >= cfg.hello_timeout_s:
-                    sock.send_multipart(wire.encode_hello(cfg.device_id, self.schema))
-                    last_hello = now
-                    with self._lock:
-                        self.summary.hellos += 1
-                if self._welcomed:
-                    window = min(cfg.max_in_flight, self._credit)
-                    for seq, (sample, at) in sorted(self._unacked.items()):
-                        if now - at >= cfg.resend_timeout_s:
-                            self._send_sample(sock, sample, resend=True)
-                    while len(self._unacked) < window and not self._exhausted and time.monotonic() >= next_send:
-                        sample = self._take()
-                        if sample is None:
-                            break
-                        self._send_sample(sock, sample, resend=False)
-                        if gap:
-                            next_send += gap * (1 + self._rng.uniform(-cfg.jitter, cfg.jitter))
-                            next_send = max(next_send, time.monotonic() - gap)
-                    if now - last_traffic >= cfg.ping_after_s:
-                        sock.send_multipart(wire.encode_ping())
-                        last_traffic = now
-                wait_ms = 50 if not gap else max(1, min(50, int((next_send - time.monotonic()) * 1000)))
-                if sock.poll(wait_ms):
-                    while True:
-                        try:
-                            frames = sock.recv_multipart(zmq.NOBLOCK)
-                        except zmq.Again:
-                            break
-                        self._on_message(sock, frames)
-                        last_traffic = time.monotonic()
-            if self._welcomed:
-                sock.send_multipart(wire.encode_bye(), zmq.NOBLOCK)
+                self.step(now)
+                if sock.poll(max(1, int(self.wait_s(time.monotonic()) * 1000))):
+                    self.on_readable()
         finally:
-            sock.close(linger=200)
-        with self._lock:
-            self.summary.seconds = round(time.monotonic() - started, 3)
-            self.summary.complete = self._exhausted and not self._unacked
-        return self.summary
+            summary = self.close()
+        return summary
+
+
+def run_many(clients: list[DeviceClient], stop: threading.Event | None = None, deadline: float | None = None,
+             sweep_s: float = 0.05) -> list[DeviceSummary]:
+    """Run many devices on one poller in this thread; summaries in the order of ``clients``.
+
+    A device with a message is stepped at once (its window refills as soon as acks arrive); every
+    ``sweep_s`` all devices are stepped for hellos, resends, rate-limited sends and pings.
+    """
+    poller = zmq.Poller()
+    by_sock: dict[zmq.Socket, DeviceClient] = {}
+    results: dict[int, DeviceSummary] = {}
+    try:
+        for c in clients:
+            sock = c.open(deadline)
+            poller.register(sock, zmq.POLLIN)
+            by_sock[sock] = c
+        active = {id(c): c for c in clients}
+        next_sweep = 0.0
+
+        def finish(c: DeviceClient) -> None:
+            poller.unregister(c.sock)
+            del by_sock[c.sock]  # type: ignore[arg-type]
+            del active[id(c)]
+            results[id(c)] = c.close()
+
+        while active and not (stop is not None and stop.is_set()):
+            now = time.monotonic()
+            if now >= next_sweep:  # rate-limited sends keep their average rate, in steps of sweep_s
+                for c in list(active.values()):
+                    if c.finished(now):
+                        finish(c)
+                    else:
+                        c.step(now)
+                next_sweep = time.monotonic() + sweep_s
+            for sock, _ in poller.poll(max(1, int((next_sweep - time.monotonic()) * 1000))):
+                c = by_sock[sock]
+                c.on_readable()
+                now = time.monotonic()
+                if c.finished(now):
+                    finish(c)
+                else:
+                    c.step(now)
+    finally:
+        for c in clients:
+            if id(c) not in results:
+                results[id(c)] = c.close()
+    return [results[id(c)] for c in clients]

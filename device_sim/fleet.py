@@ -1,4 +1,8 @@
-"""A fleet of simulated devices: one data set, one scenario, sharded over N DEALER clients in threads."""
+"""A fleet of simulated devices: one data set, one scenario, sharded over N DEALER clients.
+
+All clients run on one ZeroMQ poller in one worker thread (:func:`device_sim.client.run_many`), so a
+fleet of 1,000 devices is one process with two threads, not 1,000 threads.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ import numpy as np
 import zmq
 from tqdm import tqdm
 
-from device_sim.client import ClientConfig, DeviceClient, DeviceSummary
+from device_sim.client import ClientConfig, DeviceClient, DeviceSummary, run_many
 from device_sim.scenario import StreamOrder
 from edge_runtime.wire import Sample, schema_of
 
@@ -35,6 +39,7 @@ def run_fleet(dataset: Any, order: StreamOrder, base: ClientConfig, devices: int
               infer: str | None = None) -> dict[str, Any]:
     """Stream ``order`` from ``devices`` clients named ``{prefix}-0 ..``; returns per-device summaries and totals."""
     ctx = zmq.Context()
+    ctx.setsockopt(zmq.MAX_SOCKETS, max(1024, 2 * devices + 64))  # a DEALER (and a model follower) per device
     schema = schema_of(dataset.sample(int(order.indices[0])))
     clients = []
     followers = []
@@ -55,17 +60,13 @@ def run_fleet(dataset: Any, order: StreamOrder, base: ClientConfig, devices: int
         clients.append(DeviceClient(cfg, shard(dataset, order, k, devices, eval_every, owner, follower), schema, ctx=ctx))
     stop = threading.Event()
     deadline = time.monotonic() + seconds if seconds else None
-    results: list[DeviceSummary | None] = [None] * devices
-
-    def work(i: int) -> None:
-        results[i] = clients[i].run(stop=stop, deadline=deadline)
-
-    threads = [threading.Thread(target=work, args=(i,), daemon=True, name=f"uav-{i}") for i in range(devices)]
-    for t in threads:
-        t.start()
+    results: list[DeviceSummary] = []
+    worker = threading.Thread(target=lambda: results.extend(run_many(clients, stop=stop, deadline=deadline)),
+                              daemon=True, name="uav-fleet")
+    worker.start()
     bar = tqdm(total=len(order.indices), unit="sample", desc="acked", disable=not progress, mininterval=0.5, dynamic_ncols=True)
     try:
-        while any(t.is_alive() for t in threads):
+        while worker.is_alive():
             time.sleep(0.25)
             sent = sum(c.summary.sent for c in clients)
             acked = sum(c.summary.acked for c in clients)
@@ -74,8 +75,7 @@ def run_fleet(dataset: Any, order: StreamOrder, base: ClientConfig, devices: int
             bar.set_postfix(sent=sent, admitted=admitted, resent=sum(c.summary.resent for c in clients), refresh=False)
     except KeyboardInterrupt:
         stop.set()
-    for t in threads:
-        t.join()
+    worker.join()
     bar.close()
     for f in followers:
         f.close()
@@ -84,7 +84,7 @@ def run_fleet(dataset: Any, order: StreamOrder, base: ClientConfig, devices: int
         s["inference"] = f.summary()
     ctx.term()
     totals: dict[str, Any] = {"devices": devices, "samples": int(len(order.indices))}
-    for key in ("sent", "resent", "acked", "skipped_resume", "ack_conflicts"):
+    for key in ("sent", "resent", "acked", "unanswered", "skipped_resume", "ack_conflicts"):
         totals[key] = sum(s[key] for s in summaries)
     for key in ("verdicts", "errors"):
         merged: dict[str, int] = {}

@@ -3,7 +3,8 @@
 File layout: 8-byte magic ``EDGECKP1`` + 32-byte SHA-256 of the payload + payload (``torch.save``
 of the state dict). A save writes a hidden temp file in the same folder, fsyncs it, renames it to
 ``ckpt-<step>.pt`` and fsyncs the folder, so a crash leaves either the old set or the new file,
-never a half-written checkpoint under a real name. Loading verifies the checksum and falls back to
+never a half-written checkpoint under a real name; a save that fails (a full disk) removes its temp
+file before the error propagates. Loading verifies the checksum and falls back to
 the previous checkpoint when the newest is damaged.
 """
 
@@ -16,8 +17,6 @@ import os
 import re
 from pathlib import Path
 from typing import Any
-
-import torch
 
 log = logging.getLogger("edge_runtime.checkpoint")
 
@@ -48,18 +47,24 @@ class CheckpointManager:
 
     def save(self, state: dict[str, Any], step: int) -> Path:
         """Write ``state`` atomically as ``ckpt-<step>.pt``; drop all but the ``keep`` newest."""
+        import torch  # here, not at import: ``edge-node`` imports this module for its error type
+
         buf = io.BytesIO()
         torch.save(state, buf)
         payload = buf.getvalue()
         final = self.directory / f"ckpt-{step:012d}.pt"
         tmp = self.directory / f".ckpt-{step:012d}.{os.getpid()}.tmp"
-        with open(tmp, "wb") as f:
-            f.write(MAGIC)
-            f.write(hashlib.sha256(payload).digest())
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
+        try:
+            with open(tmp, "wb") as f:
+                f.write(MAGIC)
+                f.write(hashlib.sha256(payload).digest())
+                f.write(payload)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, final)
+        except BaseException:  # e.g. ENOSPC: leave no temp file behind
+            tmp.unlink(missing_ok=True)
+            raise
         _fsync_dir(self.directory)
         for old in self.paths()[self.keep :]:
             old.unlink(missing_ok=True)
@@ -93,6 +98,8 @@ def read_checkpoint(path: Path, map_location: str = "cpu") -> dict[str, Any]:
     digest, payload = data[len(MAGIC) : len(MAGIC) + 32], data[len(MAGIC) + 32 :]
     if hashlib.sha256(payload).digest() != digest:
         raise CheckpointError("checksum mismatch (truncated or corrupted)")
+    import torch
+
     try:
         return torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
     except Exception as err:  # a checksum-valid file from an incompatible version

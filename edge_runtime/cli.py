@@ -8,22 +8,37 @@ Sub-commands:
   keys    create CURVE certificates for the node and a device (encryption + allowed-key list)
   config  validate a YAML configuration and print it with every default filled in
   export  write a checkpoint's inference model (fused + unimodal logits) as ONNX
+
+A configuration or state problem (bad key, damaged state.db or checkpoints, unwritable state_dir,
+metrics port in use, device: cuda without a GPU) is one line on stderr and exit code 2; add
+--debug for the Python traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 from pathlib import Path
 
 import yaml
 
+from edge_runtime.checkpoint import CheckpointError
 from edge_runtime.config import ConfigError, load_config
+from edge_runtime.startup import StartupError, preflight
+
+#: Problems of the configuration or the state folder: one line on stderr, exit code 2.
+SETUP_ERRORS = (ConfigError, ValueError, StartupError, CheckpointError)
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE", help="YAML configuration (default: built-in defaults, see configs/default.yaml)")
     p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], help="override one setting, e.g. --set selection.keep_ratio=0.3 (repeatable)")
+    _add_debug_arg(p, argparse.SUPPRESS)
+
+
+def _add_debug_arg(p: argparse.ArgumentParser, default: object) -> None:
+    p.add_argument("--debug", action="store_true", default=default, help="print the Python traceback of a start-up or configuration error")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__.split("\n", 1)[1],
     )
+    _add_debug_arg(parser, False)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = sub.add_parser(
@@ -46,7 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(demo)
     demo.add_argument("--devices", type=int, default=4, help="simulated UAVs (default 4)")
     demo.add_argument("--samples", type=int, default=6000, help="samples in the stream, over all devices (default 6000)")
-    demo.add_argument("--seconds", type=float, default=60.0, help="stop streaming after this long even if the stream is not over (default 60)")
+    demo.add_argument("--seconds", type=float, default=60.0, help="stop sending after this long even if the stream is not over, "
+                      "then wait for the verdicts of what was sent (default 60)")
+    demo.add_argument("--drain-timeout", type=float, default=30.0, help="after --seconds: wait at most this long for in-flight verdicts (default 30)")
     demo.add_argument("--rate", type=float, default=None, help="samples/s per device (default: as fast as credit allows)")
     demo.add_argument("--eval-every", type=int, default=10, help="every k-th sample of a device is sent as split eval (default 10)")
     demo.add_argument("--test-samples", type=int, default=1000, help="held-out samples for the final evaluation (default 1000)")
@@ -95,11 +113,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(args, name)})")
     if args.seconds <= 0:
         raise ConfigError(f"--seconds must be > 0 (got {args.seconds})")
+    if args.drain_timeout < 0:
+        raise ConfigError(f"--drain-timeout must be >= 0 (got {args.drain_timeout})")
     config = load_config(args.config, args.set)
     out = Path(args.out)
     try:
         run_demo(config, out, devices=args.devices, samples=args.samples, seconds=args.seconds, rate=args.rate,
-                 eval_every=args.eval_every, test_samples=args.test_samples, seed=args.seed, progress=not args.no_progress)
+                 eval_every=args.eval_every, test_samples=args.test_samples, seed=args.seed, progress=not args.no_progress,
+                 drain_timeout=args.drain_timeout)
     except DemoError as err:
         print(f"edge-node demo: {err}", file=sys.stderr)
         return 1
@@ -110,7 +131,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from edge_runtime.node import serve  # imports torch
 
-    return serve(load_config(args.config, args.set))
+    config = load_config(args.config, args.set)
+    preflight(config)
+    return serve(config)
 
 
 def _cmd_keys(args: argparse.Namespace) -> int:
@@ -138,7 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     commands = {"demo": _cmd_demo, "config": _cmd_config, "run": _cmd_run, "keys": _cmd_keys, "export": run_export}
     try:
         return commands[args.command](args)
-    except (ConfigError, ValueError) as err:
+    except SETUP_ERRORS as err:
+        if args.debug:
+            traceback.print_exc()
         print(f"edge-node: {err}", file=sys.stderr)
         return 2
 

@@ -226,6 +226,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             text = Path(path).read_text()
         except OSError as err:
             raise ConfigError(f"cannot read config file {path}: {err.strerror}") from None
+        except UnicodeDecodeError as err:
+            raise ConfigError(f"config file {path} is not UTF-8 text (byte {err.start} is 0x{err.object[err.start]:02x}); "
+                              "save it as UTF-8") from None
         try:
             data = yaml.safe_load(text) or {}
         except yaml.YAMLError as err:

@@ -5,8 +5,10 @@
 2. ``device-sim run`` starts N simulated devices in a second child process, replaying the
    synthetic audio-visual data set class-incrementally (every k-th sample held out as ``eval``),
    with its live progress line;
-3. when the stream ends (or ``--seconds`` pass) the node gets SIGTERM: it decides what is queued,
-   checkpoints and exits; its final checkpoint is evaluated here on held-out samples;
+3. when the stream ends, or ``--seconds`` pass (the devices stop sending, then wait up to
+   ``--drain-timeout`` for the verdicts of what they sent, so sent = acked + unanswered), the node
+   gets SIGTERM: it decides what is queued, checkpoints and exits; its final checkpoint is
+   evaluated here on held-out samples;
 4. a summary table is printed and ``report.json`` written.
 
 This is the only place in ``edge_runtime`` that reaches ``device_sim`` (as a subprocess, plus
@@ -33,7 +35,9 @@ class DemoError(RuntimeError):
     """A part of the demo failed; the message says which and where its log is."""
 
 
-def _start_node(config: Config, out: Path) -> tuple[subprocess.Popen, dict[str, Any], Path]:
+def start_node(config: Config, out: Path) -> tuple[subprocess.Popen, dict[str, Any], Path]:
+    """``edge-node run`` of ``config`` in a child process, on a free loopback port and a fresh state folder
+    ``out/demo-state``; returns (process, its node.json, its log file) once it listens."""
     state = out / "demo-state"
     if state.exists():
         shutil.rmtree(state)
@@ -55,7 +59,8 @@ def _start_node(config: Config, out: Path) -> tuple[subprocess.Popen, dict[str, 
     return proc, json.loads(info_path.read_text()), log_path
 
 
-def _stop_node(proc: subprocess.Popen, log_path: Path) -> None:
+def stop_node(proc: subprocess.Popen, log_path: Path) -> None:
+    """SIGTERM, wait for the drain and final checkpoint; DemoError unless it exits 0 within 120 s."""
     proc.send_signal(signal.SIGTERM)
     try:
         code = proc.wait(120)
@@ -92,23 +97,24 @@ def run_demo(
     test_samples: int = 1000,
     seed: int = 0,
     progress: bool = True,
+    drain_timeout: float = 30.0,
 ) -> dict[str, Any]:
     """Run the node + devices demo; returns the report (also written to ``out/report.json``)."""
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    node, info, node_log = _start_node(config, out)
+    node, info, node_log = start_node(config, out)
     devices_json = out / "demo-devices.json"
     cmd = [sys.executable, "-m", "device_sim.cli", "run", "--endpoint", info["endpoint"], "--devices", str(devices),
            "--dataset", "synthetic", "--scenario", "class-incremental", "--samples", str(samples),
-           "--eval-every", str(eval_every), "--seed", str(seed), "--seconds", str(seconds), "--summary", str(devices_json)]
+           "--eval-every", str(eval_every), "--seed", str(seed), "--seconds", str(seconds), "--drain-timeout", str(drain_timeout), "--summary", str(devices_json)]
     if rate:
         cmd += ["--rate", str(rate)]
     try:
-        sim = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=None if progress else subprocess.DEVNULL, timeout=seconds + 300)
+        sim = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=None if progress else subprocess.DEVNULL, timeout=seconds + drain_timeout + 300)
     except BaseException:
         node.kill()
         raise
-    _stop_node(node, node_log)
+    stop_node(node, node_log)
     wall = time.perf_counter() - started
     if not devices_json.exists():
         raise DemoError(f"device-sim exited with {sim.returncode} and wrote no summary")
@@ -122,6 +128,7 @@ def run_demo(
         "samples_sent": totals["sent"],
         "samples_resent": totals["resent"],
         "samples_acked": totals["acked"],
+        "samples_unanswered": totals["unanswered"],
         "stream_complete": bool(totals.get("complete", sim.returncode == 0)),
         "verdicts": node_summary["verdicts"],
         "device_verdicts": totals["verdicts"],
@@ -151,7 +158,8 @@ def _fmt(value: float | None) -> str:
 def _print_table(r: dict[str, Any], chance: float) -> None:
     rows = [
         ("devices", f"{r['devices']} simulated UAVs over tcp://127.0.0.1"),
-        ("samples sent / acked", f"{r['samples_sent']} / {r['samples_acked']} ({r['samples_resent']} resent)"),
+        ("samples sent / acked", f"{r['samples_sent']} / {r['samples_acked']} ({r['samples_resent']} resent, "
+                                 f"{r['samples_unanswered']} unanswered)"),
         ("verdicts", ", ".join(f"{k} {v}" for k, v in sorted(r["verdicts"].items()))),
         ("prequential accuracy", _fmt(r["prequential_accuracy"])),
         ("eval accuracy (streamed eval)", _fmt(r["eval_accuracy"])),

@@ -36,10 +36,11 @@ from zmq.auth.thread import ThreadAuthenticator
 
 from edge_runtime import wire
 from edge_runtime.buffer.sqlite import SqliteStore
-from edge_runtime.checkpoint import CheckpointManager
+from edge_runtime.checkpoint import CheckpointError, CheckpointManager
 from edge_runtime.config import Config, NodeConfig
 from edge_runtime.features import is_raw, to_features
 from edge_runtime.metrics import NodeMetrics
+from edge_runtime.startup import StartupError, metrics_port_message
 from edge_runtime.wire import Sample, TensorSpec
 
 log = logging.getLogger("edge_runtime.node")
@@ -186,7 +187,7 @@ class EdgeNode:
             try:
                 self.learner.load_state_dict(state["learner"])
             except Exception as err:
-                raise RuntimeError(
+                raise CheckpointError(
                     f"checkpoint {path} does not fit this configuration ({err}); use the configuration it was "
                     f"written with, or move {self.state_dir} aside to start fresh") from err
             log.info("restored checkpoint", extra={"event": "restored", "path": str(path), "buffer_items": len(buffer) if buffer is not None else None})
@@ -254,7 +255,13 @@ class EdgeNode:
         wake_addr = f"inproc://edge-node-wake-{id(self)}"
         wake_rx.bind(wake_addr)
         if self.nc.metrics_port is not None:
-            self.metrics_port = self.metrics.serve(self.nc.metrics_port, self.nc.metrics_host)
+            try:
+                self.metrics_port = self.metrics.serve(self.nc.metrics_port, self.nc.metrics_host)
+            except OSError as err:  # taken since the start-up check (edge_runtime.startup)
+                wake_rx.close(0)
+                sock.close(0)
+                ctx.term()
+                raise StartupError(metrics_port_message(self.nc.metrics_host, self.nc.metrics_port, err)) from None
         self._publisher = None
         if self.nc.model_bind:
             from edge_runtime.publish import ModelPublisher

@@ -77,3 +77,22 @@ def test_throughput_quick(tmp_path):
     assert metrics["ingest ratio node/raw"] > 0 and metrics["learner ratio observe/plain"] > 0
     assert any(m.startswith("policy mbs") for m in metrics)
     _png_ok(out / "throughput.png")
+
+
+def test_fleet_scale_quick(tmp_path):
+    out = tmp_path / "fs"
+    stdout = _run("fleet_scale.py", out)
+    cols, rows = _columns(out / "fleet_scale.csv")
+    assert cols == ["devices", "repeat", "total_rate", "seconds", "samples_acked", "node_cpu_s", "cpu_ms_per_sample",
+                    "node_rss_mib", "rss_base_mib", "rss_kib_per_device", "p50_ms", "p99_ms", "device_side_cpu_pct", "unanswered"]
+    assert [int(r["devices"]) for r in rows] == [2, 5]
+    for r in rows:
+        acked, cpu = int(r["samples_acked"]), float(r["node_cpu_s"])
+        assert acked > 0 and cpu > 0
+        assert abs(float(r["cpu_ms_per_sample"]) - 1000 * cpu / acked) <= 1e-4 * float(r["cpu_ms_per_sample"]) + 1e-6
+        per_device = 1024 * (float(r["node_rss_mib"]) - float(r["rss_base_mib"])) / int(r["devices"])
+        assert abs(float(r["rss_kib_per_device"]) - per_device) <= 1e-3 * abs(per_device) + 0.01
+        assert 0 < float(r["p50_ms"]) <= float(r["p99_ms"])
+        assert int(r["unanswered"]) == 0
+    assert "| devices |" in stdout
+    _png_ok(out / "fleet_scale.png")

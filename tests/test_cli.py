@@ -63,3 +63,16 @@ def test_device_sim_lists_and_inspects_synthetic():
     info = json.loads(r.stdout)
     assert info["tensors"]["audio"]["shape"][1] == 13
     assert sum(info["labels"].values()) == 50
+
+
+def test_demo_stopped_by_seconds_waits_for_every_verdict(tmp_path):
+    """--seconds stops sending; the devices then wait for what is in flight, so every sample sent is acked."""
+    r = _run("-m", "edge_runtime.cli", "demo", "--seconds", "5", "--samples", "50000", "--devices", "2",
+             "--test-samples", "50", "--no-progress", "--out", str(tmp_path))
+    assert r.returncode == 0, r.stderr + r.stdout
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert not report["stream_complete"], "the 5 s deadline must come before the 50,000-sample stream ends"
+    assert report["samples_sent"] > 0
+    assert report["samples_sent"] == report["samples_acked"] and report["samples_unanswered"] == 0
+    assert sum(report["verdicts"].values()) == report["samples_sent"], "the node decided exactly what was sent"
+    assert report["device_verdicts"] == report["verdicts"]

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import zmq
 
-from device_sim.client import ClientConfig, DeviceClient
+from device_sim.client import ClientConfig, DeviceClient, run_many
 from edge_runtime import wire
 
 
@@ -94,3 +94,89 @@ def test_retryable_errors_are_retried_and_no_hello_says_hello_again():
     assert summary.complete and client.verdicts == {i: "admitted" for i in range(6)}
     assert state["hellos"] >= 2
     assert summary.errors == {"no_hello": 1, "busy": 1}
+
+
+def _delayed_router(delay_s: float, answer_after: float | None = None):
+    """A scripted node that acks each sample ``delay_s`` after it arrived; after ``answer_after`` s it answers nothing."""
+    ctx = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    stop, received = threading.Event(), []
+    started = time.monotonic()
+
+    def serve():
+        due: list[tuple[float, bytes, int]] = []
+        while not stop.is_set():
+            if router.poll(10):
+                rid, *frames = router.recv_multipart()
+                msg = wire.decode(frames)
+                if isinstance(msg, wire.Hello):
+                    router.send_multipart([rid, *wire.encode_welcome(8, 3, {}, next_seq=0)])
+                elif isinstance(msg, wire.Sample):
+                    received.append((rid, msg.seq))
+                    due.append((time.monotonic() + delay_s, rid, msg.seq))
+            now = time.monotonic()
+            if answer_after is not None and now - started > answer_after:
+                due.clear()
+            for item in [d for d in due if d[0] <= now]:
+                due.remove(item)
+                router.send_multipart([item[1], *wire.encode_ack([(item[2], "trained")], 8)])
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+
+    def close():
+        stop.set()
+        t.join()
+        router.close(0)
+        ctx.term()
+
+    return f"tcp://127.0.0.1:{port}", received, close
+
+
+def test_deadline_stops_sending_then_waits_for_every_verdict():
+    endpoint, received, close = _delayed_router(delay_s=0.4)
+    ctx = zmq.Context()
+    try:
+        cfg = ClientConfig(endpoint=endpoint, device_id="dev", resend_timeout_s=5.0, record_latency=True)
+        client = DeviceClient(cfg, _samples(500), wire.schema_of(_samples(1)[0]), ctx=ctx)
+        summary = client.run(deadline=time.monotonic() + 1.0)
+    finally:
+        ctx.term()
+        close()
+    assert not summary.complete, "the deadline came before the 500 samples"
+    assert 0 < summary.sent < 500
+    assert summary.acked == summary.sent and summary.unanswered == 0
+    assert len(received) == summary.sent, "nothing was sent after the deadline"
+    assert len(client.latencies) == summary.acked and min(client.latencies) > 0
+
+
+def test_drain_is_bounded_and_reports_what_stayed_unanswered():
+    endpoint, _received, close = _delayed_router(delay_s=0.05, answer_after=0.6)
+    ctx = zmq.Context()
+    try:
+        cfg = ClientConfig(endpoint=endpoint, device_id="dev", resend_timeout_s=5.0, drain_timeout_s=0.5)
+        client = DeviceClient(cfg, _samples(500), wire.schema_of(_samples(1)[0]), ctx=ctx)
+        summary = client.run(deadline=time.monotonic() + 1.0)
+    finally:
+        ctx.term()
+        close()
+    assert summary.unanswered > 0 and summary.unanswered == len(client._unacked)
+    assert summary.sent == summary.acked + summary.unanswered
+    assert summary.acked == len(client.verdicts)
+
+
+def test_run_many_drives_many_devices_on_one_poller():
+    endpoint, received, close = _delayed_router(delay_s=0.0)
+    ctx = zmq.Context()
+    try:
+        schema = wire.schema_of(_samples(1)[0])
+        clients = [DeviceClient(ClientConfig(endpoint=endpoint, device_id=f"d{k}"), _samples(7), schema, ctx=ctx) for k in range(40)]
+        summaries = run_many(clients, deadline=time.monotonic() + 30)
+    finally:
+        ctx.term()
+        close()
+    assert [s.device for s in summaries] == [f"d{k}" for k in range(40)]
+    assert all(s.complete and s.sent == s.acked == 7 for s in summaries)
+    assert sorted(received) == sorted((f"d{k}".encode(), seq) for k in range(40) for seq in range(7))
