@@ -8,6 +8,8 @@ Sub-commands:
   keys    create CURVE certificates for the node and a device (encryption + allowed-key list)
   config  validate a YAML configuration and print it with every default filled in
   export  write a checkpoint's inference model (fused + unimodal logits) as ONNX
+  status  one screen of what a node is doing (from its state_dir or /metrics); --watch, --json
+  report  plots + one HTML page of a node's learning history (state_dir/history.csv)
 
 A configuration or state problem (bad key, damaged state.db or checkpoints, unwritable state_dir,
 metrics port in use, device: cuda without a GPU) is one line on stderr and exit code 2; add
@@ -96,6 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
     from edge_runtime.export import add_export_parser
 
     add_export_parser(sub)
+    from edge_runtime.report import add_report_parser
+    from edge_runtime.status import add_status_parser
+
+    add_status_parser(sub)
+    add_report_parser(sub)
     return parser
 
 
@@ -157,8 +164,11 @@ def _cmd_keys(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from edge_runtime.export import run_export
+    from edge_runtime.report import run_report
+    from edge_runtime.status import run_status
 
-    commands = {"demo": _cmd_demo, "config": _cmd_config, "run": _cmd_run, "keys": _cmd_keys, "export": run_export}
+    commands = {"demo": _cmd_demo, "config": _cmd_config, "run": _cmd_run, "keys": _cmd_keys, "export": run_export,
+                "status": run_status, "report": run_report}
     try:
         return commands[args.command](args)
     except SETUP_ERRORS as err:

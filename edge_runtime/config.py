@@ -128,6 +128,9 @@ class NodeConfig(_Section):
     model_bind: str | None = Field(None, description="PUB endpoint for ONNX models to devices, e.g. tcp://127.0.0.1:5556 (None: off)")
     model_every: int = Field(50, ge=1, description="publish a new model version every N learner updates")
     model_resend_s: float = Field(2.0, gt=0.0, description="re-send the newest model this often, for late subscribers")
+    status_every_s: float = Field(1.0, gt=0.0, description="rewrite state_dir/status.json (what edge-node status reads) this often")
+    history_every_s: float | None = Field(
+        10.0, gt=0.0, description="append a row to state_dir/history.csv (what edge-node report plots) this often (None: off)")
 
 
 class Config(_Section):

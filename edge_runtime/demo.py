@@ -9,7 +9,8 @@
    ``--drain-timeout`` for the verdicts of what they sent, so sent = acked + unanswered), the node
    gets SIGTERM: it decides what is queued, checkpoints and exits; its final checkpoint is
    evaluated here on held-out samples;
-4. a summary table is printed and ``report.json`` written.
+4. a summary table is printed, ``report.json`` written, and the plots of the node's learning history
+   (``edge-node report``) written to ``--out``/report/index.html.
 
 This is the only place in ``edge_runtime`` that reaches ``device_sim`` (as a subprocess, plus
 the synthetic data set for the held-out evaluation).
@@ -42,7 +43,7 @@ def start_node(config: Config, out: Path) -> tuple[subprocess.Popen, dict[str, A
     if state.exists():
         shutil.rmtree(state)
     cfg = config.model_dump(mode="json")
-    cfg["node"].update({"bind": "tcp://127.0.0.1:*", "state_dir": str(state), "log_format": "json"})
+    cfg["node"].update({"bind": "tcp://127.0.0.1:*", "state_dir": str(state), "log_format": "json", "history_every_s": 0.5})
     cfg_path = out / "demo-node.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     log_path = out / "demo-node.log"
@@ -146,6 +147,9 @@ def run_demo(
         "state_dir": str(state),
         "policy": config.selection.policy,
     }
+    from edge_runtime.report import write_report
+
+    report["html_report"] = str(write_report(state, out / "report"))  # plots of state/history.csv
     _print_table(report, chance=1.0 / config.model.num_classes)
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
@@ -168,6 +172,7 @@ def _print_table(r: dict[str, Any], chance: float) -> None:
         ("replay buffer", f"{r['buffer_items']} items, {r['buffer_bytes'] / 1024:.0f} KiB, per class {r['buffer_classes']}"),
         ("updates", str(r["updates"])),
         ("wall time", f"{r['wall_seconds']:.1f} s"),
+        ("plots (HTML)", r["html_report"]),
     ]
     width = max(len(k) for k, _ in rows)
     print("\nedge-node demo summary")

@@ -5,7 +5,7 @@ Labels stay low-cardinality: verdicts, invalid reasons and error codes, never a 
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
 
 
 class NodeMetrics:
@@ -31,6 +31,16 @@ class NodeMetrics:
         self.prequential_accuracy = Gauge("edge_prequential_accuracy", "accuracy of predictions made before learning", registry=r)
         self.eval_accuracy = Gauge("edge_eval_accuracy", "accuracy on samples streamed with split eval", registry=r)
         self.checkpoints = Counter("edge_checkpoints", "checkpoints written", registry=r)
+        # The operator's view (edge_runtime/observe.py sets these; `edge-node status` and docker/grafana read them).
+        self.node_info = Info("edge_node", "endpoints of this node", registry=r)
+        self.start_time = Gauge("edge_start_time_seconds", "unix time the node started serving", registry=r)
+        self.queue_bytes = Gauge("edge_queue_bytes", "tensor bytes of the samples waiting for the learner", registry=r)
+        self.devices_known = Gauge("edge_devices_known", "devices with at least one decided sample (all runs)", registry=r)
+        self.buffer_class_items = Gauge("edge_buffer_class_items", "items in the replay buffer, by class label", ["label"], registry=r)
+        self.updates = Gauge("edge_updates", "learner updates (optimiser steps on micro-batches), all runs", registry=r)
+        self.samples_learned = Gauge("edge_samples_learned", "samples the learner has decided, all runs", registry=r)
+        self.last_checkpoint = Gauge("edge_last_checkpoint_timestamp_seconds", "unix time of the newest checkpoint", registry=r)
+        self.model_version = Gauge("edge_model_version", "newest ONNX model version published to devices (0: none)", registry=r)
 
     def serve(self, port: int, host: str = "127.0.0.1") -> int:
         """Start the /metrics HTTP endpoint in a daemon thread; returns the bound port (``port=0``: any free one)."""

@@ -41,6 +41,7 @@ from edge_runtime.config import Config, NodeConfig
 from edge_runtime.features import is_raw, to_features
 from edge_runtime.metrics import NodeMetrics
 from edge_runtime.startup import StartupError, metrics_port_message
+from edge_runtime.observe import NodeObserver
 from edge_runtime.wire import Sample, TensorSpec
 
 log = logging.getLogger("edge_runtime.node")
@@ -155,6 +156,7 @@ class EdgeNode:
         self.learner = learner
         self.checkpoints = CheckpointManager(self.state_dir / "checkpoints", keep=nc.checkpoint_keep)
         self.metrics = NodeMetrics()
+        self.observer = NodeObserver(self.state_dir, self.metrics, config.model.num_classes, nc.status_every_s, nc.history_every_s)
         self.schema = node_schema(config)
         self.num_classes = config.model.num_classes
         self.limits = wire.Limits(max_message_bytes=nc.max_message_bytes)
@@ -177,6 +179,8 @@ class EdgeNode:
         self.endpoint: str | None = None
         self.metrics_port: int | None = None
         self.decided_total = 0
+        self._queue_bytes = 0  # tensor bytes of the queued samples (IO thread adds, learner thread subtracts, under _cond)
+        self.metrics.queue_bytes.set_function(lambda: self._queue_bytes)
 
     # ------------------------------------------------------------------ restore / checkpoint
     def _restore(self) -> None:
@@ -200,6 +204,7 @@ class EdgeNode:
         summary = self.learner.summary()
         path = self.checkpoints.save({"learner": self.learner.state_dict(), "node": {"decided": self.decided_total}}, step=int(summary.get("samples_seen", 0)))
         self.metrics.checkpoints.inc()
+        self.observer.on_checkpoint(path)
         log.info("checkpoint written", extra={"event": "checkpoint", "path": str(path)})
         return path
 
@@ -271,6 +276,7 @@ class EdgeNode:
                 "model_endpoint": self._publisher.endpoint if self._publisher else None}
         _atomic_write(self.state_dir / "node.json", json.dumps(info))
         log.info("listening", extra={"event": "listening", **info})
+        self.observer.start(info, known_devices=self._initial_next_seqs)
         reader = self.store.reader()
         worker = threading.Thread(target=self._learner_loop, args=(ctx, wake_addr), name="learner", daemon=True)
         worker.start()
@@ -306,6 +312,7 @@ class EdgeNode:
             self._send_acks(sock)
         finally:
             worker.join(timeout=60)
+            self.observer.stop()
             reader.close()
             wake_rx.close(0)
             sock.close(linger=1000)
@@ -419,6 +426,7 @@ class EdgeNode:
             else:
                 full = False
                 self._queue.append(_Item(rid, device, seq, sample, verdict, time.monotonic()))
+                self._queue_bytes += sample.nbytes if sample is not None else 0
                 if len(self._queue) == 1 or len(self._queue) >= self.nc.batch_size:
                     # The learner needs waking only to start a batch window or when a batch is full;
                     # otherwise its own window timeout wakes it (one wake-up per sample costs the GIL).
@@ -461,6 +469,7 @@ class EdgeNode:
                     if len(self._queue) >= nc.batch_size or age >= window or self._draining:
                         n = min(nc.batch_size, len(self._queue))
                         batch = [self._queue.popleft() for _ in range(n)]
+                        self._queue_bytes -= sum(it.sample.nbytes for it in batch if it.sample is not None)
                         self.metrics.queue_depth.set(len(self._queue))
                         return batch
                     self._cond.wait(window - age)
@@ -482,7 +491,7 @@ class EdgeNode:
                 self._decide(batch)
                 wake.send(_WAKE)
                 if publisher is not None:
-                    publisher.maybe_publish(self.learner.model, self.learner.stats.updates)  # type: ignore[attr-defined]
+                    self.observer.on_model(publisher.maybe_publish(self.learner.model, self.learner.stats.updates))  # type: ignore[attr-defined]
                 if time.monotonic() - last_checkpoint >= self.nc.checkpoint_every_s:
                     self.checkpoint()
                     last_checkpoint = time.monotonic()
@@ -531,7 +540,8 @@ class EdgeNode:
         self._outbox.append([(it.rid, it.seq, it.verdict) for it in batch])  # type: ignore[misc]
         self.decided_total += len(fresh)
         m = self.metrics
-        m.update_seconds.observe(time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        m.update_seconds.observe(elapsed)
         m.batch_size.observe(len(batch))
         for it in fresh:
             m.decided.labels(it.verdict.split(":", 1)[0]).inc()  # type: ignore[union-attr]
@@ -545,6 +555,7 @@ class EdgeNode:
         if "buffer_items" in s:
             m.buffer_items.set(s["buffer_items"])
             m.buffer_bytes.set(s["buffer_bytes"])
+        self.observer.on_batch([(it.device, it.arrived, it.verdict) for it in fresh], s, elapsed)  # type: ignore[misc]
 
 
 def _features_problem(config: Config) -> str | None:

@@ -1,0 +1,216 @@
+"""What a running node publishes for its operator, besides ``/metrics``.
+
+* ``state_dir/status.json`` every ``node.status_every_s`` (and a final one at stop): the snapshot
+  ``edge-node status`` shows (:mod:`edge_runtime.snapshot`), with the per-device table (samples
+  decided, last seen, rate) that the metrics leave out to keep their labels low-cardinality;
+* ``state_dir/history.csv`` every ``node.history_every_s`` (:mod:`edge_runtime.history`).
+
+Threads: the node's learner thread calls :meth:`NodeObserver.on_batch`, ``on_checkpoint`` and
+``on_model``, which update in-memory tallies under a lock and set a few gauges; a daemon thread of
+the observer writes the files, so neither the IO nor the learner thread waits on a file. The
+writer takes the learner-side values first (under the lock: one consistent micro-batch boundary)
+and reads the IO-side series (received, queue, in flight, connected) after them, so every file
+has ``received >= decided`` and per-device samples adding up to ``decided``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any, Iterable
+
+from edge_runtime.history import HistoryWriter, verdict_kinds
+from edge_runtime.metrics import NodeMetrics
+from edge_runtime.snapshot import from_metrics, metric_values, newest_checkpoint, with_rates
+
+log = logging.getLogger("edge_runtime.node")
+
+TOP_DEVICES = 50  # devices listed in status.json, most samples first (the count covers all)
+STATUS_FILE = "status.json"
+
+
+class _Latency:
+    """Count, sum and max of update latencies since the last :meth:`take`."""
+
+    def __init__(self) -> None:
+        self.n, self.total, self.max = 0, 0.0, 0.0
+
+    def add(self, seconds: float) -> None:
+        self.n += 1
+        self.total += seconds
+        self.max = max(self.max, seconds)
+
+    def take(self) -> tuple[int, float | None, float | None]:
+        out = (self.n, self.total / self.n if self.n else None, self.max if self.n else None)
+        self.n, self.total, self.max = 0, 0.0, 0.0
+        return out
+
+
+class NodeObserver:
+    """Tallies the learner side of a node and writes status.json / history.csv from its own thread."""
+
+    def __init__(self, state_dir: Path, metrics: NodeMetrics, num_classes: int, status_every_s: float,
+                 history_every_s: float | None) -> None:
+        self.state_dir = Path(state_dir)
+        self.metrics = metrics
+        self.status_every_s = status_every_s
+        self.history_every_s = history_every_s
+        self.num_classes = num_classes
+        self.history = HistoryWriter(self.state_dir, num_classes) if history_every_s else None
+        self._lock = threading.Lock()
+        self._devices: dict[str, tuple[int, float]] = {}  # device -> (samples decided this run, last arrival, unix s)
+        self._known: set[str] = set()
+        self._verdicts: Counter = Counter()  # this run, by kind
+        self._summary: dict[str, Any] = {}
+        self._latency = _Latency()
+        self._checkpoint: tuple[str, float] | None = newest_checkpoint(self.state_dir)
+        self._model_version: int | None = None
+        self._buffer_labels: set[str] = set()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._info: dict[str, Any] = {}
+        self._started = time.time()
+        self._wall_minus_mono = time.time() - time.monotonic()
+
+    # ------------------------------------------------------------------ learner thread
+    def on_batch(self, decided: Iterable[tuple[str, float, str]], summary: dict[str, Any], seconds: float) -> None:
+        """After a micro-batch is committed: ``decided`` holds (device, arrival time.monotonic(), verdict) per
+        newly decided sample, ``summary`` is the learner's summary, ``seconds`` the batch's learner time."""
+        m = self.metrics
+        with self._lock:
+            for device, arrived, verdict in decided:
+                n, last = self._devices.get(device, (0, 0.0))
+                self._devices[device] = (n + 1, max(last, arrived + self._wall_minus_mono))
+                self._verdicts[verdict.split(":", 1)[0]] += 1
+            self._summary = summary
+            self._latency.add(seconds)
+            classes = {str(c): n for c, n in summary.get("buffer_classes", {}).items()}
+            for label in self._buffer_labels - set(classes):
+                m.buffer_class_items.labels(label).set(0)
+            for label, n in classes.items():
+                m.buffer_class_items.labels(label).set(n)
+            self._buffer_labels = set(classes)
+            m.updates.set(summary.get("updates", 0))
+            m.samples_learned.set(summary.get("samples_seen", 0))
+            m.devices_known.set(len(self._known | self._devices.keys()))
+
+    def on_checkpoint(self, path: Path) -> None:
+        when = time.time()
+        with self._lock:
+            self._checkpoint = (str(path), when)
+        self.metrics.last_checkpoint.set(when)
+
+    def on_model(self, version: int | None) -> None:
+        if version:
+            self._model_version = version
+            self.metrics.model_version.set(version)
+
+    # ------------------------------------------------------------------ files
+    def start(self, info: dict[str, Any], known_devices: Iterable[str] = ()) -> None:
+        """Begin writing (``info``: endpoint, metrics_port, pid, model_endpoint, as in node.json)."""
+        self._info = dict(info)
+        self._started = time.time()
+        self._known = set(known_devices)
+        m = self.metrics
+        m.start_time.set(self._started)
+        m.devices_known.set(len(self._known))
+        m.node_info.info({k: "" if v is None else str(v) for k, v in info.items()})
+        if self._checkpoint:
+            m.last_checkpoint.set(self._checkpoint[1])
+        self._write_status(final=False)
+        self._thread = threading.Thread(target=self._loop, name="observer", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Write the final status (state ``stopped``) and history row; call after the learner thread ended."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        try:
+            self._write_status(final=True)
+            if self.history is not None:
+                self._write_history()
+        except OSError as err:
+            log.warning("cannot write the final status", extra={"event": "status_failed", "reason": str(err)})
+
+    def _loop(self) -> None:
+        next_status = time.monotonic() + self.status_every_s
+        next_history = time.monotonic() + (self.history_every_s or float("inf"))
+        while not self._stop.wait(max(0.0, min(next_status, next_history) - time.monotonic())):
+            now = time.monotonic()
+            try:
+                if now >= next_status:
+                    self._write_status(final=False)
+                    next_status = now + self.status_every_s
+                if now >= next_history:
+                    self._write_history()
+                    next_history = now + self.history_every_s  # type: ignore[operator]
+            except OSError as err:  # a full disk must not stop the node; the next interval tries again
+                log.warning("cannot write status/history", extra={"event": "status_failed", "reason": str(err)})
+
+    def snapshot(self, final: bool = False) -> dict[str, Any]:
+        """The status snapshot as of now (learner side first, IO side after it; see the module docstring)."""
+        with self._lock:
+            devices = dict(self._devices)
+            verdicts = dict(sorted(self._verdicts.items()))
+            summary = self._summary
+            checkpoint = self._checkpoint
+        snap = from_metrics(metric_values(self.metrics.registry.collect()))
+        now = time.time()
+        top = sorted(devices.items(), key=lambda kv: (-kv[1][0], kv[0]))[:TOP_DEVICES]
+        prev = getattr(self, "_prev", None)
+        dt = now - prev[0] if prev else 0.0
+        prev_devices = prev[2] if prev else {}
+        snap["devices"]["known"] = len(self._known | devices.keys())
+        snap["devices"]["top"] = [{"device": d, "samples": n, "last_seen": last,
+                                   "rate": (n - prev_devices.get(d, (0,))[0]) / dt if dt > 0 else None} for d, (n, last) in top]
+        snap["devices"]["listed"] = len(top)
+        snap["samples"]["verdicts"] = verdicts
+        snap["samples"]["decided"] = sum(verdicts.values())
+        if summary:
+            snap["samples"]["learned"] = summary.get("samples_seen")
+            snap["samples"]["learned_verdicts"] = verdict_kinds(summary.get("verdicts", {}))
+            snap["accuracy"] = {"prequential": summary.get("prequential_accuracy"), "held_out": summary.get("eval_accuracy")}
+            snap["updates"] = summary.get("updates")
+            snap["buffer"] = {"items": summary.get("buffer_items"), "bytes": summary.get("buffer_bytes"),
+                              "classes": {str(c): n for c, n in summary.get("buffer_classes", {}).items()}}
+        if checkpoint:
+            snap["checkpoint"].update(path=checkpoint[0], written_at=checkpoint[1])
+        snap["model"]["version"] = self._model_version
+        snap.update(state="stopped" if final else "running", written_at=now, stopped_at=now if final else None,
+                    pid=self._info.get("pid"), endpoint=self._info.get("endpoint"), metrics_port=self._info.get("metrics_port"))
+        snap["model"]["endpoint"] = self._info.get("model_endpoint")
+        snap = with_rates(snap, prev[1] if prev else None, dt)
+        self._prev = (now, snap, devices)
+        return snap
+
+    def _write_status(self, final: bool) -> None:
+        snap = self.snapshot(final)
+        tmp = self.state_dir / f".{STATUS_FILE}.tmp"
+        tmp.write_text(json.dumps(snap, indent=1))
+        os.replace(tmp, self.state_dir / STATUS_FILE)
+
+    def _write_history(self) -> None:
+        with self._lock:
+            summary = self._summary
+            decided = sum(self._verdicts.values())
+            batches, mean, worst = self._latency.take()
+        io = from_metrics(metric_values(self.metrics.registry.collect()))  # after the learner side, as in snapshot()
+        row: dict[str, Any] = {
+            "time": round(time.time(), 3), "pid": self._info.get("pid"), "uptime_s": round(time.time() - self._started, 3),
+            "samples_learned": summary.get("samples_seen"), "received": io["samples"]["received"],
+            "decided": decided, "prequential_accuracy": summary.get("prequential_accuracy"),
+            "eval_accuracy": summary.get("eval_accuracy"), "updates": summary.get("updates"),
+            "buffer_items": summary.get("buffer_items"), "buffer_bytes": summary.get("buffer_bytes"),
+            **(verdict_kinds(summary.get("verdicts", {})) if summary else {}),
+            "batches": batches, "update_mean_s": mean, "update_max_s": worst, "queue_depth": io["queue"]["depth"],
+        }
+        if summary:  # classes with no item read 0, not empty
+            row.update({f"buffer_class_{c}": 0 for c in range(self.num_classes)})
+            row.update({f"buffer_class_{c}": n for c, n in summary.get("buffer_classes", {}).items()})
+        self.history.append(row)  # type: ignore[union-attr]
