@@ -8,6 +8,8 @@ Sub-commands:
   keys    create CURVE certificates for the node and a device (encryption + allowed-key list)
   config  validate a YAML configuration and print it with every default filled in
   export  write a checkpoint's inference model (fused + unimodal logits) as ONNX
+  federate         Flower rounds over running nodes (SuperLink + a SuperNode per node + ServerApp)
+  federation-demo  three nodes, disjoint classes, federated on Flower; report.json
 """
 
 from __future__ import annotations
@@ -78,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     from edge_runtime.export import add_export_parser
 
     add_export_parser(sub)
+    from edge_runtime.federation.commands import add_parsers as add_federation_parsers
+
+    add_federation_parsers(sub, _add_config_args)
     return parser
 
 
@@ -136,6 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     from edge_runtime.export import run_export
 
     commands = {"demo": _cmd_demo, "config": _cmd_config, "run": _cmd_run, "keys": _cmd_keys, "export": run_export}
+    from edge_runtime.federation.commands import COMMANDS as federation_commands
+
+    commands.update(federation_commands)
     try:
         return commands[args.command](args)
     except (ConfigError, ValueError) as err:

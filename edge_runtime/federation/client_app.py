@@ -4,7 +4,8 @@ Flower starts it per message; it owns nothing. It reaches the node through the c
 named by the SuperNode's node config (``--node-config "control='ipc:///.../control.ipc'"``) and
 imports no torch.
 
-* ``train`` (round r): if the node has not yet received the global model of round r-1 (it was
+* ``train`` (round r): wait for the node (a node that is down, e.g. restarting, gets until the round
+  interval to come back); if the node has not yet received the global model of round r-1 (it was
   down, or it is new), put it first (``r == 1`` carries only the initial model, which the node
   keeps its own instead of); then wait until the node has learned ``samples_per_round`` samples
   since the last merge, or ``round_interval_s`` passed; then ``get`` and reply with the weights
@@ -23,7 +24,7 @@ import time
 from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from edge_runtime.control import ControlClient
+from edge_runtime.control import ControlClient, ControlError
 from edge_runtime.federation.arrays import split
 
 app = ClientApp()
@@ -50,17 +51,27 @@ def _cfg(message: Message, key: str, default):
     return type(default)(message.content["config"].get(key, default))
 
 
+def _status_until(node: ControlClient, deadline: float) -> dict:
+    """The node's status; a node that is down (restarting) gets until ``deadline`` to come back."""
+    while True:
+        try:
+            return node.status()
+        except ControlError as err:
+            if err.code != "timeout" or time.monotonic() >= deadline:
+                raise
+
+
 @app.train()
 def train(message: Message, context: Context) -> Message:
     rnd = _cfg(message, "server-round", 1)
     node = _client(context, _cfg(message, "control-timeout-s", 5.0))
-    status = node.status()
+    wanted, interval = _cfg(message, "samples-per-round", 0), _cfg(message, "round-interval-s", 30.0)
+    deadline = time.monotonic() + interval
+    status = _status_until(node, deadline)
     incoming = _incoming(message)
     if rnd > 1 and status["round"] < rnd - 1 and PROTOTYPES_KEY in message.content:
         node.put(rnd - 1, incoming, proximal_mu=_cfg(message, "proximal-mu", 0.0))  # rejoin: the current global model
         status = node.status()
-    wanted, interval = _cfg(message, "samples-per-round", 0), _cfg(message, "round-interval-s", 30.0)
-    deadline = time.monotonic() + interval
     while status["samples_since_round"] < wanted and time.monotonic() < deadline:
         time.sleep(0.2)
         status = node.status()
