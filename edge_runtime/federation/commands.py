@@ -31,8 +31,8 @@ def add_parsers(sub: argparse._SubParsersAction, add_config_args) -> None:
     )
     add_config_args(demo)
     demo.add_argument("--out", metavar="DIR", default="federation-demo-out", help="report.json, logs, node state (default federation-demo-out)")
-    demo.add_argument("--samples", type=int, default=1000, help="size of the synthetic data set each fleet filters its classes from (default 1000)")
-    demo.add_argument("--seed", type=int, default=0, help="data seed (default 0)")
+    demo.add_argument("--samples", type=int, default=720, help="size of the synthetic data set each fleet filters its classes from (default 720)")
+    demo.add_argument("--seed", type=int, default=3, help="data seed (default 3)")
 
 
 def cmd_federate(args: argparse.Namespace) -> int:

@@ -6,7 +6,8 @@
 2. when the fleets are done, every node's model is read over its control channel and evaluated
    on held-out samples of ALL classes: the isolated accuracy;
 3. one SuperLink, one SuperNode per node and ``flwr run`` of the edge-runtime app; each fleet
-   streams a second pass while the rounds run (nodes learn between rounds);
+   streams a second pass, slowly, while the rounds run (nodes learn between rounds); the fleets
+   stop before the last round, so every node ends on exactly the last round's global model;
 4. after the last round every node's model is evaluated again: the federated accuracy. A table
    is printed and ``--out/report.json`` written (``rounds``, ``nodes``: ``name``,
    ``classes_streamed``, ``isolated_accuracy``, ``federated_accuracy``; plus Flower's per-round log).
@@ -27,14 +28,15 @@ from edge_runtime.config import Config
 
 SPLIT = ((0, 1, 2), (3, 4, 5), (6, 7, 8, 9))
 
-#: A small model and short rounds: the demo runs in about two minutes on a 2-core CPU.
+#: A small model and short rounds (the settings of tests/test_federation.py): about 3-4 minutes on a 2-core CPU.
 DEMO_OVERRIDES: dict[str, Any] = {
     "model": {"embed_dim": 32, "audio_channels": 32, "tiny_channels": 8},
     "node": {"batch_size": 16, "batch_window_ms": 20.0, "checkpoint_every_s": 5.0},
-    "buffer": {"max_items": 150},
-    "training": {"replay_steps": 2},
-    "federation": {"enabled": True, "rounds": 3, "samples_per_round": 60, "round_interval_s": 20.0,
-                   "min_nodes": 2, "control_timeout_s": 3.0},
+    "buffer": {"max_items": 120},
+    "selection": {"train_on": "all"},
+    "training": {"replay_steps": 4, "lr": 0.003},
+    "federation": {"enabled": True, "rounds": 3, "samples_per_round": 30, "round_interval_s": 10.0,
+                   "min_nodes": 2, "control_timeout_s": 3.0, "round_timeout_s": 90.0},
     "num_threads": 1,
 }
 
@@ -139,8 +141,8 @@ def wait_round(endpoints: Sequence[str], round_: int, timeout: float) -> None:
         time.sleep(0.2)
 
 
-def run_federation_demo(config: Config, out: Path, samples: int = 1000, test_samples: int = 600, seed: int = 0,
-                        rate: float = 8.0) -> dict[str, Any]:
+def run_federation_demo(config: Config, out: Path, samples: int = 720, test_samples: int = 400, seed: int = 3,
+                        rate: float = 1.5) -> dict[str, Any]:
     """Run the demo (module docstring); returns the report, also written to ``out/report.json``."""
     from edge_runtime.federation.launch import Federation, free_port, wait_for_rounds
 
@@ -183,7 +185,12 @@ def run_federation_demo(config: Config, out: Path, samples: int = 1000, test_sam
         wait_round([infos[n]["control_endpoint"] for n in names], 1, fc.round_timeout_s * 2)
         fleets = [subprocess.Popen(fleet_command(infos[n]["endpoint"], c, samples, seed, f"{n}-b", rate=rate), stdout=subprocess.DEVNULL)
                   for n, c in zip(names, SPLIT)]
-        log = wait_for_rounds(rounds_dir, fc.rounds, fc.rounds * (fc.round_timeout_s + fc.round_interval_s) + 60, fed)
+        # the fleets stop before the last round: after the last merge nothing is learned, and every
+        # node is evaluated on exactly the global model it received
+        wait_round([infos[n]["control_endpoint"] for n in names], fc.rounds - 1, fc.rounds * (fc.round_timeout_s + fc.round_interval_s))
+        for f in fleets:
+            f.terminate()
+        log = wait_for_rounds(rounds_dir, fc.rounds, 120, fed)
         federated = {n: node_accuracy(evaluator, infos[n]["control_endpoint"])[0] for n in names}
     finally:
         for f in fleets:
