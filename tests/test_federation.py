@@ -271,3 +271,20 @@ def test_client_app_imports_no_torch():
     code = "import sys, edge_runtime.federation.client_app; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(ROOT), timeout=120)
     assert out.stdout.strip() == "False", out.stderr
+
+
+@pytest.mark.parametrize("name, cls, attrs", [("fedavg", "EdgeFedAvg", {}), ("fedprox", "EdgeFedProx", {"proximal_mu": 0.05}),
+                                              ("fedadam", "EdgeFedAdam", {"eta": 0.2, "tau": 0.01})])
+def test_strategy_is_the_stock_flwr_one_selected_by_config(name, cls, attrs):
+    from flwr.serverapp import strategy as stock
+
+    from edge_runtime.federation.server_app import make_strategy
+
+    fc = config_from_dict({"federation": {"strategy": name, "min_nodes": 3, "proximal_mu": 0.05, "server_lr": 0.2,
+                                          "server_tau": 0.01}}).federation
+    s = make_strategy(fc)
+    assert type(s).__name__ == cls and isinstance(s, getattr(stock, cls[4:]))
+    assert (s.min_train_nodes, s.min_evaluate_nodes, s.min_available_nodes) == (3, 3, 3)
+    assert s.weighted_by_key == "num-examples"
+    for key, value in attrs.items():
+        assert getattr(s, key) == value

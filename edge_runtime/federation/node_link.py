@@ -131,13 +131,15 @@ class FederationLink:
             st = json.loads(self.state_path.read_text())
             self.round = int(st["round"])
             self.samples_total = int(st["samples_total"])
+            self.samples_since_round = int(st.get("samples_since_round", 0))
             counts = np.asarray(st["counts"], dtype=np.int64)
             if counts.shape == self.counts.shape:
                 self.counts = counts
 
     def _save(self) -> None:
         tmp = self.state_path.with_name(".federation.json.tmp")
-        tmp.write_text(json.dumps({"round": self.round, "samples_total": self.samples_total, "counts": self.counts.tolist()}))
+        tmp.write_text(json.dumps({"round": self.round, "samples_total": self.samples_total,
+                                   "samples_since_round": self.samples_since_round, "counts": self.counts.tolist()}))
         os.replace(tmp, self.state_path)
         self._last_save = time.monotonic()
 
