@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--corrupt-modality", choices=["audio", "video"], default="video", help="modality to corrupt (default video)")
     run.add_argument("--class-skew", type=float, default=0.0,
                      help="0: classes spread evenly over devices; 1: each device sees only its own classes (default 0)")
+    run.add_argument("--classes", default=None, metavar="LIST",
+                     help="stream only these class ids, e.g. 0,1,2 (a box whose drones see a share of the classes; default: all)")
     run.add_argument("--samples", type=int, default=None, help="samples in the stream over all devices (synthetic: its size; default 5000)")
     run.add_argument("--rate", type=float, default=None, help="samples/s per device (default: as fast as credit allows)")
     run.add_argument("--jitter", type=float, default=0.0, help="+- fraction of random jitter on the send interval (default 0)")
@@ -96,6 +98,20 @@ def _open(args: argparse.Namespace, name: str) -> object:
         raise SystemExit(2) from None
 
 
+def _only_classes(labels, indices, task_of, spec: str):
+    """Keep the stream positions whose label is in the comma-separated ``spec`` (--classes)."""
+    import numpy as np
+
+    try:
+        wanted = sorted({int(c) for c in spec.split(",") if c.strip()})
+    except ValueError:
+        raise ValueError(f"--classes {spec!r}: expected comma-separated class ids, e.g. 0,1,2") from None
+    keep = np.isin(np.asarray(labels)[indices], wanted)
+    if not keep.any():
+        raise ValueError(f"--classes {spec!r}: no sample of the stream has one of these labels")
+    return indices[keep], task_of[keep]
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -125,6 +141,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
                            blur=args.blur, drift_width=args.drift_width)
         if args.samples is not None and args.dataset != "synthetic":
             order.indices, order.task_of = order.indices[: args.samples], order.task_of[: args.samples]
+        if args.classes:
+            order.indices, order.task_of = _only_classes(dataset.labels(), order.indices, order.task_of, args.classes)
         owner = assign_devices(dataset.labels()[order.indices], args.devices, args.class_skew, seed=args.seed)
     except ValueError as err:
         print(f"device-sim: {err}", file=sys.stderr)

@@ -10,6 +10,8 @@ Sub-commands:
   export  write a checkpoint's inference model (fused + unimodal logits) as ONNX
   status  one screen of what a node is doing (from its state_dir or /metrics); --watch, --json
   report  plots + one HTML page of a node's learning history (state_dir/history.csv)
+  federate         Flower rounds over running nodes (SuperLink + a SuperNode per node + ServerApp)
+  federation-demo  three nodes, disjoint classes, federated on Flower; report.json
 
 A configuration or state problem (bad key, damaged state.db or checkpoints, unwritable state_dir,
 metrics port in use, device: cuda without a GPU) is one line on stderr and exit code 2; add
@@ -103,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_status_parser(sub)
     add_report_parser(sub)
+    from edge_runtime.federation.commands import add_parsers as add_federation_parsers
+
+    add_federation_parsers(sub, _add_config_args)
     return parser
 
 
@@ -169,6 +174,9 @@ def main(argv: list[str] | None = None) -> int:
 
     commands = {"demo": _cmd_demo, "config": _cmd_config, "run": _cmd_run, "keys": _cmd_keys, "export": run_export,
                 "status": run_status, "report": run_report}
+    from edge_runtime.federation.commands import COMMANDS as federation_commands
+
+    commands.update(federation_commands)
     try:
         return commands[args.command](args)
     except SETUP_ERRORS as err:

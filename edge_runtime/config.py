@@ -146,6 +146,7 @@ class Config(_Section):
     training: TrainingConfig = TrainingConfig()
     node: NodeConfig = NodeConfig()
     features: FeatureConfig = FeatureConfig()
+    federation: FederationConfig = Field(default_factory=lambda: FederationConfig())  # defined at the end of this file
     device: str = Field("cpu", description="auto | cpu | cuda | cuda:N")
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads (None: torch default)")
 
@@ -239,3 +240,29 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections (model, selection, ...)")
     return config_from_dict(_merge(data, parse_overrides(overrides)), source)
+
+
+# --------------------------------------------------------------------------- federation (issue 12)
+class FederationConfig(_Section):
+    """Several edge nodes learning as one on Flower (``edge_runtime/federation/``, README "Federation").
+
+    The node only needs ``enabled`` and ``control_bind`` (its local control channel); the other keys
+    are read by the Flower ServerApp and ClientApp.
+    """
+
+    enabled: bool = Field(False, description="start the local control channel (get / put of weights and prototypes)")
+    control_bind: str | None = Field(
+        None, description="ZeroMQ endpoint of the control channel, ipc:// or tcp://127.0.0.1:PORT (None: ipc://<node.state_dir>/control.ipc)")
+    rounds: int = Field(3, ge=1, le=100_000, description="federated rounds the ServerApp runs")
+    samples_per_round: int = Field(200, ge=0, description="a node answers a round after learning this many samples since the last merge ...")
+    round_interval_s: float = Field(30.0, gt=0.0, description="... or after this many seconds, whichever comes first")
+    strategy: Literal["fedavg", "fedprox", "fedadam"] = Field("fedavg", description="flwr strategy; weights averaged by samples learned since the last round")
+    proximal_mu: float = Field(0.01, ge=0.0, description="fedprox: pull of the local weights towards the round's global weights")
+    server_lr: float = Field(0.1, gt=0.0, description="fedadam: server learning rate (eta)")
+    server_tau: float = Field(1e-3, gt=0.0, description="fedadam: adaptivity (tau)")
+    min_nodes: int = Field(2, ge=1, description="nodes needed to start a round and to aggregate it (flwr min_available/min_train)")
+    round_timeout_s: float = Field(120.0, gt=0.0, description="a round waits this long for replies, then aggregates what came (or keeps the old global model)")
+    control_timeout_s: float = Field(5.0, gt=0.0, description="the ClientApp gives up on a node that does not answer within this")
+
+
+Config.model_rebuild()  # resolves Config.federation, defined above Config in name only

@@ -162,6 +162,14 @@ class EdgeNode:
         self.limits = wire.Limits(max_message_bytes=nc.max_message_bytes)
 
         self._restore()
+        # --- federation (issue 12): local control channel; logic in edge_runtime/federation/node_link.py
+        self._federation = None
+        if config.federation.enabled:
+            from edge_runtime.federation.node_link import FederationLink
+
+            self._federation = FederationLink(self.learner, self.state_dir, config.federation, self._wake_learner,
+                                              self.checkpoint, config.training.lr)
+        # --- end federation
         # Learner-thread view of the ledger: every decided seq per device (the guard against learning
         # a seq twice) and the source of the devices table's next_seq. The IO thread starts its own
         # trackers from next_seq only, as a fast path.
@@ -207,6 +215,10 @@ class EdgeNode:
         self.observer.on_checkpoint(path)
         log.info("checkpoint written", extra={"event": "checkpoint", "path": str(path)})
         return path
+
+    def _wake_learner(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
 
     # ------------------------------------------------------------------ socket
     def _make_socket(self, ctx: zmq.Context) -> zmq.Socket:
@@ -273,7 +285,8 @@ class EdgeNode:
 
             self._publisher = ModelPublisher(ctx, self.nc.model_bind, self.nc.model_every, self.nc.model_resend_s)
         info = {"endpoint": self.endpoint, "metrics_port": self.metrics_port, "pid": os.getpid(),
-                "model_endpoint": self._publisher.endpoint if self._publisher else None}
+                "model_endpoint": self._publisher.endpoint if self._publisher else None,
+                "control_endpoint": self._federation.start() if self._federation else None}
         _atomic_write(self.state_dir / "node.json", json.dumps(info))
         log.info("listening", extra={"event": "listening", **info})
         self.observer.start(info, known_devices=self._initial_next_seqs)
@@ -320,6 +333,8 @@ class EdgeNode:
                 self._auth.stop()
             ctx.term()
             self.metrics.close()
+            if self._federation is not None:
+                self._federation.stop()
         if self._learner_error is not None:
             raise RuntimeError("the learner thread failed; see the log") from self._learner_error
         summary = {**self.learner.summary(), "decided": self.decided_total, "endpoint": self.endpoint}
@@ -475,6 +490,8 @@ class EdgeNode:
                     self._cond.wait(window - age)
                 elif self._draining:
                     return None
+                elif self._federation is not None and self._federation.has_pending():
+                    return []  # federation: serve a get / put while idle
                 else:
                     self._cond.wait(0.1)
 
@@ -488,8 +505,11 @@ class EdgeNode:
                 batch = self._take_batch()
                 if batch is None:
                     break
-                self._decide(batch)
-                wake.send(_WAKE)
+                if batch:
+                    self._decide(batch)
+                    wake.send(_WAKE)
+                if self._federation is not None:  # between two micro-batches, never inside one
+                    self._federation.after_batch(it.sample.label for it in batch if _learned(it))
                 if publisher is not None:
                     self.observer.on_model(publisher.maybe_publish(self.learner.model, self.learner.stats.updates))  # type: ignore[attr-defined]
                 if time.monotonic() - last_checkpoint >= self.nc.checkpoint_every_s:
@@ -556,6 +576,12 @@ class EdgeNode:
             m.buffer_items.set(s["buffer_items"])
             m.buffer_bytes.set(s["buffer_bytes"])
         self.observer.on_batch([(it.device, it.arrived, it.verdict) for it in fresh], s, elapsed)  # type: ignore[misc]
+
+
+def _learned(it: _Item) -> bool:
+    """A labelled training sample the learner decided (federation counts these per class)."""
+    return (it.sample is not None and it.sample.label is not None and it.sample.split == "train"
+            and it.verdict is not None and not it.verdict.startswith("invalid:"))
 
 
 def _features_problem(config: Config) -> str | None:

@@ -96,3 +96,21 @@ def test_fleet_scale_quick(tmp_path):
         assert int(r["unanswered"]) == 0
     assert "| devices |" in stdout
     _png_ok(out / "fleet_scale.png")
+
+
+def test_federation_quick(tmp_path):
+    out = tmp_path / "fed"
+    _run("federation.py", out)
+    cols, rows = _columns(out / "federation.csv")
+    assert cols == ["split", "arm", "round", "node", "classes", "samples", "accuracy", "bytes_round", "seconds_round"]
+    assert {(r["split"], r["arm"]) for r in rows} == {(s, a) for s in ("class", "iid") for a in ("isolated", "federated", "single")}
+    fed = [r for r in rows if r["arm"] == "federated"]
+    # after a merge every node holds the same global model: one accuracy per round and split
+    for split in ("class", "iid"):
+        for rnd in ("1", "2"):
+            assert len({r["accuracy"] for r in fed if r["split"] == split and r["round"] == rnd}) == 1
+    # a round moves each node's arrays up and the global arrays down: 6 copies of the same arrays
+    assert len({r["bytes_round"] for r in fed}) == 1 and int(fed[0]["bytes_round"]) % 6 == 0
+    # class split: each node streams its digits only, shared digits split between two nodes
+    assert [r["classes"] for r in rows if r["split"] == "class" and r["arm"] == "isolated" and r["round"] == "1"] == ["0123", "3456", "6789"]
+    _png_ok(out / "federation.png")

@@ -1,0 +1,11 @@
+"""Federation of edge nodes on Flower (issue 12; README "Federation").
+
+* :mod:`.arrays` - naming, checking and merging of the shared arrays (numpy only);
+* :mod:`.node_link` - the node side: the control channel served beside the learner thread (torch);
+* :mod:`.client_app` - the Flower ClientApp, a thin shim over a node's control channel (no torch);
+* :mod:`.server_app` - the Flower ServerApp: a stock flwr strategy plus per-class prototype merging;
+* :mod:`.launch` - SuperLink / SuperNode / ``flwr run`` processes on loopback (``edge-node federate``);
+* :mod:`.demo` - ``edge-node federation-demo``.
+
+Importing this package imports neither torch nor flwr.
+"""

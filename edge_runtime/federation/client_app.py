@@ -1,0 +1,94 @@
+"""The Flower ClientApp: a thin shim between a SuperNode and its local ``edge-node`` daemon.
+
+Flower starts it per message; it owns nothing. It reaches the node through the control channel
+named by the SuperNode's node config (``--node-config "control='ipc:///.../control.ipc'"``) and
+imports no torch.
+
+* ``train`` (round r): wait for the node (a node that is down, e.g. restarting, gets until the round
+  interval to come back); if the node has not yet received the global model of round r-1 (it was
+  down, or it is new), put it first (``r == 1`` carries only the initial model, which the node
+  keeps its own instead of); then wait until the node has learned ``samples_per_round`` samples
+  since the last merge, or ``round_interval_s`` passed; then ``get`` and reply with the weights
+  (``arrays``), the prototypes with their per-class counts (``prototypes``) and the counters
+  (``metrics``: ``num-examples`` = samples learned since the last merge, at least 1).
+* ``evaluate`` (round r): the message carries round r's aggregate; put it into the node (the merge).
+
+A node that does not answer within ``control_timeout_s`` makes this ClientApp fail, which Flower
+reports to the strategy as a failed reply: the round goes on with the other nodes.
+"""
+
+from __future__ import annotations
+
+import time
+
+from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from edge_runtime.control import ControlClient, ControlError
+from edge_runtime.federation.arrays import split
+
+app = ClientApp()
+
+PROTOTYPES_KEY = "prototypes"
+
+
+def _client(context: Context, timeout: float) -> ControlClient:
+    endpoint = context.node_config.get("control")
+    if not endpoint:
+        raise RuntimeError("this SuperNode has no control endpoint: start it with "
+                           "--node-config \"control='ipc://<node state_dir>/control.ipc'\"")
+    return ControlClient(str(endpoint), timeout_s=timeout)
+
+
+def _incoming(message: Message) -> dict:
+    arrays = {k: v.numpy() for k, v in message.content["arrays"].items()}
+    if PROTOTYPES_KEY in message.content:
+        arrays.update({k: v.numpy() for k, v in message.content[PROTOTYPES_KEY].items()})
+    return arrays
+
+
+def _cfg(message: Message, key: str, default):
+    return type(default)(message.content["config"].get(key, default))
+
+
+def _status_until(node: ControlClient, deadline: float) -> dict:
+    """The node's status; a node that is down (restarting) gets until ``deadline`` to come back."""
+    while True:
+        try:
+            return node.status()
+        except ControlError as err:
+            if err.code != "timeout" or time.monotonic() >= deadline:
+                raise
+
+
+@app.train()
+def train(message: Message, context: Context) -> Message:
+    rnd = _cfg(message, "server-round", 1)
+    node = _client(context, _cfg(message, "control-timeout-s", 5.0))
+    wanted, interval = _cfg(message, "samples-per-round", 0), _cfg(message, "round-interval-s", 30.0)
+    deadline = time.monotonic() + interval
+    status = _status_until(node, deadline)
+    incoming = _incoming(message)
+    if rnd > 1 and status["round"] < rnd - 1 and PROTOTYPES_KEY in message.content:
+        node.put(rnd - 1, incoming, proximal_mu=_cfg(message, "proximal-mu", 0.0))  # rejoin: the current global model
+        status = node.status()
+    while status["samples_since_round"] < wanted and time.monotonic() < deadline:
+        time.sleep(0.2)
+        status = node.status()
+    header, arrays = node.get()
+    weights, protos = split(arrays)
+    metrics = MetricRecord({"num-examples": max(int(header["samples_since_round"]), 1),
+                            "samples-since-round": int(header["samples_since_round"]),
+                            "samples-total": int(header["samples_total"]), "node-round": int(header["round"])})
+    content = RecordDict({"arrays": ArrayRecord({k: Array(v) for k, v in weights.items()}),
+                          PROTOTYPES_KEY: ArrayRecord({k: Array(v) for k, v in protos.items()}),
+                          "metrics": metrics})
+    return Message(content=content, reply_to=message)
+
+
+@app.evaluate()
+def evaluate(message: Message, context: Context) -> Message:
+    rnd = _cfg(message, "server-round", 1)
+    node = _client(context, _cfg(message, "control-timeout-s", 5.0))
+    node.put(rnd, _incoming(message), proximal_mu=_cfg(message, "proximal-mu", 0.0))
+    return Message(content=RecordDict({"metrics": MetricRecord({"num-examples": 1, "merged-round": rnd})}), reply_to=message)

@@ -1,0 +1,146 @@
+"""Start Flower 1.42's processes on loopback for a federation of edge nodes (``edge-node federate``).
+
+Exactly the command lines of the README's "Federation" section, with free ports and an isolated
+``FLWR_HOME`` (Flower's CLI configuration, ``config.toml``, and its app cache):
+
+* SuperLink: ``flower-superlink --insecure --isolation subprocess --disable-runtime-dependency-installation
+  --host 127.0.0.1 --port P`` (one HTTP port for the Fleet, Control and Runtime APIs in 1.42);
+* one SuperNode per edge node: ``flower-supernode --insecure --superlink 127.0.0.1:P --port Q
+  --node-config "control='ipc://<state_dir>/control.ipc'"`` (Q: its own Runtime API port);
+* the run: ``flwr run edge_runtime/federation/app edge --run-config '...'`` with ``[superlink.edge]
+  address = "127.0.0.1:P"``, ``insecure = true`` in ``$FLWR_HOME/config.toml``.
+
+Flower starts ``flwr-serverapp`` / ``flwr-clientapp`` itself, by name, so the folder of this
+Python's executables goes first on the children's PATH.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+APP_DIR = Path(__file__).resolve().parent / "app"
+BIN_DIR = Path(sys.executable).parent
+
+
+class FederationLaunchError(RuntimeError):
+    """A Flower process did not start or the run failed; the message names the log to read."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_port(port: int, proc: subprocess.Popen, log: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise FederationLaunchError(f"{proc.args[0]} exited with {proc.returncode}; see {log}:\n{_tail(log)}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise FederationLaunchError(f"{proc.args[0]} did not listen on 127.0.0.1:{port} within {timeout:.0f} s; see {log}")
+
+
+def _tail(path: Path, n: int = 3000) -> str:
+    return path.read_text(errors="replace")[-n:] if path.exists() else ""
+
+
+def _quote_toml(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, str) else str(value).lower() if isinstance(value, bool) else str(value)
+
+
+@dataclass
+class Federation:
+    """The Flower side of a federation: one SuperLink and one SuperNode per control endpoint."""
+
+    workdir: Path
+    procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+    port: int = 0
+
+    def __post_init__(self) -> None:
+        self.workdir = Path(self.workdir).resolve()
+        self.home = self.workdir / "flwr-home"
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.env = {**os.environ, "FLWR_HOME": str(self.home), "PATH": f"{BIN_DIR}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+    def _spawn(self, name: str, cmd: list[str]) -> tuple[subprocess.Popen, Path]:
+        log = self.workdir / f"{name}.log"
+        with open(log, "ab") as f:
+            proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=self.env, cwd=str(self.workdir))
+        self.procs[name] = proc
+        return proc, log
+
+    def start_superlink(self, timeout: float = 60.0) -> int:
+        self.port = free_port()
+        proc, log = self._spawn("superlink", [str(BIN_DIR / "flower-superlink"), "--insecure", "--isolation", "subprocess",
+                                              "--disable-runtime-dependency-installation", "--host", "127.0.0.1", "--port", str(self.port)])
+        _wait_port(self.port, proc, log, timeout)
+        (self.home / "config.toml").write_text(
+            f'[superlink]\ndefault = "edge"\n\n[superlink.edge]\naddress = "127.0.0.1:{self.port}"\ninsecure = true\n')
+        return self.port
+
+    def start_supernode(self, name: str, control: str, timeout: float = 60.0) -> subprocess.Popen:
+        port = free_port()
+        proc, log = self._spawn(f"supernode-{name}", [
+            str(BIN_DIR / "flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{self.port}", "--port", str(port),
+            "--node-config", f"control={_quote_toml(control)} name={_quote_toml(name)}"])
+        _wait_port(port, proc, log, timeout)
+        return proc
+
+    def stop_supernode(self, name: str) -> None:
+        self._stop(f"supernode-{name}")
+
+    def run(self, run_config: dict[str, Any], timeout: float = 120.0) -> str:
+        """``flwr run`` the edge-runtime app; returns Flower's run id (the run goes on in the SuperLink)."""
+        pairs = " ".join(f"{k}={_quote_toml(v)}" for k, v in run_config.items())
+        cmd = [str(BIN_DIR / "flwr"), "run", str(APP_DIR), "edge", "--run-config", pairs, "--format", "json"]
+        out = subprocess.run(cmd, env=self.env, cwd=str(self.workdir), capture_output=True, text=True, timeout=timeout)
+        (self.workdir / "flwr-run.log").write_text(out.stdout + out.stderr)
+        if out.returncode != 0:
+            raise FederationLaunchError(f"flwr run failed ({out.returncode}):\n{out.stdout[-2000:]}{out.stderr[-2000:]}")
+        try:
+            return str(json.loads(out.stdout).get("run-id", ""))
+        except json.JSONDecodeError:
+            return ""
+
+    def _stop(self, name: str) -> None:
+        proc = self.procs.pop(name, None)
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+    def close(self) -> None:
+        """Stop the SuperNodes, then the SuperLink (and with it the ServerApp it started)."""
+        for name in [n for n in self.procs if n != "superlink"] + ["superlink"]:
+            self._stop(name)
+
+
+def wait_for_rounds(out_dir: Path, rounds: int, timeout: float, federation: Federation | None = None) -> dict[str, Any]:
+    """Block until the ServerApp wrote ``done.json`` (all rounds) in ``out_dir``; returns ``rounds.json``."""
+    deadline = time.monotonic() + timeout
+    done = out_dir / "done.json"
+    while not done.exists():
+        if federation is not None and federation.procs.get("superlink") is not None and federation.procs["superlink"].poll() is not None:
+            raise FederationLaunchError(f"the SuperLink exited; see {federation.workdir / 'superlink.log'}")
+        if time.monotonic() > deadline:
+            got = json.loads((out_dir / "rounds.json").read_text())["rounds"] if (out_dir / "rounds.json").exists() else []
+            where = f"; see {federation.workdir / 'superlink.log'}" if federation is not None else ""
+            raise FederationLaunchError(f"{len(got)} of {rounds} rounds done after {timeout:.0f} s{where}")
+        time.sleep(0.2)
+    return json.loads((out_dir / "rounds.json").read_text())

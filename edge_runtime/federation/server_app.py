@@ -1,0 +1,161 @@
+"""The Flower ServerApp: a stock ``flwr`` strategy over the edge nodes, plus per-class prototype merging.
+
+Weights: FedAvg (default), FedProx or FedAdam from ``flwr.serverapp.strategy``, weighted by each
+node's ``num-examples`` = samples it learned since the last round. Prototypes travel beside the
+weights in their own ArrayRecord (``prototypes``) and are merged per class weighted by each
+node's per-class counts (:func:`edge_runtime.federation.arrays.merge_prototypes`), so the strategy
+never averages them with zeros. Each round: ``train`` (nodes learn locally, then reply with their
+arrays), aggregate, ``evaluate`` (nodes receive the round's global model: the merge). A round in
+which no node answered in time sends nothing: every node keeps learning locally.
+
+Run configuration (``[tool.flwr.app.config]`` of ``edge_runtime/federation/app/pyproject.toml``):
+``config-file`` (the nodes' YAML: model + ``federation:``), ``federation-set`` (``KEY=VALUE``
+overrides of ``federation.*``), ``out-dir`` (``rounds.json`` and ``global.npz`` are written there).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx
+
+from edge_runtime.config import Config, FederationConfig, load_config
+from edge_runtime.federation.arrays import merge_prototypes, nbytes
+from edge_runtime.federation.client_app import PROTOTYPES_KEY
+
+app = ServerApp()
+
+STRATEGIES = {"fedavg": FedAvg, "fedprox": FedProx, "fedadam": FedAdam}
+
+
+def _record_bytes(record: ArrayRecord) -> int:
+    return int(sum(len(a.data) for a in record.values()))
+
+
+class PrototypeMerging:
+    """Mixin over a stock flwr strategy: carries and merges the prototypes, logs every round."""
+
+    def __init__(self, *args: Any, out_dir: Path | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.out_dir = out_dir
+        self.prototypes: dict[str, np.ndarray] | None = None
+        self.rounds: list[dict[str, Any]] = []
+        self._current: dict[str, Any] = {}
+        self._aggregated = False
+
+    def _attach(self, messages: Iterable[Message]) -> list[Message]:
+        messages = list(messages)
+        if self.prototypes is not None:
+            record = ArrayRecord({k: Array(v) for k, v in self.prototypes.items()})
+            for msg in messages:
+                msg.content[PROTOTYPES_KEY] = record
+        for msg in messages:
+            self._current["bytes_down"] += sum(_record_bytes(r) for r in msg.content.array_records.values())
+        return messages
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+        self._current = {"round": server_round, "started": time.time(), "bytes_down": 0, "bytes_up": 0}
+        return self._attach(super().configure_train(server_round, arrays, config, grid))  # type: ignore[misc]
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]):
+        replies = list(replies)
+        parts, names, metric_keys = [], set(), set()
+        for msg in replies:
+            if msg.has_error():
+                continue
+            content = msg.content
+            self._current["bytes_up"] += sum(_record_bytes(r) for r in content.array_records.values())
+            for record in content.array_records.values():
+                names.update(record.keys())
+            for record in content.metric_records.values():
+                metric_keys.update(record.keys())
+            if PROTOTYPES_KEY in content:
+                parts.append({k: v.numpy() for k, v in content[PROTOTYPES_KEY].items()})
+                del content[PROTOTYPES_KEY]  # the stock strategy expects exactly one ArrayRecord
+        if parts:
+            self.prototypes = merge_prototypes(parts)
+        arrays, metrics = super().aggregate_train(server_round, replies)  # type: ignore[misc]
+        self._aggregated = arrays is not None
+        self._current.update({
+            "replies": sum(not m.has_error() for m in replies), "failures": sum(m.has_error() for m in replies),
+            "errors": [m.error.reason for m in replies if m.has_error()],
+            "shared_arrays": sorted(names), "metric_keys": sorted(metric_keys),
+            "samples": int(sum(p["proto.counts"].sum() for p in parts)),
+            "aggregated": self._aggregated,
+        })
+        if arrays is not None and self.out_dir is not None:
+            glob = {k: v.numpy() for k, v in arrays.items()}
+            glob.update(self.prototypes or {})
+            np.savez(self.out_dir / "global.npz", **glob)
+        return arrays, metrics
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+        if not self._aggregated:
+            return []  # nothing new: every node keeps learning locally
+        return self._attach(super().configure_evaluate(server_round, arrays, config, grid))  # type: ignore[misc]
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]):
+        replies = list(replies)
+        self._current.update({"merged_into": sum(not m.has_error() for m in replies),
+                              "seconds": round(time.time() - self._current["started"], 3)})
+        self._current.pop("started", None)
+        self.rounds.append(self._current)
+        if self.out_dir is not None:
+            (self.out_dir / "rounds.json").write_text(json.dumps({"rounds": self.rounds}, indent=2))
+        if not replies:
+            return None
+        return super().aggregate_evaluate(server_round, replies)  # type: ignore[misc]
+
+
+def make_strategy(fc: FederationConfig, out_dir: Path | None = None) -> Any:
+    """The configured stock strategy with prototype merging mixed in."""
+    base = STRATEGIES[fc.strategy]
+    kwargs: dict[str, Any] = {"fraction_train": 1.0, "fraction_evaluate": 1.0, "min_train_nodes": fc.min_nodes,
+                              "min_evaluate_nodes": fc.min_nodes, "min_available_nodes": fc.min_nodes}
+    if fc.strategy == "fedprox":
+        kwargs["proximal_mu"] = fc.proximal_mu
+    if fc.strategy == "fedadam":
+        kwargs.update(eta=fc.server_lr, tau=fc.server_tau)
+    cls = type(f"Edge{base.__name__}", (PrototypeMerging, base), {})
+    return cls(out_dir=out_dir, **kwargs)
+
+
+def initial_arrays(config: Config) -> dict[str, np.ndarray]:
+    """The model every node starts from (same seed, same architecture), as named arrays."""
+    import torch
+
+    from edge_runtime.model import build_model
+
+    torch.manual_seed(config.training.seed)
+    model = build_model(config.model)
+    return {f"model.{k}": v.detach().numpy().copy() for k, v in model.state_dict().items() if v.dtype.is_floating_point}
+
+
+def round_config(fc: FederationConfig) -> ConfigRecord:
+    """What every train / evaluate message tells the ClientApp."""
+    return ConfigRecord({"samples-per-round": fc.samples_per_round, "round-interval-s": fc.round_interval_s,
+                         "control-timeout-s": fc.control_timeout_s,
+                         "proximal-mu": fc.proximal_mu if fc.strategy == "fedprox" else 0.0})
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    rc = context.run_config
+    overrides = [f"federation.{kv}" for kv in str(rc.get("federation-set", "")).split()]
+    config = load_config(str(rc.get("config-file") or "") or None, overrides)
+    fc = config.federation
+    out_dir = Path(str(rc["out-dir"])) if rc.get("out-dir") else None
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    strategy = make_strategy(fc, out_dir)
+    init = initial_arrays(config)
+    strategy.start(grid=grid, initial_arrays=ArrayRecord({k: Array(v) for k, v in init.items()}), num_rounds=fc.rounds,
+                   timeout=fc.round_timeout_s, train_config=round_config(fc), evaluate_config=round_config(fc))
+    if out_dir is not None:
+        (out_dir / "done.json").write_text(json.dumps({"rounds": len(strategy.rounds), "bytes_model": nbytes(init)}))
