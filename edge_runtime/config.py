@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -200,6 +200,13 @@ class NodeConfig(_Section):
         if value is not None and min(value) < 1:
             raise ValueError(f"must be [height, width] with both >= 1 (got {list(value)})")
         return value
+
+    @model_validator(mode="after")
+    def _windows(self) -> "NodeConfig":
+        if self.max_seq_gap < self.credit:
+            raise ValueError(f"node.max_seq_gap ({self.max_seq_gap}) must be >= node.credit ({self.credit}): "
+                             "a full credit window must fit in the seq window")
+        return self
 
 
 class Config(_Section):

@@ -196,6 +196,7 @@ class EdgeNode:
         self._devices: dict[bytes, DeviceState] = {}
         self._queue: deque[_Item] = deque()
         self._queued_bytes = 0
+        self._in_flight = 0  # accepted, not yet acknowledged, all devices
         self._cond = threading.Condition()
         self._outbox: deque[list[tuple[bytes, int, str]]] = deque()
         # IO thread -> learner thread, applied at the next micro-batch: key bindings to persist,
@@ -414,7 +415,8 @@ class EdgeNode:
     def _handle(self, sock: zmq.Socket, reader: Any, frames: list) -> None:
         rid = frames[0].bytes
         body = frames[1:]
-        device = self._device_id(sock, rid)
+        dev = self._devices.get(rid)
+        device = dev.device if dev is not None else self._device_id(sock, rid)
         if device is None or not body:
             return
         conn = body[-1].get(zmq.SRCFD)
@@ -422,7 +424,6 @@ class EdgeNode:
         if key is not None and self._allowed is not None and key not in self._allowed:
             self._error(sock, rid, None, "key_revoked", "this connection's CURVE key was removed from node.curve.allowed_keys_dir")
             return
-        dev = self._devices.get(rid)
         now = time.monotonic()
         if dev is not None and dev.contract is not None and (dev.conn != conn or dev.key != key):
             # Another connection than the one that said hello: the old one is gone (libzmq parks a
@@ -487,7 +488,7 @@ class EdgeNode:
         """The cheap part of the input contract (shapes, bounds, label, split); finiteness runs on the learner thread."""
         contract = dev.contract
         assert contract is not None
-        shapes = {n: (t.dtype.name, t.shape) for n, t in sample.tensors.items()}
+        shapes = {n: (_dtype_name(t.dtype), t.shape) for n, t in sample.tensors.items()}
         if not dev.raw and contract.schema["video"].shape[2] == -1:  # welcomed before the frame size was pinned
             if self._frame_size is None:
                 problem = contract.check_shapes(shapes)
@@ -605,6 +606,7 @@ class EdgeNode:
             self._error(sock, rid, seq, "busy", "ingest queue full; resend later")
             return
         dev.pending.add(seq)
+        self._in_flight += 1
 
     def _send_acks(self, sock: zmq.Socket) -> None:
         by_rid: dict[bytes, list[tuple[int, str]]] = {}
@@ -613,6 +615,7 @@ class EdgeNode:
                 by_rid.setdefault(rid, []).append((seq, verdict))
         for rid, acks in by_rid.items():
             dev = self._devices[rid]  # never freed while it has samples pending
+            self._in_flight -= len(acks)
             for seq, verdict in acks:
                 dev.pending.discard(seq)
                 dev.tracker.add(seq)
@@ -625,7 +628,7 @@ class EdgeNode:
             if dev.bye and not dev.pending:
                 self._free(rid)
         if by_rid:
-            self.metrics.in_flight.set(sum(len(d.pending) for d in self._devices.values()))
+            self.metrics.in_flight.set(self._in_flight)
             self.metrics.queue_depth.set(len(self._queue))
 
     def _connection_events(self, monitor: zmq.Socket) -> None:
@@ -670,6 +673,8 @@ class EdgeNode:
                     self._cond.wait(window - age)
                 elif self._draining:
                     return None
+                elif self._to_bind:
+                    return []  # nothing to learn, but key bindings to persist
                 else:
                     self._cond.wait(0.1)
 
@@ -683,6 +688,10 @@ class EdgeNode:
                 batch = self._take_batch()
                 if batch is None:
                     break
+                if not batch:
+                    self._apply_io_requests()
+                    self.store.commit()
+                    continue
                 self._decide(batch)
                 wake.send(_WAKE)
                 self._after_batch()
@@ -797,6 +806,17 @@ class EdgeNode:
         if "buffer_items" in s:
             m.buffer_items.set(s["buffer_items"])
             m.buffer_bytes.set(s["buffer_bytes"])
+
+
+_DTYPE_NAMES: dict[np.dtype, str] = {}
+
+
+def _dtype_name(dtype: np.dtype) -> str:
+    """``dtype.name``, cached (numpy computes the name anew on every access)."""
+    name = _DTYPE_NAMES.get(dtype)
+    if name is None:
+        name = _DTYPE_NAMES[dtype] = dtype.name
+    return name
 
 
 def _features_problem(config: Config) -> str | None:
