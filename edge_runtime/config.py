@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, ValidationInfo, field_validator, model_validator
 
 from edge_runtime.selection.registry import ReplaySettings, SelectionSettings, parse_settings
 
@@ -103,6 +103,7 @@ class CurveConfig(_Section):
     enabled: bool = False
     server_secret_key: str | None = Field(None, description="the node's secret certificate (server.key_secret)")
     allowed_keys_dir: str | None = Field(None, description="folder of device public certificates (*.key) allowed to connect")
+    reload_s: float = Field(2.0, gt=0.0, description="allowed_keys_dir is re-read this often: a removed key opens no new connection after it")
 
 
 class NodeConfig(_Section):
@@ -131,6 +132,37 @@ class NodeConfig(_Section):
     status_every_s: float = Field(1.0, gt=0.0, description="rewrite state_dir/status.json (what edge-node status reads) this often")
     history_every_s: float | None = Field(
         10.0, gt=0.0, description="append a row to state_dir/history.csv (what edge-node report plots) this often (None: off)")
+    # Bounded cost per sample (None: the matching features.* value)
+    max_audio_frames: int | None = Field(None, ge=1, description="audio frames (axis 0) per sample (None: features.max_audio_frames)")
+    max_video_frames: int | None = Field(None, ge=1, description="video frames (axis 0) per sample (None: features.max_video_frames)")
+    max_frame_size: int | None = Field(None, ge=1, description="largest frame height and width (None: features.image_size)")
+    frame_size: tuple[int, int] | None = Field(
+        None, description="[height, width] every feature frame must have (None: pinned by the first device or by the stored buffer)")
+    max_waveform_seconds: float = Field(30.0, gt=0.0, description="raw media: longest waveform, at features.sample_rate")
+    max_raw_frames: int = Field(300, ge=1, description="raw media: most frames per sample")
+    max_raw_frame_size: int = Field(1920, ge=1, description="raw media: largest frame height and width")
+    queue_max_bytes: int = Field(256 * 2**20, ge=1024, description="bytes of samples waiting for the learner (with queue_max)")
+    # Bounded state
+    max_seq_gap: int = Field(4096, ge=1, description="a seq this far above the device's first undecided seq is refused (seq_gap)")
+    device_idle_s: float = Field(600.0, gt=0.0, description="per-device state is freed after this long without a message (and on bye)")
+    ledger_retention: int = Field(10_000, ge=0, description="verdict rows kept per device below its next_seq (older ones are compacted)")
+    evictions_keep: int = Field(10_000, ge=0, description="rows of the buffer's evictions log kept (the newest)")
+    router_handover: bool = Field(
+        False, description="ZMQ_ROUTER_HANDOVER: a new connection takes a routing id from a live one (see README, device identity)")
+
+    @field_validator("frame_size")
+    @classmethod
+    def _frame_size(cls, value: tuple[int, int] | None) -> tuple[int, int] | None:
+        if value is not None and min(value) < 1:
+            raise ValueError(f"must be [height, width] with both >= 1 (got {list(value)})")
+        return value
+
+    @model_validator(mode="after")
+    def _windows(self) -> "NodeConfig":
+        if self.max_seq_gap < self.credit:
+            raise ValueError(f"node.max_seq_gap ({self.max_seq_gap}) must be >= node.credit ({self.credit}): "
+                             "a full credit window must fit in the seq window")
+        return self
 
 
 class Config(_Section):

@@ -24,7 +24,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -38,6 +37,7 @@ from edge_runtime.model import ModelOutput, build_model
 from edge_runtime.prototypes import ModalityPrototypes
 from edge_runtime.selection import build_policy, build_replay
 from edge_runtime.selection.base import ReplayPlan, Selection, StepContext
+from edge_runtime.validation import model_contract
 from edge_runtime.wire import Sample
 
 ADMITTED, TRAINED, SKIPPED, EVAL = "admitted", "trained", "skipped", "eval"
@@ -128,27 +128,28 @@ class Learner:
         self.times = StepTimes()
         own = list(terms) if terms is not None else standard_terms(tc, self.teacher, self.buffer.__contains__, 4 * config.buffer.max_items)
         self.terms: list[LossTerm] = own + [p.loss for p in (self.policy, self.replay) if p.loss is not None]
+        self._contract = model_contract(config, bounded=False)
 
     # ------------------------------------------------------------------ validation
     def check(self, sample: Sample) -> str | None:
-        """Why ``sample`` cannot be learned from (a short reason), or None when it is fine."""
-        mc = self.config.model
-        tensors = sample.tensors
-        for name in ("audio", "video"):
-            if name not in tensors:
-                return f"missing_tensor_{name}"
-        audio, video = tensors["audio"], tensors["video"]
-        if audio.ndim != 2 or audio.shape[1] != mc.audio_features or audio.shape[0] < 1:
-            return "shape_audio"
-        if video.ndim != 4 or video.shape[1] != mc.visual_channels or video.shape[0] < 1:
-            return "shape_video"
-        if not (np.isfinite(audio).all() and np.isfinite(video).all()):
-            return "nan_or_inf"
-        if sample.label is not None and not 0 <= sample.label < self.num_classes:
-            return "label_out_of_range"
-        if sample.split not in ("train", "eval"):
-            return "split"
-        return None
+        """Why ``sample`` cannot be learned from (a reason code of ``edge_runtime.validation.REASONS``), or None."""
+        problem = self._contract.check(sample)
+        return None if problem is None else problem.code
+
+    # ------------------------------------------------------------------ what the node uses (LearnerLike)
+    @property
+    def updates(self) -> int:
+        """Optimiser updates so far (the model publisher counts versions by it)."""
+        return self.stats.updates
+
+    def export_model(self) -> torch.nn.Module:
+        """The model to export (ONNX) and publish to devices."""
+        return self.model
+
+    def restore_from_store(self) -> int:
+        """Rebuild the replay buffer from its durable store (no checkpoint yet); returns the items kept."""
+        self.buffer.restore_from_store()
+        return len(self.buffer)
 
     # ------------------------------------------------------------------ the step
     def observe(self, samples: Sequence[Sample]) -> list[str]:

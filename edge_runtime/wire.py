@@ -36,7 +36,11 @@ from typing import Any, Union
 import msgpack
 import numpy as np
 
-SPLITS = ("train", "eval")
+from edge_runtime import validation
+from edge_runtime.validation import SPLITS
+
+#: Sequence numbers are signed 64-bit integers on the wire and in the ledger: 0 <= seq <= SEQ_MAX.
+SEQ_MAX = 2**63 - 1
 
 
 @dataclass
@@ -223,6 +227,7 @@ class BadSplit(WireError):
     """``header["split"]`` is a string other than ``"train"`` or ``"eval"``."""
 
     code = "bad_split"
+
 
 
 ERRORS: tuple[type[WireError], ...] = (
@@ -416,8 +421,8 @@ def encode_sample(sample: Sample) -> list[bytes | memoryview]:
         seq = -1 if isinstance(sample.seq, bool) else operator.index(sample.seq)
     except TypeError:
         seq = -1
-    if seq < 0:
-        raise ValueError(f"sample.seq must be an int >= 0 to go on the wire, got {sample.seq!r}; "
+    if not 0 <= seq <= SEQ_MAX:
+        raise ValueError(f"sample.seq must be an int in 0..2**63-1 to go on the wire, got {sample.seq!r}; "
                          "number the device's samples 0, 1, 2, ...")
     label = sample.label
     if label is not None:
@@ -485,13 +490,16 @@ def decode(
     num_classes: int | None = None,
     device: str = "",
     limits: Limits = DEFAULT_LIMITS,
+    content: bool = True,
 ) -> Message:
     """Decode and validate one multipart message (the routing-id frame already stripped).
 
     ``direction="to_node"`` accepts hello / sample / ping / bye (a sample comes back as a
     :class:`Sample` whose tensors are read-only zero-copy views of the frames, with
     ``device`` set from the argument); ``direction="to_device"`` accepts welcome / ack / error.
-    ``schema`` (the device's declared schema) and ``num_classes`` enable those sample checks.
+    ``schema`` (the device's declared schema) and ``num_classes`` enable those sample checks;
+    ``content=False`` leaves out the checks of the tensors' content (finiteness, label, split value,
+    schema) for a caller that runs :mod:`edge_runtime.validation` itself (the node, off its IO thread).
 
     Raises a :class:`WireError` subclass for any bad input, never another exception.  Checks run
     in this order: total size, header size, msgpack, ``v``, ``type``, then per type; for a sample:
@@ -512,7 +520,7 @@ def decode(
     header = decode_header(bufs[0], limits=limits)
     mtype = _check_v_type(header, direction)
     if mtype == "sample":
-        return _decode_sample(header, bufs, schema, num_classes, device, limits)
+        return _decode_sample(header, bufs, schema, num_classes, device, limits, content)
     if mtype == "hello":
         _no_tensor_frames(bufs, mtype)
         dev = header.get("device")
@@ -541,15 +549,14 @@ def decode(
             raise BadHeader(f"header field 'acks' must be a list of [seq, status], got {_tname(raw)}")
         acks: list[tuple[int, str]] = []
         for i, item in enumerate(raw):
-            if not (isinstance(item, list) and len(item) == 2 and _is_int(item[0]) and item[0] >= 0
-                    and isinstance(item[1], str)):
+            if not (isinstance(item, list) and len(item) == 2 and _is_seq(item[0]) and isinstance(item[1], str)):
                 raise BadHeader(f"header field 'acks[{i}]' must be [int >= 0, str], got {_short(item)}")
             acks.append((item[0], item[1]))
         return Ack(acks, _get_int(header, "credit"))
     if mtype == "error":
         _no_tensor_frames(bufs, mtype)
         seq = header.get("seq", _MISSING)
-        if seq is _MISSING or not (seq is None or (_is_int(seq) and seq >= 0)):
+        if seq is _MISSING or not (seq is None or _is_seq(seq)):
             raise BadHeader(f"header field 'seq' must be an int >= 0 or null, got {_short(seq)}")
         for k in ("code", "msg"):
             if not isinstance(header.get(k), str):
@@ -598,12 +605,12 @@ def _check_v_type(header: dict[str, Any], direction: str) -> str:
 
 
 def _decode_sample(header: dict[str, Any], bufs: list[memoryview], schema: Mapping[str, TensorSpec] | None,
-                   num_classes: int | None, device: str, limits: Limits) -> Sample:
+                   num_classes: int | None, device: str, limits: Limits, content: bool = True) -> Sample:
     seq = header.get("seq")
-    if not _is_int(seq) or seq < 0:
-        raise BadHeader(f"header field 'seq' must be an int >= 0, got {_short(seq)}")
+    if not _is_seq(seq):
+        raise BadHeader(f"header field 'seq' must be an int in 0..2**63-1 (signed 64-bit), got {_short(seq)}")
     try:
-        return _decode_sample_body(header, seq, bufs, schema, num_classes, device, limits)
+        return _decode_sample_body(header, seq, bufs, schema, num_classes, device, limits, content)
     except WireError as e:
         if e.seq is None:
             e.seq = seq
@@ -612,7 +619,7 @@ def _decode_sample(header: dict[str, Any], bufs: list[memoryview], schema: Mappi
 
 def _decode_sample_body(header: dict[str, Any], seq: int, bufs: list[memoryview],
                         schema: Mapping[str, TensorSpec] | None, num_classes: int | None,
-                        device: str, limits: Limits) -> Sample:
+                        device: str, limits: Limits, content: bool = True) -> Sample:
     # 1. header fields
     ts = header.get("ts")
     if not (_is_int(ts) or isinstance(ts, float)):
@@ -623,8 +630,8 @@ def _decode_sample_body(header: dict[str, Any], seq: int, bufs: list[memoryview]
     split = header.get("split")
     if not isinstance(split, str):
         raise BadHeader(f"header field 'split' must be a str ('train' or 'eval'), got {_tname(split)}")
-    if split not in SPLITS:
-        raise BadSplit(f"split {_short(split)} is not one of {SPLITS}")
+    if content:
+        _raise(validation.check_label_split(None, split, None), seq)
     entries = header.get("tensors")
     if not isinstance(entries, list):
         raise BadHeader(f"header field 'tensors' must be a list of {{name, dtype, shape}} maps, "
@@ -666,28 +673,17 @@ def _decode_sample_body(header: dict[str, Any], seq: int, bufs: list[memoryview]
             raise FrameSizeMismatch(f"tensor {_short(ent['name'])} frame is {buf.nbytes} bytes but "
                                     f"{ent['dtype']} x {ent['shape']} needs {want}; send the raw "
                                     "C-contiguous little-endian bytes of the array")
-    # 7. schema
-    if schema is not None:
-        if names != set(schema):
-            raise SchemaMismatch(f"sample tensors {sorted(names)} differ from the declared schema "
-                                 f"{sorted(schema)}; send every declared tensor and no other")
-        for ent in entries:
-            spec = schema[ent["name"]]
-            if not spec.matches(ent["dtype"], ent["shape"]):
-                raise SchemaMismatch(f"tensor {_short(ent['name'])} is {ent['dtype']} {ent['shape']} "
-                                     f"but the schema declares {spec.dtype} {list(spec.shape)}")
+    # 7. schema (edge_runtime.validation: the one content check of the code base)
+    if content and schema is not None:
+        contract = validation.InputContract(schema)
+        _raise(contract.check_schema({e["name"]: (e["dtype"], e["shape"]) for e in entries}), seq)
     # zero-copy views of the frames
     tensors: dict[str, np.ndarray] = {}
     for ent, dt, buf in zip(entries, dtypes, bufs[1:]):
         tensors[ent["name"]] = np.frombuffer(buf, dtype=dt).reshape(ent["shape"])
-    # 8. finiteness
-    for name, arr in tensors.items():
-        if arr.dtype.kind in "fc" and not np.isfinite(arr).all():
-            raise NonFinite(f"tensor {_short(name)} holds NaN or Inf; clean the features before sending")
-    # 9. label range
-    if label is not None and (label < 0 or (num_classes is not None and label >= num_classes)):
-        top = "" if num_classes is None else f" < {num_classes}"
-        raise LabelOutOfRange(f"label {label} is out of range (must be 0 <= label{top})")
+    if content:  # 8. finiteness, 9. label range
+        _raise(validation.check_finite(tensors), seq)
+        _raise(validation.check_label_split(label, split, num_classes), seq)
     return Sample(tensors=tensors, label=label, split=split, device=device, seq=seq,
                   ts=float(ts))
 
@@ -740,7 +736,7 @@ def _peek_seq(buf: memoryview, limits: Limits) -> int | None:
         header = decode_header(buf, limits=limits)
         if header.get("type") == "sample" and _is_int(header.get("v")) and header["v"] == VERSION:
             seq = header.get("seq")
-            if _is_int(seq) and seq >= 0:
+            if _is_seq(seq):
                 return seq
     except WireError:
         pass
@@ -757,6 +753,17 @@ def _buf(frame: Frame) -> memoryview:
     if mv.ndim != 1 or mv.format != "B":
         mv = mv.cast("B") if mv.c_contiguous else memoryview(mv.tobytes())
     return mv
+
+
+def _raise(problem: validation.Problem | None, seq: int | None) -> None:
+    """Raise the :class:`WireError` of a content problem (its class is the one of the same code)."""
+    if problem is not None:
+        raise ERROR_BY_CODE[problem.code](problem.message, seq=seq)
+
+
+def _is_seq(v: Any) -> bool:
+    """A sequence number: an int (not a bool) in 0..:data:`SEQ_MAX`."""
+    return _is_int(v) and 0 <= v <= SEQ_MAX
 
 
 def _is_int(v: Any) -> bool:

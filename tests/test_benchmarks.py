@@ -114,3 +114,29 @@ def test_federation_quick(tmp_path):
     # class split: each node streams its digits only, shared digits split between two nodes
     assert [r["classes"] for r in rows if r["split"] == "class" and r["arm"] == "isolated" and r["round"] == "1"] == ["0123", "3456", "6789"]
     _png_ok(out / "federation.png")
+
+
+def test_ingest_quick_interleaves_and_reports_median(tmp_path):
+    out = tmp_path / "ing"
+    stdout = _run("ingest.py", out)
+    assert stdout.count("pair ") == 2 and "median" in stdout
+    cols, rows = _columns(out / "ingest.csv")
+    assert cols == ["measure", "samples", "value"]
+    by = {}
+    for r in rows:
+        by.setdefault(r["measure"], []).append(float(r["value"]))
+    assert len(by["raw_samples_per_s"]) == len(by["node_samples_per_s"]) == len(by["ratio_node_raw"]) == 2
+    for raw, node, ratio in zip(by["raw_samples_per_s"], by["node_samples_per_s"], by["ratio_node_raw"]):
+        assert abs(ratio - node / raw) < 1e-3
+    _png_ok(out / "ingest.png")
+
+
+def test_soak_quick_ledger_stays_within_retention(tmp_path):
+    out = tmp_path / "soak"
+    stdout = _run("soak.py", out)
+    assert "state.db" in stdout
+    cols, rows = _columns(out / "soak.csv")
+    assert cols == ["decided", "state_db_mib", "verdict_rows", "rss_mib", "samples_per_s"]
+    assert int(rows[-1]["decided"]) == 12_000
+    # --quick: 2 devices, node.ledger_retention 1000 each; a batch (256) may not be compacted yet
+    assert all(int(r["verdict_rows"]) <= 2 * (1000 + 256) for r in rows)

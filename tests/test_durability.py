@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from edge_runtime.buffer import ReplayBuffer
+from edge_runtime.buffer.ledger import Ledger
 from edge_runtime.buffer.sqlite import SqliteStore
 from edge_runtime.checkpoint import MAGIC, CheckpointError, CheckpointManager
 from edge_runtime.config import BufferConfig
@@ -87,33 +88,34 @@ def test_uncommitted_writes_are_lost_in_a_crash_committed_ones_kept(tmp_path):
     db = tmp_path / "s.db"
     code = textwrap.dedent(f"""
         import os, numpy as np
+        from edge_runtime.buffer.ledger import Ledger
         from edge_runtime.buffer.sqlite import SqliteStore
         from edge_runtime.wire import Sample
         s = SqliteStore({str(db)!r})
         def mk(i): return Sample({{"audio": np.ones((2, 13), np.float32), "video": np.ones((1, 1, 4, 4), np.float32)}}, 1, device="d", seq=i)
-        s.put(("d", 0), mk(0)); s.record_verdicts([("d", 0, "admitted")]); s.set_next_seq("d", 1); s.commit()
-        s.put(("d", 1), mk(1)); s.record_verdicts([("d", 1, "admitted")]); s.set_next_seq("d", 2)
+        s.put(("d", 0), mk(0)); Ledger(s).record_verdicts([("d", 0, "admitted")]); Ledger(s).set_next_seq("d", 1); s.commit()
+        s.put(("d", 1), mk(1)); Ledger(s).record_verdicts([("d", 1, "admitted")]); Ledger(s).set_next_seq("d", 2)
         os._exit(0)  # crash before the second commit
     """)
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     store = SqliteStore(db)
     assert store.keys() == [("d", 0)]
-    assert store.verdict("d", 0) == "admitted" and store.verdict("d", 1) is None
-    assert store.next_seqs() == {"d": 1}
+    assert Ledger(store).verdict("d", 0) == "admitted" and Ledger(store).verdict("d", 1) is None
+    assert Ledger(store).next_seqs() == {"d": 1}
 
 
 def test_ledger_refuses_a_second_verdict_and_reader_sees_only_commits(tmp_path):
     store = SqliteStore(tmp_path / "s.db")
-    reader = store.reader()
-    store.record_verdicts([("a", 0, "trained"), ("a", 2, "skipped")])
-    store.set_next_seq("a", 1)
+    reader = Ledger(store).reader()
+    Ledger(store).record_verdicts([("a", 0, "trained"), ("a", 2, "skipped")])
+    Ledger(store).set_next_seq("a", 1)
     assert reader.verdict("a", 0) is None  # not committed yet
     store.commit()
     assert reader.verdict("a", 0) == "trained"
-    assert store.decided_above_next_seq() == [("a", 2)]
+    assert Ledger(store).decided_above_next_seq() == [("a", 2)]
     with pytest.raises(sqlite3.IntegrityError):
-        store.record_verdicts([("a", 0, "admitted")])
+        Ledger(store).record_verdicts([("a", 0, "admitted")])
     reader.close()
 
 

@@ -50,9 +50,9 @@ def test_verdicts_one_per_sample_and_counts_add_up(synthetic):
     learner = Learner(config_from_dict({"selection": {"keep_ratio": 0.5}, "buffer": {"max_items": 1000}}))
     verdicts = _feed(learner, samples)
     assert len(verdicts) == len(samples)
-    assert verdicts[3] == "invalid:nan_or_inf"
+    assert verdicts[3] == "invalid:nan_inf"
     assert verdicts[5] == "invalid:label_out_of_range"
-    assert verdicts[7] == "invalid:shape_video"
+    assert verdicts[7] == "invalid:schema_mismatch"
     assert [verdicts[i] for i in (10, 11, 12)] == ["eval"] * 3
     assert verdicts[20] == "skipped"
     counts = Counter(verdicts)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_runtime.buffer import RETENTION, LedgerReader, ReplayBuffer, SqliteStore
+from edge_runtime.buffer import RETENTION, Ledger, LedgerReader, ReplayBuffer, SqliteStore
 from edge_runtime.config import BufferConfig
 from edge_runtime.wire import NonFinite, Sample
 
@@ -143,15 +143,16 @@ def test_writes_are_invisible_to_another_connection_until_commit(tmp_path):
     rng = np.random.default_rng(3)
     path = tmp_path / "s.db"
     store = SqliteStore(path)
+    Ledger(store)  # creates the ledger's tables (committed: no transaction is open)
     store.commit()  # nothing open: a no-op
     store.put(("uav", 0), make(0, 1, rng), score=0.5)
-    store.record_verdicts([("uav", 0, "admitted")])
-    store.set_next_seq("uav", 1)
+    Ledger(store).record_verdicts([("uav", 0, "admitted")])
+    Ledger(store).set_next_seq("uav", 1)
     assert store.conn.in_transaction
     assert committed_keys(path) == set()
     assert committed(path, "SELECT COUNT(*) FROM verdicts") == [(0,)]
     assert committed(path, "SELECT * FROM devices") == []
-    assert store.verdict("uav", 0) == "admitted" and store.next_seqs() == {"uav": 1}  # its own view has them
+    assert Ledger(store).verdict("uav", 0) == "admitted" and Ledger(store).next_seqs() == {"uav": 1}  # its own view has them
     store.commit()
     assert not store.conn.in_transaction
     assert committed_keys(path) == {("uav", 0)}
@@ -169,6 +170,7 @@ def test_a_crash_loses_exactly_the_uncommitted_writes(tmp_path):
     child = textwrap.dedent(f"""
         import os
         import numpy as np
+        from edge_runtime.buffer.ledger import Ledger
         from edge_runtime.buffer.sqlite import SqliteStore
         from edge_runtime.wire import Sample
         def mk(i):
@@ -176,14 +178,14 @@ def test_a_crash_loses_exactly_the_uncommitted_writes(tmp_path):
         s = SqliteStore({str(path)!r}, synchronous="FULL")
         for i in range(3):
             s.put(("d", i), mk(i), score=float(i))
-        s.record_verdicts([("d", 0, "admitted"), ("d", 1, "admitted"), ("d", 2, "admitted")])
-        s.set_next_seq("d", 3)
+        Ledger(s).record_verdicts([("d", 0, "admitted"), ("d", 1, "admitted"), ("d", 2, "admitted")])
+        Ledger(s).set_next_seq("d", 3)
         s.commit()
         s.put(("d", 3), mk(3))
         s.delete(("d", 0))
-        s.record_verdicts([("d", 3, "admitted")])
-        s.set_next_seq("d", 4)
-        s.set_next_seq("e", 9)
+        Ledger(s).record_verdicts([("d", 3, "admitted")])
+        Ledger(s).set_next_seq("d", 4)
+        Ledger(s).set_next_seq("e", 9)
         os._exit(0)  # die holding the open transaction: no commit, no close
     """)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -192,51 +194,51 @@ def test_a_crash_loses_exactly_the_uncommitted_writes(tmp_path):
     store = SqliteStore(path)
     assert sorted(store.keys()) == [("d", 0), ("d", 1), ("d", 2)]
     assert np.array_equal(store.get(("d", 2)).tensors["audio"], np.full((2, 3), 2, np.float32))
-    assert store.verdict("d", 2) == "admitted" and store.verdict("d", 3) is None
-    assert store.next_seqs() == {"d": 3} and store.verdict_count() == 3
+    assert Ledger(store).verdict("d", 2) == "admitted" and Ledger(store).verdict("d", 3) is None
+    assert Ledger(store).next_seqs() == {"d": 3} and Ledger(store).verdict_count() == 3
     assert committed(path, "SELECT COUNT(*) FROM evictions") == [(0,)]
     store.close()
 
 
 def test_a_second_verdict_for_a_sample_raises_and_records_none_of_its_batch(tmp_path):
     store = SqliteStore(tmp_path / "s.db")
-    store.record_verdicts([("a", 0, "trained"), ("a", 1, "skipped")])
+    Ledger(store).record_verdicts([("a", 0, "trained"), ("a", 1, "skipped")])
     with pytest.raises(sqlite3.IntegrityError):
-        store.record_verdicts([("a", 2, "admitted"), ("a", 0, "admitted")])  # uncommitted first verdict
-    assert store.verdict("a", 2) is None and store.verdict("a", 0) == "trained"
+        Ledger(store).record_verdicts([("a", 2, "admitted"), ("a", 0, "admitted")])  # uncommitted first verdict
+    assert Ledger(store).verdict("a", 2) is None and Ledger(store).verdict("a", 0) == "trained"
     store.commit()
     with pytest.raises(sqlite3.IntegrityError):
-        store.record_verdicts([("b", 5, "eval"), ("b", 5, "eval")])  # twice in one batch
+        Ledger(store).record_verdicts([("b", 5, "eval"), ("b", 5, "eval")])  # twice in one batch
     store.close()
     again = SqliteStore(tmp_path / "s.db")
     with pytest.raises(sqlite3.IntegrityError):
-        again.record_verdicts([("a", 1, "admitted")])  # committed in an earlier run
-    assert again.verdict_count() == 2 and again.verdict("a", 1) == "skipped"
-    again.record_verdicts([("a", 2, "invalid:nan_inf")])
-    assert again.verdict_count() == 3
+        Ledger(again).record_verdicts([("a", 1, "admitted")])  # committed in an earlier run
+    assert Ledger(again).verdict_count() == 2 and Ledger(again).verdict("a", 1) == "skipped"
+    Ledger(again).record_verdicts([("a", 2, "invalid:nan_inf")])
+    assert Ledger(again).verdict_count() == 3
 
 
 def test_next_seqs_survive_reopen(tmp_path):
     store = SqliteStore(tmp_path / "s.db")
     for n in range(1, 6):
-        store.set_next_seq("uav-1", n)
+        Ledger(store).set_next_seq("uav-1", n)
         store.commit()
-    store.set_next_seq("uav-2", 40)
+    Ledger(store).set_next_seq("uav-2", 40)
     store.close()  # close commits what is pending
     again = SqliteStore(tmp_path / "s.db")
-    assert again.next_seqs() == {"uav-1": 5, "uav-2": 40}
-    again.set_next_seq("uav-2", 41)
-    assert again.next_seqs() == {"uav-1": 5, "uav-2": 41}
+    assert Ledger(again).next_seqs() == {"uav-1": 5, "uav-2": 40}
+    Ledger(again).set_next_seq("uav-2", 41)
+    assert Ledger(again).next_seqs() == {"uav-1": 5, "uav-2": 41}
 
 
 def test_reader_in_another_thread_sees_committed_verdicts_only(tmp_path):
     store = SqliteStore(tmp_path / "s.db")
-    store.record_verdicts([("a", 0, "trained")])
+    Ledger(store).record_verdicts([("a", 0, "trained")])
     answers: list = []
 
     def look(reader: LedgerReader | None = None) -> None:
         own = reader is None
-        reader = reader or store.reader()  # created in this thread
+        reader = reader or Ledger(store).reader()  # created in this thread
         answers.append((reader.verdict("a", 0), reader.verdict("a", 1)))
         if own:
             reader.close()
@@ -249,15 +251,15 @@ def test_reader_in_another_thread_sees_committed_verdicts_only(tmp_path):
 
     in_thread()
     store.commit()
-    store.record_verdicts([("a", 1, "admitted")])
-    shared = store.reader()  # created here, used by the other thread only
+    Ledger(store).record_verdicts([("a", 1, "admitted")])
+    shared = Ledger(store).reader()  # created here, used by the other thread only
     in_thread(reader=shared)
     store.commit()
     in_thread(reader=shared)
     shared.close()
     assert answers == [(None, None), ("trained", None), ("trained", "admitted")]
     with pytest.raises(sqlite3.OperationalError):
-        store.reader().conn.execute("DELETE FROM verdicts")  # read-only
+        Ledger(store).reader().conn.execute("DELETE FROM verdicts")  # read-only
 
 
 def test_every_delete_logs_one_eviction_row(tmp_path):

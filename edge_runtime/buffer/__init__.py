@@ -2,8 +2,9 @@
 
 from edge_runtime.buffer.replay import OfferResult, ReplayBuffer
 from edge_runtime.buffer.retention import RETENTION, RetentionPolicy, build_retention
-from edge_runtime.buffer.sqlite import LedgerReader, SqliteStore
+from edge_runtime.buffer.ledger import Ledger, LedgerReader
+from edge_runtime.buffer.sqlite import SqliteStore
 from edge_runtime.buffer.store import MemoryStore
 
-__all__ = ["ReplayBuffer", "MemoryStore", "SqliteStore", "LedgerReader", "OfferResult", "RETENTION",
+__all__ = ["ReplayBuffer", "MemoryStore", "SqliteStore", "Ledger", "LedgerReader", "OfferResult", "RETENTION",
            "RetentionPolicy", "build_retention"]

@@ -1,4 +1,4 @@
-"""Durable replay-buffer store and verdict ledger in one SQLite file (WAL).
+"""Durable replay-buffer store in one SQLite file (WAL), shared with the verdict ledger (:mod:`.ledger`).
 
 The node's learner thread writes a micro-batch's admissions, evictions and verdicts in one
 transaction and commits it before any ack leaves the node, so an ``admitted`` verdict always
@@ -13,16 +13,19 @@ exactly what a reopened store would read: read-only arrays over the stored bytes
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import time
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterator
 
 import msgpack
 import numpy as np
 
 from edge_runtime import wire
 from edge_runtime.wire import Sample
+
+log = logging.getLogger("edge_runtime.buffer")
 
 Key = tuple[str, int]
 SCHEMA_VERSION = 1
@@ -32,8 +35,6 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value);
 CREATE TABLE IF NOT EXISTS items (device TEXT, seq INTEGER, label INTEGER, score REAL, nbytes INTEGER,
                                   header BLOB, payload BLOB, PRIMARY KEY (device, seq));
 CREATE TABLE IF NOT EXISTS evictions (id INTEGER PRIMARY KEY, device TEXT, seq INTEGER, label INTEGER, ts REAL);
-CREATE TABLE IF NOT EXISTS verdicts (device TEXT, seq INTEGER, verdict TEXT, PRIMARY KEY (device, seq));
-CREATE TABLE IF NOT EXISTS devices (device TEXT PRIMARY KEY, next_seq INTEGER);
 """
 
 
@@ -65,13 +66,8 @@ def _decode(device: str, header: bytes, payload: bytes) -> Sample:
     return wire.decode(frames, device=device, limits=limits)  # type: ignore[return-value]
 
 
-def _verdict(conn: sqlite3.Connection, device: str, seq: int) -> str | None:
-    row = conn.execute("SELECT verdict FROM verdicts WHERE device = ? AND seq = ?", (device, int(seq))).fetchone()
-    return None if row is None else row[0]
-
-
 class SqliteStore:
-    """Replay-buffer payload store (the ``MemoryStore`` interface) plus the node's verdict ledger.
+    """Replay-buffer payload store (the ``MemoryStore`` interface); ``Ledger(store)`` adds the node's verdicts.
 
     Every write joins the open transaction (the first write after a commit opens it with
     ``BEGIN IMMEDIATE``); nothing is durable, nor visible to other connections, before
@@ -99,14 +95,26 @@ class SqliteStore:
             raise RuntimeError(f"{self.path} has store schema {version}, this edge-runtime reads {SCHEMA_VERSION}")
         self._cache: dict[Key, Sample] = {}
         self._meta: dict[Key, tuple[int, float, int]] = {}
+        self._unreadable: list[tuple[str, int, int]] = []
         for device, seq, label, score, nbytes, header, payload in self.conn.execute(
                 "SELECT device, seq, label, score, nbytes, header, payload FROM items"):
             key = (device, int(seq))
-            self._cache[key] = _decode(device, header, payload)
+            try:
+                sample = _decode(device, header, payload)
+            except Exception as err:  # a damaged row: evict it (logged) rather than refuse to start
+                log.warning("stored sample %s/%s cannot be read back (%s); evicted", device, seq, err,
+                            extra={"event": "store_unreadable", "device": device, "seq": int(seq)})
+                self._unreadable.append((device, int(seq), int(label)))
+                continue
+            self._cache[key] = sample
             self._meta[key] = (int(label), float(score), int(nbytes))
+        for device, seq, label in self._unreadable:
+            self._log_delete((device, seq), label)
+        self.commit()
 
     # ------------------------------------------------------------------ transactions
-    def _write(self, sql: str, args: tuple) -> None:
+    def write(self, sql: str, args: tuple) -> None:
+        """Execute one write in the open transaction (opening it with ``BEGIN IMMEDIATE`` when none is)."""
         if not self.conn.in_transaction:
             self.conn.execute("BEGIN IMMEDIATE")
         self.conn.execute(sql, args)
@@ -134,7 +142,7 @@ class SqliteStore:
         header, payload = _encode(sample)
         stored = _decode(key[0], header, payload)
         label = -1 if sample.label is None else int(sample.label)
-        self._write("INSERT OR REPLACE INTO items VALUES (?, ?, ?, ?, ?, ?, ?)",
+        self.write("INSERT OR REPLACE INTO items VALUES (?, ?, ?, ?, ?, ?, ?)",
                     (key[0], key[1], label, float(score), len(payload), header, payload))
         self._cache[key] = stored
         self._meta[key] = (label, float(score), len(payload))
@@ -145,12 +153,14 @@ class SqliteStore:
 
     def delete(self, key: Key) -> None:
         """Remove ``key`` and log the eviction (``KeyError`` when it is not stored)."""
-        label = self._meta[key][0]
-        self._write("DELETE FROM items WHERE device = ? AND seq = ?", (key[0], int(key[1])))
-        self._write("INSERT INTO evictions (device, seq, label, ts) VALUES (?, ?, ?, ?)",
-                    (key[0], int(key[1]), label, time.time()))
+        self._log_delete(key, self._meta[key][0])
         del self._cache[key]
         del self._meta[key]
+
+    def _log_delete(self, key: Key, label: int) -> None:
+        self.write("DELETE FROM items WHERE device = ? AND seq = ?", (key[0], int(key[1])))
+        self.write("INSERT INTO evictions (device, seq, label, ts) VALUES (?, ?, ?, ?)",
+                   (key[0], int(key[1]), label, time.time()))
 
     def clear(self) -> None:
         """Delete every item (each deletion is logged)."""
@@ -173,63 +183,23 @@ class SqliteStore:
     def __iter__(self) -> Iterator[Key]:
         return iter(list(self._cache))
 
-    # ------------------------------------------------------------------ ledger
-    def record_verdicts(self, rows: Iterable[tuple[str, int, str]]) -> None:
-        """One verdict per (device, seq), all rows or none.
+    def evict_unfit(self, reason_of: Callable[[Sample], str | None]) -> list[tuple[Key, str]]:
+        """Delete (and log as evicted) every stored sample for which ``reason_of`` names a reason; commits.
 
-        A second verdict for a decided sample is a bug: ``sqlite3.IntegrityError``, and none of
-        ``rows`` is recorded (the rest of the open transaction stays as it was).
+        The node calls it at start-up with its input contract, so that a sample stored under other
+        rules (another frame size, an empty clip) never reaches a replay batch.
         """
-        rows = [(d, int(s), str(v)) for d, s, v in rows]
-        self._write("SAVEPOINT record_verdicts", ())
-        try:
-            self.conn.executemany("INSERT INTO verdicts VALUES (?, ?, ?)", rows)
-        except BaseException:
-            self.conn.execute("ROLLBACK TO record_verdicts")
-            raise
-        finally:
-            self.conn.execute("RELEASE record_verdicts")
+        dropped = [(key, reason) for key in list(self._cache) if (reason := reason_of(self._cache[key])) is not None]
+        for key, reason in dropped:
+            log.warning("stored sample %s/%s does not fit this node (%s); evicted", key[0], key[1], reason,
+                        extra={"event": "store_unfit", "device": key[0], "seq": key[1], "reason": reason})
+            self.delete(key)
+        self.commit()
+        return dropped
 
-    def set_next_seq(self, device: str, next_seq: int) -> None:
-        """Record the first undecided seq of ``device``."""
-        self._write("INSERT INTO devices VALUES (?, ?) ON CONFLICT(device) DO UPDATE SET next_seq = excluded.next_seq",
-                    (device, int(next_seq)))
+    def trim_evictions(self, keep: int) -> None:
+        """Keep only the newest ``keep`` rows of the evictions log (it would otherwise grow forever)."""
+        self.write("DELETE FROM evictions WHERE id <= (SELECT MAX(id) FROM evictions) - ?", (int(keep),))
 
-    def next_seqs(self) -> dict[str, int]:
-        """First undecided seq per device (this connection's view: pending writes included)."""
-        return {d: int(n) for d, n in self.conn.execute("SELECT device, next_seq FROM devices")}
-
-    def decided_above_next_seq(self) -> list[tuple[str, int]]:
-        """Decided seqs past their device's ``next_seq`` (decided out of order, e.g. after a ``busy`` retry)."""
-        rows = self.conn.execute("SELECT v.device, v.seq FROM verdicts v LEFT JOIN devices d ON v.device = d.device "
-                                 "WHERE v.seq >= COALESCE(d.next_seq, 0)")
-        return [(d, int(s)) for d, s in rows]
-
-    def verdict(self, device: str, seq: int) -> str | None:
-        """The verdict of (device, seq), pending writes included; None when undecided."""
-        return _verdict(self.conn, device, seq)
-
-    def verdict_count(self) -> int:
-        return int(self.conn.execute("SELECT COUNT(*) FROM verdicts").fetchone()[0])
-
-    def reader(self) -> "LedgerReader":
-        """A read-only connection for another thread; it sees committed verdicts only."""
-        return LedgerReader(self.path)
-
-
-class LedgerReader:
-    """Looks up first verdicts from the IO thread while the learner thread writes (WAL readers never block).
-
-    Opened with ``check_same_thread=False``: create it anywhere, use it from one thread.
-    """
-
-    def __init__(self, path: str | Path) -> None:
-        uri = Path(path).resolve().as_uri() + "?mode=ro"
-        self.conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
-
-    def verdict(self, device: str, seq: int) -> str | None:
-        """The committed verdict of (device, seq); None when none is committed."""
-        return _verdict(self.conn, device, seq)
-
-    def close(self) -> None:
-        self.conn.close()
+    def evictions_count(self) -> int:
+        return int(self.conn.execute("SELECT COUNT(*) FROM evictions").fetchone()[0])
