@@ -30,7 +30,8 @@ from typing import Any, Iterable, Iterator, Mapping
 import zmq
 
 from edge_runtime import wire
-from edge_runtime.wire import Sample, TensorSpec
+from edge_runtime.sample import Sample
+from edge_runtime.wire import TensorSpec
 
 RETRYABLE = frozenset({"no_hello", "no_credit", "busy", "shutting_down"})
 

@@ -16,7 +16,8 @@ from tqdm import tqdm
 
 from device_sim.client import ClientConfig, DeviceClient, DeviceSummary, run_many
 from device_sim.scenario import StreamOrder
-from edge_runtime.wire import Sample, schema_of
+from edge_runtime.sample import Sample
+from edge_runtime.wire import schema_of
 
 
 def shard(dataset: Any, order: StreamOrder, k: int, n: int, eval_every: int | None, owner: np.ndarray | None = None,

@@ -20,7 +20,7 @@ import msgpack
 import numpy as np
 import zmq
 
-from edge_runtime.wire import Sample
+from edge_runtime.sample import Sample
 
 
 @dataclass

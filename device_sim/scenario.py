@@ -12,7 +12,7 @@ from typing import Iterator, Protocol
 
 import numpy as np
 
-from edge_runtime.wire import Sample
+from edge_runtime.sample import Sample
 
 
 class IndexedDataset(Protocol):

@@ -8,7 +8,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from edge_runtime.wire import Sample
+from edge_runtime.sample import Sample
 
 
 @dataclass

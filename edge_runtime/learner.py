@@ -13,7 +13,7 @@ Each call runs the learning step of DESIGN.md on one micro-batch, one method per
 7. ``_admit_and_verdicts``: selected samples offered to the bounded replay buffer; one verdict per
    sample: admitted, trained, skipped, eval, invalid:<reason>.
 
-The learner knows nothing about sockets; it is fed lists of :class:`~edge_runtime.wire.Sample`.
+The learner knows nothing about sockets; it is fed lists of :class:`~edge_runtime.sample.Sample`.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from edge_runtime.prototypes import ModalityPrototypes
 from edge_runtime.selection import build_policy, build_replay
 from edge_runtime.selection.base import ReplayPlan, Selection, StepContext
 from edge_runtime.validation import model_contract
-from edge_runtime.wire import Sample
+from edge_runtime.sample import Sample
 
 ADMITTED, TRAINED, SKIPPED, EVAL = "admitted", "trained", "skipped", "eval"
 

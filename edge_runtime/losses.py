@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from edge_runtime.config import TrainingConfig
     from edge_runtime.model import ModelOutput
     from edge_runtime.selection.base import ReplayPlan, Selection
-    from edge_runtime.wire import Sample
+    from edge_runtime.sample import Sample
 
 
 @dataclass

@@ -54,7 +54,8 @@ from edge_runtime.metrics import NodeMetrics
 from edge_runtime.observe import NodeObserver
 from edge_runtime.startup import StartupError, metrics_port_message
 from edge_runtime.validation import InputContract
-from edge_runtime.wire import Sample, TensorSpec
+from edge_runtime.sample import Sample
+from edge_runtime.wire import TensorSpec
 
 log = logging.getLogger("edge_runtime.node")
 

@@ -18,9 +18,11 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
+from edge_runtime.sample import TensorSpec
+
 if TYPE_CHECKING:  # only for type hints: wire imports this module for its content checks
     from edge_runtime.config import Config
-    from edge_runtime.wire import Sample, TensorSpec
+    from edge_runtime.sample import Sample
 
 SPLITS = ("train", "eval")
 
@@ -135,20 +137,16 @@ def check_label_split(label: Any, split: Any, num_classes: int | None) -> Proble
 # ---------------------------------------------------------------------------------------------
 
 
-def feature_schema(config: "Config", frame_size: tuple[int, int] | None = None) -> dict[str, "TensorSpec"]:
+def feature_schema(config: "Config", frame_size: tuple[int, int] | None = None) -> dict[str, TensorSpec]:
     """The tensors the model takes: audio (T, F) and video (T, C, H, W) float32; H, W fixed when pinned."""
-    from edge_runtime.wire import TensorSpec
-
     mc = config.model
     h, w = frame_size if frame_size is not None else (-1, -1)
     return {"audio": TensorSpec("float32", (-1, mc.audio_features)),
             "video": TensorSpec("float32", (-1, mc.visual_channels, h, w))}
 
 
-def raw_schema() -> dict[str, "TensorSpec"]:
+def raw_schema() -> dict[str, TensorSpec]:
     """What a device sending ``--send raw`` declares: a mono waveform and RGB uint8 frames (T, H, W, 3)."""
-    from edge_runtime.wire import TensorSpec
-
     return {"waveform": TensorSpec("float32", (-1,)), "frames": TensorSpec("uint8", (-1, -1, -1, 3))}
 
 

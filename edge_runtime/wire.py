@@ -30,45 +30,18 @@ from __future__ import annotations
 import math
 import operator
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Union
 
 import msgpack
 import numpy as np
 
 from edge_runtime import validation
+from edge_runtime.sample import Sample, TensorSpec
 from edge_runtime.validation import SPLITS
 
 #: Sequence numbers are signed 64-bit integers on the wire and in the ledger: 0 <= seq <= SEQ_MAX.
 SEQ_MAX = 2**63 - 1
-
-
-@dataclass
-class Sample:
-    """One labelled (or unlabelled) multimodal sample as it travels on the wire.
-
-    ``tensors`` maps a modality name to a C-contiguous array: ``"audio"`` is (T_a, F) float32
-    features, ``"video"`` is (T_v, C, H, W) float32 frames.  ``meta`` carries data-set facts that
-    are not sent on the wire (for instance the synthetic stream's per-modality informativeness).
-    """
-
-    tensors: dict[str, np.ndarray]
-    label: int | None
-    split: str = "train"
-    device: str = ""
-    seq: int = -1
-    ts: float = 0.0
-    meta: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def key(self) -> tuple[str, int]:
-        """Identity of the sample: (device id, sequence number)."""
-        return (self.device, self.seq)
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes of tensor payload, the unit the replay buffer's byte bound counts."""
-        return sum(int(t.nbytes) for t in self.tensors.values())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -256,44 +229,24 @@ ERROR_BY_CODE: dict[str, type[WireError]] = {e.code: e for e in ERRORS}
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class TensorSpec:
-    """Declared dtype name and shape of one modality; ``-1`` in ``shape`` matches any size.
-
-    Wire form: ``{"dtype": str, "shape": [int|-1, ...]}``.
-    """
-
-    dtype: str
-    shape: tuple[int, ...]
-
-    def to_wire(self) -> dict[str, Any]:
-        return {"dtype": self.dtype, "shape": [int(d) for d in self.shape]}
-
-    @classmethod
-    def from_wire(cls, obj: Any, *, name: str = "?", limits: Limits = DEFAULT_LIMITS) -> TensorSpec:
-        """Validate and convert the wire form; raises :class:`WireError` subclasses."""
-        where = f"schema[{_short(name)}]"
-        if not isinstance(obj, dict):
-            raise BadHeader(f"{where} must be a map {{'dtype': str, 'shape': [int|-1, ...]}}, "
-                            f"got {_tname(obj)}; send the wire form of a TensorSpec")
-        dtype = obj.get("dtype")
-        if not isinstance(dtype, str):
-            raise BadHeader(f"{where}.dtype must be a str (a numpy dtype name), got {_tname(dtype)}")
-        shape = obj.get("shape")
-        if not isinstance(shape, list) or not all(_is_int(d) and d >= -1 for d in shape):
-            raise BadHeader(f"{where}.shape must be a list of ints >= -1, got {_short(shape)}")
-        if len(shape) > limits.max_dims:
-            raise TooManyDims(f"{where}.shape has {len(shape)} axes, over the limit of "
-                              f"{limits.max_dims}; flatten or reshape the tensor")
-        if dtype not in limits.allowed_dtypes:
-            raise DtypeNotAllowed(_dtype_msg(where, dtype, limits))
-        return cls(dtype, tuple(shape))
-
-    def matches(self, dtype: str, shape: tuple[int, ...] | list[int]) -> bool:
-        """Whether a tensor of ``dtype`` and ``shape`` fits this spec (``-1`` matches any size)."""
-        if dtype != self.dtype or len(shape) != len(self.shape):
-            return False
-        return all(s == -1 or s == d for s, d in zip(self.shape, shape))
+def spec_from_wire(obj: Any, *, name: str = "?", limits: Limits = DEFAULT_LIMITS) -> TensorSpec:
+    """Validate and convert the wire form; raises :class:`WireError` subclasses."""
+    where = f"schema[{_short(name)}]"
+    if not isinstance(obj, dict):
+        raise BadHeader(f"{where} must be a map {{'dtype': str, 'shape': [int|-1, ...]}}, "
+                        f"got {_tname(obj)}; send the wire form of a TensorSpec")
+    dtype = obj.get("dtype")
+    if not isinstance(dtype, str):
+        raise BadHeader(f"{where}.dtype must be a str (a numpy dtype name), got {_tname(dtype)}")
+    shape = obj.get("shape")
+    if not isinstance(shape, list) or not all(_is_int(d) and d >= -1 for d in shape):
+        raise BadHeader(f"{where}.shape must be a list of ints >= -1, got {_short(shape)}")
+    if len(shape) > limits.max_dims:
+        raise TooManyDims(f"{where}.shape has {len(shape)} axes, over the limit of "
+                          f"{limits.max_dims}; flatten or reshape the tensor")
+    if dtype not in limits.allowed_dtypes:
+        raise DtypeNotAllowed(_dtype_msg(where, dtype, limits))
+    return TensorSpec(dtype, tuple(shape))
 
 
 Schema = dict[str, TensorSpec]
@@ -328,7 +281,7 @@ def schema_from_wire(obj: Any, *, limits: Limits = DEFAULT_LIMITS, field_name: s
     for name, spec in obj.items():
         if not isinstance(name, str):
             raise BadHeader(f"'{field_name}' keys must be str tensor names, got {_tname(name)}")
-        out[name] = TensorSpec.from_wire(spec, name=name, limits=limits)
+        out[name] = spec_from_wire(spec, name=name, limits=limits)
     return out
 
 

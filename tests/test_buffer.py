@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from edge_runtime.buffer import RETENTION, MemoryStore, OfferResult, ReplayBuffer
 from edge_runtime.config import BufferConfig
-from edge_runtime.wire import Sample
+from edge_runtime.sample import Sample
 
 
 def make(seq: int, label: int, floats: int = 4, device: str = "d") -> Sample:

@@ -15,7 +15,7 @@ from device_sim.datasets.ave import AVE
 from device_sim.datasets.cremad import CremaD
 from device_sim.datasets.media import MissingFilesWarning, decode_video, load_jpeg_frames
 from edge_runtime.features import FeatureConfig, audio_features, frame_features, to_features
-from edge_runtime.wire import Sample
+from edge_runtime.sample import Sample
 
 CREMAD_ORDER = {"NEU": 0, "HAP": 1, "SAD": 2, "FEA": 3, "DIS": 4, "ANG": 5}
 

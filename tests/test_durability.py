@@ -17,7 +17,7 @@ from edge_runtime.buffer.ledger import Ledger
 from edge_runtime.buffer.sqlite import SqliteStore
 from edge_runtime.checkpoint import MAGIC, CheckpointError, CheckpointManager
 from edge_runtime.config import BufferConfig
-from edge_runtime.wire import Sample
+from edge_runtime.sample import Sample
 
 
 def _sample(device: str, seq: int, label: int, rng: np.random.Generator) -> Sample:
@@ -90,7 +90,7 @@ def test_uncommitted_writes_are_lost_in_a_crash_committed_ones_kept(tmp_path):
         import os, numpy as np
         from edge_runtime.buffer.ledger import Ledger
         from edge_runtime.buffer.sqlite import SqliteStore
-        from edge_runtime.wire import Sample
+        from edge_runtime.sample import Sample
         s = SqliteStore({str(db)!r})
         def mk(i): return Sample({{"audio": np.ones((2, 13), np.float32), "video": np.ones((1, 1, 4, 4), np.float32)}}, 1, device="d", seq=i)
         s.put(("d", 0), mk(0)); Ledger(s).record_verdicts([("d", 0, "admitted")]); Ledger(s).set_next_seq("d", 1); s.commit()

@@ -123,3 +123,16 @@ def test_policies_and_the_registry_sit_below_config():
         if name.startswith("edge_runtime.selection.") or name.startswith("edge_runtime.scoring") or name.startswith("edge_runtime.buffer"):
             assert "edge_runtime.config" not in deps or name.startswith("edge_runtime.buffer"), name
             assert "edge_runtime.learner" not in deps and "edge_runtime.node" not in deps, name
+
+
+def test_only_the_node_the_store_codec_and_devices_use_the_wire_format():
+    """Issue 13 item 6: samples live in edge_runtime.sample; learning code never imports the wire."""
+    graph = import_graph()
+    allowed = {"edge_runtime.node", "edge_runtime.buffer.sqlite", "edge_runtime.control", "edge_runtime.publish"}
+    users = {name for name, deps in graph.items() if "edge_runtime.wire" in deps}
+    for name in ("edge_runtime.learner", "edge_runtime.buffer.replay", "edge_runtime.buffer.store", "edge_runtime.batch",
+                 "edge_runtime.losses", "edge_runtime.validation", "edge_runtime.protocols.offline"):
+        assert name not in users, name
+    assert not {u for u in users if u.startswith(("edge_runtime.selection", "edge_runtime.scoring"))}
+    assert "edge_runtime.sample" in graph["edge_runtime.learner"] and "edge_runtime.wire" not in graph["edge_runtime.sample"]
+    assert users <= allowed | {u for u in users if u.startswith("edge_runtime.federation")}, users - allowed

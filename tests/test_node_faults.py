@@ -16,7 +16,7 @@ import zmq
 
 from edge_runtime.buffer.ledger import Ledger
 from edge_runtime.buffer.sqlite import SqliteStore
-from edge_runtime.wire import Sample
+from edge_runtime.sample import Sample
 from nodeclient import SCHEMA_16, Device, stream
 from nodeproc import NodeProcess
 

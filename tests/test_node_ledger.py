@@ -19,7 +19,7 @@ import zmq
 
 from edge_runtime.config import config_from_dict
 from edge_runtime.node import EdgeNode
-from edge_runtime.wire import Sample
+from edge_runtime.sample import Sample
 from nodeclient import Device, stream
 
 VERDICTS = {"admitted", "trained", "skipped", "eval"}

@@ -27,7 +27,7 @@ from edge_runtime.selection.base import keep_by_score
 from edge_runtime.selection.bss import BSSReplay, BSSSettings
 from edge_runtime.selection.dus import DUSReplay, DUSSettings
 from edge_runtime.selection.registry import parse_settings
-from edge_runtime.wire import Sample
+from edge_runtime.sample import Sample
 
 
 # ---------------------------------------------------------------- EL2N

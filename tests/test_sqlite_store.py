@@ -20,7 +20,8 @@ import pytest
 
 from edge_runtime.buffer import RETENTION, Ledger, LedgerReader, ReplayBuffer, SqliteStore
 from edge_runtime.config import BufferConfig
-from edge_runtime.wire import NonFinite, Sample
+from edge_runtime.sample import Sample
+from edge_runtime.wire import NonFinite
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -172,7 +173,7 @@ def test_a_crash_loses_exactly_the_uncommitted_writes(tmp_path):
         import numpy as np
         from edge_runtime.buffer.ledger import Ledger
         from edge_runtime.buffer.sqlite import SqliteStore
-        from edge_runtime.wire import Sample
+        from edge_runtime.sample import Sample
         def mk(i):
             return Sample({{"audio": np.full((2, 3), i, np.float32)}}, label=i % 2, device="d", seq=i)
         s = SqliteStore({str(path)!r}, synchronous="FULL")

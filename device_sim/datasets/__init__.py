@@ -1,4 +1,4 @@
-"""Data sets a device can replay; each yields :class:`~edge_runtime.wire.Sample` records.
+"""Data sets a device can replay; each yields :class:`~edge_runtime.sample.Sample` records.
 
 Every data set offers ``__len__``, ``labels()`` (without decoding media), ``sample(i, split)``,
 ``name`` and ``num_classes``.  :func:`open_dataset` builds one by name from the options the

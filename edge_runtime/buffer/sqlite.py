@@ -23,7 +23,7 @@ import msgpack
 import numpy as np
 
 from edge_runtime import wire
-from edge_runtime.wire import Sample
+from edge_runtime.sample import Sample
 
 log = logging.getLogger("edge_runtime.buffer")
 

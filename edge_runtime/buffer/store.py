@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Hashable, Iterator
 
-from edge_runtime.wire import Sample
+from edge_runtime.sample import Sample
 
 Key = Hashable
 

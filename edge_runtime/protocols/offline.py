@@ -33,7 +33,7 @@ from edge_runtime.model import ModelOutput, build_model
 from edge_runtime.selection import build_policy
 from edge_runtime.selection.base import StepContext
 from edge_runtime.selection.registry import SelectionSettings, names, parse_settings, settings_model
-from edge_runtime.wire import Sample
+from edge_runtime.sample import Sample
 
 #: Strategies that do not look at the model: run once per ratio (R = 0), not per pre-training length.
 CONTROLS = ("base", "random")

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from edge_runtime.buffer import ReplayBuffer
     from edge_runtime.losses import UpdateStep
     from edge_runtime.model import ModelOutput, MultimodalNet
-    from edge_runtime.wire import Sample
+    from edge_runtime.sample import Sample
 
 
 @dataclass
