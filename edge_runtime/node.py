@@ -178,8 +178,8 @@ class EdgeNode:
         self.endpoint: str | None = None
         self.metrics_port: int | None = None
         self.decided_total = 0
-        self._queue_bytes = 0  # tensor bytes of the queued samples (IO thread adds, learner thread subtracts, under _cond)
-        self.metrics.queue_bytes.set_function(lambda: self._queue_bytes)
+        self.metrics.queue_bytes.set_function(self._queued_bytes)  # computed when read (status, scrape), not per sample
+        self._arrivals = self.observer.arrivals
 
     # ------------------------------------------------------------------ restore / checkpoint
     def _restore(self) -> None:
@@ -269,7 +269,7 @@ class EdgeNode:
                 "model_endpoint": self._publisher.endpoint if self._publisher else None}
         _atomic_write(self.state_dir / "node.json", json.dumps(info))
         log.info("listening", extra={"event": "listening", **info})
-        self.observer.start(info, known_devices=self._initial_next_seqs)
+        self.observer.start(info, known_devices=lambda: len(self._ledger))
         reader = self.store.reader()
         worker = threading.Thread(target=self._learner_loop, args=(ctx, wake_addr), name="learner", daemon=True)
         worker.start()
@@ -320,6 +320,12 @@ class EdgeNode:
         self.store.close()
         log.info("stopped", extra={"event": "stopped", "decided": self.decided_total})
         return summary
+
+    def _queued_bytes(self) -> int:
+        """Tensor bytes of the samples waiting for the learner (a copy of the queue under the lock, summed outside it)."""
+        with self._cond:
+            items = list(self._queue)
+        return sum(it.sample.nbytes for it in items if it.sample is not None)
 
     # ------------------------------------------------------------------ IO thread
     def _error(self, sock: zmq.Socket, rid: bytes, seq: int | None, code: str, msg: str) -> None:
@@ -396,6 +402,7 @@ class EdgeNode:
     def _sample(self, sock: zmq.Socket, reader: Any, rid: bytes, device: str, dev: DeviceState,
                 seq: int, sample: Sample | None, verdict: str | None) -> None:
         self.metrics.received.inc()
+        self._arrivals[device] = time.monotonic()  # last seen, for edge-node status
         if seq in dev.pending:
             self.metrics.duplicates.inc()
             return  # queued or being learned: its ack is coming
@@ -419,7 +426,6 @@ class EdgeNode:
             else:
                 full = False
                 self._queue.append(_Item(rid, device, seq, sample, verdict, time.monotonic()))
-                self._queue_bytes += sample.nbytes if sample is not None else 0
                 if len(self._queue) == 1 or len(self._queue) >= self.nc.batch_size:
                     # The learner needs waking only to start a batch window or when a batch is full;
                     # otherwise its own window timeout wakes it (one wake-up per sample costs the GIL).
@@ -462,7 +468,6 @@ class EdgeNode:
                     if len(self._queue) >= nc.batch_size or age >= window or self._draining:
                         n = min(nc.batch_size, len(self._queue))
                         batch = [self._queue.popleft() for _ in range(n)]
-                        self._queue_bytes -= sum(it.sample.nbytes for it in batch if it.sample is not None)
                         self.metrics.queue_depth.set(len(self._queue))
                         return batch
                     self._cond.wait(window - age)
@@ -548,7 +553,7 @@ class EdgeNode:
         if "buffer_items" in s:
             m.buffer_items.set(s["buffer_items"])
             m.buffer_bytes.set(s["buffer_bytes"])
-        self.observer.on_batch([(it.device, it.arrived, it.verdict) for it in fresh], s, elapsed)  # type: ignore[misc]
+        self.observer.on_batch([(it.device, it.verdict) for it in fresh], s, elapsed)  # type: ignore[misc]
 
 
 def _features_problem(config: Config) -> str | None:

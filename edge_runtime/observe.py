@@ -20,9 +20,9 @@ import logging
 import os
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from edge_runtime.history import HistoryWriter, verdict_kinds
 from edge_runtime.metrics import NodeMetrics
@@ -30,7 +30,9 @@ from edge_runtime.snapshot import from_metrics, metric_values, newest_checkpoint
 
 log = logging.getLogger("edge_runtime.node")
 
-TOP_DEVICES = 50  # devices listed in status.json, most samples first (the count covers all)
+TOP_DEVICES = 50  # devices listed in status.json, most samples first
+RATE_WINDOW_S = 10.0  # rates in status.json are over (about) the last this many seconds
+MAX_TRACKED = 10_000  # per-device tallies kept; past it the least recently seen quarter is dropped
 STATUS_FILE = "status.json"
 
 
@@ -63,8 +65,11 @@ class NodeObserver:
         self.num_classes = num_classes
         self.history = HistoryWriter(self.state_dir, num_classes) if history_every_s else None
         self._lock = threading.Lock()
-        self._devices: dict[str, tuple[int, float]] = {}  # device -> (samples decided this run, last arrival, unix s)
-        self._known: set[str] = set()
+        self._devices: dict[str, int] = {}  # device -> samples decided this run (learner thread)
+        #: device -> time.monotonic() of its newest sample message; the node's IO thread writes it
+        self.arrivals: dict[str, float] = {}
+        self._known: Callable[[], int] = lambda: len(self._devices)
+        self._last_update_s: float | None = None
         self._verdicts: Counter = Counter()  # this run, by kind
         self._summary: dict[str, Any] = {}
         self._latency = _Latency()
@@ -72,23 +77,26 @@ class NodeObserver:
         self._model_version: int | None = None
         self._buffer_labels: set[str] = set()
         self._stop = threading.Event()
+        self._window: deque[tuple[float, dict[str, Any], dict[str, int]]] = deque()  # earlier snapshots, for rates
         self._thread: threading.Thread | None = None
         self._info: dict[str, Any] = {}
         self._started = time.time()
         self._wall_minus_mono = time.time() - time.monotonic()
 
     # ------------------------------------------------------------------ learner thread
-    def on_batch(self, decided: Iterable[tuple[str, float, str]], summary: dict[str, Any], seconds: float) -> None:
-        """After a micro-batch is committed: ``decided`` holds (device, arrival time.monotonic(), verdict) per
-        newly decided sample, ``summary`` is the learner's summary, ``seconds`` the batch's learner time."""
+    def on_batch(self, decided: Iterable[tuple[str, str]], summary: dict[str, Any], seconds: float) -> None:
+        """After a micro-batch is committed: ``decided`` holds (device, verdict) per newly decided sample,
+        ``summary`` is the learner's summary, ``seconds`` the batch's learner time."""
         m = self.metrics
         with self._lock:
-            for device, arrived, verdict in decided:
-                n, last = self._devices.get(device, (0, 0.0))
-                self._devices[device] = (n + 1, max(last, arrived + self._wall_minus_mono))
+            for device, verdict in decided:
+                self._devices[device] = self._devices.get(device, 0) + 1
                 self._verdicts[verdict.split(":", 1)[0]] += 1
+            if len(self._devices) > MAX_TRACKED:
+                self._forget()
             self._summary = summary
             self._latency.add(seconds)
+            self._last_update_s = seconds
             classes = {str(c): n for c, n in summary.get("buffer_classes", {}).items()}
             for label in self._buffer_labels - set(classes):
                 m.buffer_class_items.labels(label).set(0)
@@ -97,7 +105,15 @@ class NodeObserver:
             self._buffer_labels = set(classes)
             m.updates.set(summary.get("updates", 0))
             m.samples_learned.set(summary.get("samples_seen", 0))
-            m.devices_known.set(len(self._known | self._devices.keys()))
+            m.devices_known.set(self._known())
+
+    def _forget(self) -> None:
+        """Drop the tallies of the least recently seen quarter of the devices (bounded memory for big fleets)."""
+        arrivals = dict(self.arrivals)  # one C-level copy: the IO thread may add keys meanwhile
+        keep = sorted(self._devices, key=lambda d: arrivals.get(d, 0.0), reverse=True)[: MAX_TRACKED * 3 // 4]
+        self._devices = {d: self._devices[d] for d in keep}
+        for device in arrivals.keys() - self._devices.keys():
+            self.arrivals.pop(device, None)
 
     def on_checkpoint(self, path: Path) -> None:
         when = time.time()
@@ -111,14 +127,16 @@ class NodeObserver:
             self.metrics.model_version.set(version)
 
     # ------------------------------------------------------------------ files
-    def start(self, info: dict[str, Any], known_devices: Iterable[str] = ()) -> None:
-        """Begin writing (``info``: endpoint, metrics_port, pid, model_endpoint, as in node.json)."""
+    def start(self, info: dict[str, Any], known_devices: Callable[[], int] | None = None) -> None:
+        """Begin writing (``info``: endpoint, metrics_port, pid, model_endpoint, as in node.json;
+        ``known_devices``: how many devices the node has decided samples of, all runs)."""
         self._info = dict(info)
         self._started = time.time()
-        self._known = set(known_devices)
+        if known_devices is not None:
+            self._known = known_devices
         m = self.metrics
         m.start_time.set(self._started)
-        m.devices_known.set(len(self._known))
+        m.devices_known.set(self._known())
         m.node_info.info({k: "" if v is None else str(v) for k, v in info.items()})
         if self._checkpoint:
             m.last_checkpoint.set(self._checkpoint[1])
@@ -157,18 +175,23 @@ class NodeObserver:
         """The status snapshot as of now (learner side first, IO side after it; see the module docstring)."""
         with self._lock:
             devices = dict(self._devices)
+            arrivals = dict(self.arrivals)
+            last_update = self._last_update_s
             verdicts = dict(sorted(self._verdicts.items()))
             summary = self._summary
             checkpoint = self._checkpoint
         snap = from_metrics(metric_values(self.metrics.registry.collect()))
         now = time.time()
-        top = sorted(devices.items(), key=lambda kv: (-kv[1][0], kv[0]))[:TOP_DEVICES]
-        prev = getattr(self, "_prev", None)
+        top = sorted(devices.items(), key=lambda kv: (-kv[1], kv[0]))[:TOP_DEVICES]
+        while len(self._window) > 1 and now - self._window[1][0] >= RATE_WINDOW_S:
+            self._window.popleft()  # keep the newest snapshot that is at least the window old
+        prev = self._window[0] if self._window else None
         dt = now - prev[0] if prev else 0.0
         prev_devices = prev[2] if prev else {}
-        snap["devices"]["known"] = len(self._known | devices.keys())
-        snap["devices"]["top"] = [{"device": d, "samples": n, "last_seen": last,
-                                   "rate": (n - prev_devices.get(d, (0,))[0]) / dt if dt > 0 else None} for d, (n, last) in top]
+        snap["devices"]["known"] = self._known()
+        snap["devices"]["top"] = [
+            {"device": d, "samples": n, "last_seen": arrivals[d] + self._wall_minus_mono if d in arrivals else None,
+             "rate": (n - prev_devices.get(d, 0)) / dt if dt > 0 else None} for d, n in top]
         snap["devices"]["listed"] = len(top)
         snap["samples"]["verdicts"] = verdicts
         snap["samples"]["decided"] = sum(verdicts.values())
@@ -182,11 +205,12 @@ class NodeObserver:
         if checkpoint:
             snap["checkpoint"].update(path=checkpoint[0], written_at=checkpoint[1])
         snap["model"]["version"] = self._model_version
+        snap["update_last_s"] = last_update
         snap.update(state="stopped" if final else "running", written_at=now, stopped_at=now if final else None,
                     pid=self._info.get("pid"), endpoint=self._info.get("endpoint"), metrics_port=self._info.get("metrics_port"))
         snap["model"]["endpoint"] = self._info.get("model_endpoint")
         snap = with_rates(snap, prev[1] if prev else None, dt)
-        self._prev = (now, snap, devices)
+        self._window.append((now, snap, devices))
         return snap
 
     def _write_status(self, final: bool) -> None:

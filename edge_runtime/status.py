@@ -152,7 +152,7 @@ def render(snap: dict[str, Any], top: int = 10, width: int = 80) -> Any:
         return t
 
     flow = kv_table("samples (this run)")
-    flow.add_row("received", _num(s.get("received")), _rate(rates.get("received")))
+    flow.add_row("received", _num(s.get("received")), _rate(rates.get("received")))  # resends included
     flow.add_row("decided", _num(s.get("decided")), _rate(rates.get("decided")))
     for verdict, n in (s.get("verdicts") or {}).items():
         flow.add_row(f"  {verdict}", _num(n), _rate((rates.get("verdicts") or {}).get(verdict)))
@@ -165,8 +165,11 @@ def render(snap: dict[str, Any], top: int = 10, width: int = 80) -> Any:
     learn.add_row("prequential acc", _pct(acc.get("prequential")), "")
     learn.add_row("held-out acc", _pct(acc.get("held_out")), "eval split")
     learn.add_row("updates", _num(snap.get("updates")), "")
-    lat = rates.get("update_latency_s")
-    learn.add_row("update latency", "-" if lat is None else f"{1000 * lat:.1f} ms", "mean, last interval")
+    window = rates.get("interval_s")
+    lat, how = rates.get("update_latency_s"), f"mean, last {window:.0f}s" if window else "mean"
+    if lat is None and snap.get("update_last_s") is not None:
+        lat, how = snap["update_last_s"], "last batch"
+    learn.add_row("update latency", "-" if lat is None else f"{1000 * lat:.1f} ms", how)
     learn.add_row("checkpoint", _age(ck.get("age_s")) + " ago" if ck.get("age_s") is not None else "-", _num(ck.get("count")) + " this run")
     learn.add_row("model version", _num(model.get("version")), model.get("endpoint") or "")
     fed = snap.get("federation")
@@ -175,7 +178,7 @@ def render(snap: dict[str, Any], top: int = 10, width: int = 80) -> Any:
 
     devices = Table(title=f"devices: {_num(dev.get('connected'))} connected, {_num(dev.get('known'))} known",
                     title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
-    for name, justify in (("device", "left"), ("samples", "right"), ("rate", "right"), ("last seen", "right")):
+    for name, justify in (("device", "left"), ("decided", "right"), ("rate", "right"), ("last seen", "right")):
         devices.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
     listed = dev.get("top")
     if listed is None:

@@ -133,6 +133,8 @@ def test_status_of_a_killed_node_says_stale_and_bad_sources_are_clear_errors(tmp
     node.kill()
     snap = _status_json("--state-dir", str(node.state_dir))
     assert snap["state"] == "stale"
+    watched = _status("--state-dir", str(node.state_dir), "--watch", "--count", "2", "--interval", "0.1", "--json")
+    assert watched.returncode == 0 and [json.loads(line)["state"] for line in watched.stdout.splitlines()] == ["stale", "stale"]
     missing = _status("--state-dir", str(tmp_path / "nowhere"))
     assert missing.returncode == 2 and "no such folder" in missing.stderr and "Traceback" not in missing.stderr
     empty = tmp_path / "empty"
@@ -140,3 +142,58 @@ def test_status_of_a_killed_node_says_stale_and_bad_sources_are_clear_errors(tmp
     assert "holds no status.json" in _status("--state-dir", str(empty)).stderr
     dead = _status("--metrics", "http://127.0.0.1:9/metrics")
     assert dead.returncode == 2 and "cannot scrape" in dead.stderr and "node.metrics_port" in dead.stderr
+
+
+def test_snapshot_from_a_registry_rates_and_federation_line():
+    from prometheus_client import Gauge
+    from rich.console import Console
+
+    from edge_runtime.metrics import NodeMetrics
+    from edge_runtime.snapshot import from_metrics, metric_values, with_rates
+    from edge_runtime.status import render
+
+    m = NodeMetrics()
+    m.received.inc(100)
+    m.decided.labels("admitted").inc(30)
+    m.decided.labels("skipped").inc(50)
+    m.update_seconds.observe(0.25)
+    m.update_seconds.observe(0.75)
+    m.buffer_class_items.labels("3").set(4)
+    m.buffer_class_items.labels("1").set(0)  # emptied class: not in the histogram
+    fed = Gauge("edge_federation_round", "last federation round", registry=m.registry)
+    prev = from_metrics(metric_values(m.registry.collect()))
+    assert prev["samples"]["decided"] == 80 and prev["samples"]["verdicts"] == {"admitted": 30, "skipped": 50}
+    assert prev["buffer"]["classes"] == {"3": 4}
+    assert prev["accuracy"] == {"prequential": None, "held_out": None}  # gauges at 0 before any sample learned
+    assert prev["checkpoint"]["written_at"] is None and prev["model"]["version"] is None
+    assert prev["federation"] == {"round": 0.0}
+    m.received.inc(60)
+    m.decided.labels("admitted").inc(40)
+    m.update_seconds.observe(0.5)
+    fed.set(3)
+    cur = with_rates(from_metrics(metric_values(m.registry.collect())), prev, 2.0)
+    assert cur["rates"]["received"] == 60 / 2.0
+    assert cur["rates"]["decided"] == 40 / 2.0
+    assert cur["rates"]["verdicts"] == {"admitted": 20.0, "skipped": 0.0}
+    assert cur["rates"]["update_latency_s"] == 0.5  # one batch of 0.5 s in the interval
+    assert with_rates(dict(cur), None, 0.0)["rates"]["received"] is None
+    console = Console(width=120, record=True)
+    console.print(render({**cur, "source": "test", "uptime_s": 5.0}, width=120))
+    text = console.export_text()
+    assert "round 3" in text and "no per-device table" in text and "20.0/s" in text
+
+
+def test_per_device_tallies_stay_bounded(tmp_path, monkeypatch):
+    import edge_runtime.observe as observe
+    from edge_runtime.metrics import NodeMetrics
+
+    monkeypatch.setattr(observe, "MAX_TRACKED", 8)
+    obs = observe.NodeObserver(tmp_path, NodeMetrics(), num_classes=2, status_every_s=60.0, history_every_s=None)
+    for k in range(20):  # device k last seen at time k; each decides k + 1 samples
+        obs.arrivals[f"d{k}"] = float(k)
+        obs.on_batch([(f"d{k}", "skipped")] * (k + 1), {"samples_seen": 0}, 0.01)
+    snap = obs.snapshot()
+    tracked = {d["device"]: d["samples"] for d in snap["devices"]["top"]}
+    assert len(tracked) <= 8 and len(obs.arrivals) <= 8
+    assert "d19" in tracked and tracked["d19"] == 20 and "d0" not in tracked  # the least recently seen went first
+    assert snap["samples"]["decided"] == sum(range(1, 21))  # totals are not forgotten
