@@ -61,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Start `edge-node run` and `device-sim run` as child processes on 127.0.0.1: N simulated UAVs "
         "stream the synthetic audio-visual data set class-incrementally to the node, which learns, acks and "
         "checkpoints. At the end the node is stopped with SIGTERM, its final checkpoint is evaluated on held-out "
-        "samples, a summary table is printed and OUT/report.json written.",
+        "samples, a summary table is printed, OUT/report.json written and the plots of the run (edge-node report) written "
+        "to OUT/report/index.html.",
     )
     _add_config_args(demo)
     demo.add_argument("--devices", type=int, default=4, help="simulated UAVs (default 4)")

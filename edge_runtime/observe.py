@@ -92,7 +92,7 @@ class NodeObserver:
             for device, verdict in decided:
                 self._devices[device] = self._devices.get(device, 0) + 1
                 self._verdicts[verdict.split(":", 1)[0]] += 1
-            if len(self._devices) > MAX_TRACKED:
+            if len(self._devices) > MAX_TRACKED or len(self.arrivals) > 2 * MAX_TRACKED:
                 self._forget()
             self._summary = summary
             self._latency.add(seconds)

