@@ -5,6 +5,8 @@ Labels stay low-cardinality: verdicts, invalid reasons and error codes, never a 
 
 from __future__ import annotations
 
+from typing import Callable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
 
 
@@ -41,6 +43,15 @@ class NodeMetrics:
         self.samples_learned = Gauge("edge_samples_learned", "samples the learner has decided, all runs", registry=r)
         self.last_checkpoint = Gauge("edge_last_checkpoint_timestamp_seconds", "unix time of the newest checkpoint", registry=r)
         self.model_version = Gauge("edge_model_version", "newest ONNX model version published to devices (0: none)", registry=r)
+
+    def add_federation(self, round_of: Callable[[], int], since_round: Callable[[], int],
+                       round_at: Callable[[], float]) -> None:
+        """The federation series (only on a node with ``federation.enabled``); ``edge-node status`` shows them."""
+        r = self.registry
+        Gauge("edge_federation_round", "newest federation round whose global model this node applied", registry=r).set_function(round_of)
+        Gauge("edge_federation_samples_since_round", "samples learned since the last applied round", registry=r).set_function(since_round)
+        Gauge("edge_federation_round_timestamp_seconds", "unix time the last global model was applied (0: none yet)",
+              registry=r).set_function(round_at)
 
     def serve(self, port: int, host: str = "127.0.0.1") -> int:
         """Start the /metrics HTTP endpoint in a daemon thread; returns the bound port (``port=0``: any free one)."""

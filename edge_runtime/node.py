@@ -203,6 +203,8 @@ class EdgeNode:
 
             self._federation = FederationLink(self.learner, self.state_dir, config.federation, self._wake_learner,
                                               self.checkpoint, config.training.lr)
+            link = self._federation
+            self.metrics.add_federation(lambda: link.round, lambda: link.samples_since_round, lambda: link.round_at)
         # --- end federation
         self._raw_contract = validation.raw_contract(config)
         self._devices: dict[bytes, DeviceState] = {}

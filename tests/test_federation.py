@@ -228,6 +228,16 @@ def test_a_put_is_applied_between_micro_batches_and_survives_a_restart(tmp_path)
     # prototypes of classes some node has seen are the global ones; the local counts stay local
     np.testing.assert_array_equal(now["proto.audio"][[0, 9]], glob["proto.audio"][[0, 9]])
     np.testing.assert_array_equal(now[COUNTS], np.zeros(10, dtype=np.int64))
+    # the operator sees the round: edge-node status shows the node's edge_federation_* series
+    deadline = time.monotonic() + 20
+    while True:
+        out = subprocess.run([sys.executable, "-m", "edge_runtime.cli", "status", "--state-dir", str(node.state_dir), "--json"],
+                             capture_output=True, text=True, timeout=60)
+        fed = json.loads(out.stdout).get("federation") or {}
+        if fed.get("round") == 4 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert fed.get("round") == 4 and fed.get("samples_since_round") == 0 and fed.get("round_timestamp_seconds", 0) > 0, fed
     assert node.stop() == 0
     node.start()
     header, again = ControlClient(node.info["control_endpoint"], timeout_s=10).get()

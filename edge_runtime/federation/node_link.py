@@ -105,6 +105,7 @@ class FederationLink:
         self.round = 0
         self.samples_total = 0
         self.samples_since_round = 0
+        self.round_at = 0.0  # unix time the last global model was applied (0: none in this run)
         self.counts = np.zeros(self.num_classes, dtype=np.int64)
         self._load()
         self._requests: deque[_Request] = deque()
@@ -208,6 +209,7 @@ class FederationLink:
         self._global = [(p, p.detach().clone()) for p in params.values()] if self._mu > 0 else []
         self.round = int(header["round"])
         self.samples_since_round = 0
+        self.round_at = time.time()
         self.checkpoint()
         self._save()
         log.info("global model applied", extra={"event": "put_applied", "round": self.round})
