@@ -366,8 +366,9 @@ class EdgeNode:
         if ready is not None:
             ready.set()
         # Connection events (socket fds): a message's fd names its connection, and a closed fd may be
-        # reused by the next connection, so every accept and disconnect ends the hello done on that fd.
-        monitor = sock.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
+        # reused by the next connection, so a disconnect ends the hello done on that fd. (The event
+        # is queued long before a new connection on the same fd can finish its handshake and hello.)
+        monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         poller.register(wake_rx, zmq.POLLIN)
@@ -666,7 +667,7 @@ class EdgeNode:
             self.metrics.queue_depth.set(len(self._queue))
 
     def _connection_events(self, monitor: zmq.Socket) -> None:
-        """Forget the hello done on a connection (fd) that was closed, or whose fd a new connection got."""
+        """Forget the hello done on a connection (fd) that was closed: its fd may come back for another one."""
         while monitor.poll(0):
             event = recv_monitor_message(monitor)
             rid = self._by_conn.pop(int(event["value"]), None)
