@@ -13,7 +13,8 @@ micro-batch, CE on every incoming sample, no KD) plus the policy's preset:
 * ``class-balanced``: train on every sample, class-balanced reservoir (CBRS);
 * ``random``: keep a random half of each micro-batch, CBRS buffer;
 * ``mbs`` / ``el2n`` / ``grand`` / ``bmmal``: keep half of each micro-batch by that criterion, CBRS buffer;
-* ``bss`` / ``dus``: train on every sample, CBRS buffer, replay drawn by BSS / with DUS unimodal replay.
+* ``bss`` / ``dus``: train on every sample, CBRS buffer, replay drawn by BSS / with DUS unimodal replay;
+* any other registered admission policy by its name: keep half of each micro-batch by it, CBRS buffer.
 
 Writes ``results.csv`` (one row per run; rows already there are skipped, so an interrupted sweep
 resumes), ``curves.csv`` (accuracy vs samples seen) and the plots
@@ -59,6 +60,17 @@ EVAL_EVERY = 240
 _DATA: dict = {}
 
 
+def preset(policy: str) -> dict:
+    """The config overrides of a sweep policy: its preset, or ``selection.policy`` for any other registered admission policy."""
+    return POLICIES.get(policy) or {"selection": {"policy": policy}}
+
+
+def known_policies() -> list[str]:
+    from edge_runtime.selection.registry import names
+
+    return list(POLICIES) + [n for n in names("selection") if n not in POLICIES and n != "all"]
+
+
 def _data(seed: int):
     if "avdigits" not in _DATA:
         _DATA["avdigits"] = load_avdigits(0)
@@ -83,7 +95,7 @@ def run_one(job: dict) -> tuple[dict, list[dict]]:
     limit = job.get("limit") or len(order.indices)
     indices = order.indices[:limit]
     base = yaml.safe_load(Path(job["config"]).read_text()) if job.get("config") else {}
-    overrides = _merge(base or {}, POLICIES[job["policy"]])
+    overrides = _merge(base or {}, preset(job["policy"]))
     overrides = _merge(overrides, {"buffer": {"max_items": size}, "training": {"seed": seed}})
     overrides = _merge(overrides, parse_overrides(job.get("set")))
     learner = Learner(config_from_dict(overrides, source="buffer_sweep"))
@@ -146,7 +158,7 @@ def _log_sizes(ax, sizes: list[int]) -> None:
 def plot(rows: list[dict], curves: list[dict], out: Path, curve_size: int) -> list[Path]:
     """The three figures; returns their paths."""
     written = []
-    policies = [p for p in POLICIES if any(r["policy"] == p for r in rows)]
+    policies = list(dict.fromkeys(r["policy"] for r in rows))  # first-seen order: the presets, then any other
     scenarios = [s for s in SCENARIOS if any(r["scenario"] == s for r in rows)]
     sizes = sorted({int(r["buffer_items"]) for r in rows})
     seeds = len({r["seed"] for r in rows})
@@ -236,8 +248,8 @@ def main(argv: list[str] | None = None) -> int:
         policies, scenarios, sizes, seeds, limit = ["reservoir", "mbs"], ["class-incremental"], [50, 200], [0, 1], 960
         args.curve_size = 200
     for p in policies:
-        if p not in POLICIES:
-            ap.error(f"--policies: unknown policy {p!r}; choose from {', '.join(POLICIES)}")
+        if p not in known_policies():
+            ap.error(f"--policies: unknown policy {p!r}; choose from {', '.join(known_policies())}")
     for s in scenarios:
         if s not in SCENARIOS:
             ap.error(f"--scenarios: unknown scenario {s!r}; choose from {', '.join(SCENARIOS)}")

@@ -204,10 +204,10 @@ class Learner:
     def _untrained_verdicts(self, batch: Batch, positions: list[int], verdicts: list[str]) -> torch.Tensor:
         """Verdicts of the rows nothing is learned from (eval, unlabelled); returns the labelled train rows."""
         labels = batch.labels
-        for row, pos in enumerate(positions):
-            if batch.is_eval[row]:
+        for pos, is_eval, label in zip(positions, batch.is_eval.tolist(), labels.tolist()):
+            if is_eval:
                 verdicts[pos] = EVAL
-            elif labels[row] < 0:
+            elif label < 0:
                 verdicts[pos] = SKIPPED  # unlabelled: predicted, nothing to learn from
         return torch.nonzero((labels >= 0) & ~batch.is_eval).squeeze(1)
 
@@ -222,11 +222,13 @@ class Learner:
         new_class = bool((present & ~self.seen).any())
         if self.teacher.due(self.stats.updates, new_class):
             self.teacher.snapshot(self.model, self.seen, self.stats.updates)
+        every_row = rows.numel() == len(batch)  # the common case: no copies of the batch or its outputs
         with torch.no_grad():
-            sub = ModelOutput(*(t.detach().float().index_select(0, rows) for t in out))  # float32 even under AMP
+            sub = ModelOutput(*(t.detach().float() if every_row else t.detach().float().index_select(0, rows) for t in out))  # float32 even under AMP
             self.prototypes.update({"audio": sub.z_audio, "video": sub.z_video}, y)
             p_audio, p_video = self._confidence_of_true_class(sub, y)
-        ctx = StepContext(batch=batch.index(rows), labels=y, output=sub, p_audio=p_audio, p_video=p_video, model=self.model)
+        ctx = StepContext(batch=batch if every_row else batch.index(rows), labels=y, output=sub, p_audio=p_audio, p_video=p_video,
+                          model=self.model)
         return ctx, present
 
     def _select(self, ctx: StepContext) -> Selection:
@@ -254,7 +256,7 @@ class Learner:
                             verdicts: list[str]) -> None:
         """Step 7: selected samples are offered to the buffer (admitted or trained); the others were
         trained on (``train_on: all``) or skipped."""
-        deviation = selection.deviation
+        deviation = selection.deviation.tolist() if selection.deviation is not None else None
         chosen_rows = set(selection.indices.tolist())
         unselected = TRAINED if self.policy_settings.train_on == "all" else SKIPPED
         for j, row in enumerate(rows.tolist()):
