@@ -96,3 +96,26 @@ def test_fleet_scale_quick(tmp_path):
         assert int(r["unanswered"]) == 0
     assert "| devices |" in stdout
     _png_ok(out / "fleet_scale.png")
+
+
+def test_sweeps_quick_on_cremad_and_ave_fixtures(tmp_path):
+    """``--dataset cremad|ave --root DIR``: the sweeps read the user's folder through device-sim's
+    loaders (train split streamed, test held out, class count from the data set)."""
+    from media_fixtures import build_ave_raw, build_cremad_preprocessed
+
+    cremad, ave = build_cremad_preprocessed(tmp_path / "cremad"), build_ave_raw(tmp_path / "ave")
+    out = tmp_path / "bs"
+    _run("buffer_sweep.py", out, "--dataset", "cremad", "--root", str(cremad))
+    _, rows = _columns(out / "results.csv")
+    assert len(rows) == 8 and {r["dataset"] for r in rows} == {"cremad"}
+    assert {int(r["samples_seen"]) for r in rows} == {5}  # the fixture's train split (5 clips), not AV-Digits
+    _png_ok(out / "accuracy_vs_buffer.png")
+    out = tmp_path / "rs"
+    _run("ratio_sweep.py", out, "--dataset", "ave", "--root", str(ave))
+    _, rows = _columns(out / "results.csv")
+    assert {r["strategy"] for r in rows} == {"el2n", "grand", "mbs", "random", "base"}
+    assert max(int(r["kept"]) for r in rows) == 3  # BASE keeps the whole AVE fixture train split
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    r = subprocess.run([sys.executable, "benchmarks/buffer_sweep.py", "--quick", "--out", str(tmp_path / "x"), "--dataset", "ave"],
+                       capture_output=True, text=True, env=env, cwd=str(ROOT), timeout=120)
+    assert r.returncode == 2 and "--dataset ave needs --root DIR" in r.stderr
