@@ -119,3 +119,55 @@ def test_sweeps_quick_on_cremad_and_ave_fixtures(tmp_path):
     r = subprocess.run([sys.executable, "benchmarks/buffer_sweep.py", "--quick", "--out", str(tmp_path / "x"), "--dataset", "ave"],
                        capture_output=True, text=True, env=env, cwd=str(ROOT), timeout=120)
     assert r.returncode == 2 and "--dataset ave needs --root DIR" in r.stderr
+
+
+def test_balance_sweep_paired_differences_by_hand():
+    """Seeds are matched, the interval is the Student-t one, and only an interval that excludes 0 decides."""
+    import math
+
+    from scipy import stats
+
+    from benchmarks.balance_sweep import paired, tables
+
+    def row(variant, seed, acc, stream="clean"):
+        return {"dataset": "avdigits", "stream": stream, "variant": variant, "buffer_items": "100", "seed": str(seed), "final_accuracy": str(acc)}
+
+    ref = [0.90, 0.92, 0.88, 0.91]
+    rows = [row("cbrs", s, a) for s, a in enumerate(ref)]
+    rows += [row("mbs", s, a + d) for s, (a, d) in enumerate(zip(ref, [0.02, 0.03, 0.01, 0.025]))]       # always better
+    rows += [row("mbs-pooled", s, a + d) for s, (a, d) in enumerate(zip(ref, [0.05, -0.04, 0.01, -0.03]))]  # noisy
+    rows += [row("random", s, a - 0.02 - 0.001 * s) for s, a in enumerate(ref[:3])]  # worse, only 3 seeds
+    rows += [row("mbs-class", 9, 0.99)]  # a seed cbrs does not have: nothing to pair
+    out = {p["variant"]: p for p in paired(rows)}
+    assert set(out) == {"mbs", "mbs-pooled", "random"}
+    for name, diffs in (("mbs", [0.02, 0.03, 0.01, 0.025]), ("mbs-pooled", [0.05, -0.04, 0.01, -0.03]), ("random", [-0.02, -0.021, -0.022])):
+        d = np.array(diffs)
+        half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d))
+        p = out[name]
+        assert p["seeds"] == len(d)
+        assert abs(p["mean_diff"] - d.mean()) < 1e-12
+        assert abs(p["ci_low"] - (d.mean() - half)) < 1e-9 and abs(p["ci_high"] - (d.mean() + half)) < 1e-9
+    assert (out["mbs"]["verdict"], out["mbs-pooled"]["verdict"], out["random"]["verdict"]) == ("win", "tie", "loss")
+    text = tables(list(out.values()))
+    assert f"| cbrs (accuracy %) | {100 * np.mean(ref):.1f} |" in text and "**+2.1 [" in text and "_-2.1 [" in text
+
+
+def test_balance_sweep_quick_and_resume(tmp_path):
+    out = tmp_path / "bal"
+    stdout = _run("balance_sweep.py", out, "--jobs", "2")
+    cols, rows = _columns(out / "results.csv")
+    assert cols[:5] == ["dataset", "stream", "variant", "buffer_items", "seed"] and "final_accuracy" in cols
+    assert len(rows) == 8 and {r["variant"] for r in rows} == {"cbrs", "mbs-pooled"} and {r["stream"] for r in rows} == {"clean", "weak-video"}
+    assert {int(r["samples_seen"]) for r in rows} == {256}
+    _, pairs = _columns(out / "paired.csv")
+    assert len(pairs) == 2
+    for p in pairs:  # the mean paired difference, recomputed from the rows
+        acc = {(r["variant"], r["seed"]): float(r["final_accuracy"]) for r in rows if r["stream"] == p["stream"]}
+        d = [acc[("mbs-pooled", s)] - acc[("cbrs", s)] for s in ("0", "1")]
+        assert abs(float(p["mean_diff"]) - np.mean(d)) < 1e-5 and int(p["seeds"]) == 2
+        assert p["verdict"] in ("win", "loss", "tie")
+    assert "| variant | 50 |" in stdout
+    for name in ("paired_vs_buffer.png", "accuracy_vs_buffer.png"):
+        _png_ok(out / name)
+    again = _run("balance_sweep.py", out)
+    assert "8 already in" in again and "0 to do" in again
