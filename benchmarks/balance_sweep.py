@@ -39,7 +39,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import ResumableCSV, add_data_options, check_data_options, mean_ci, plt_figure, run_jobs, run_stream  # noqa: E402
+from benchmarks.common import ResumableCSV, add_data_options, check_data_options, mean_ci, plt_figure, run_stream, run_sweep  # noqa: E402
 
 REFERENCE = "cbrs"
 ABS_LOG = {"center": "one", "deviation": "log"}
@@ -176,6 +176,11 @@ def plot(rows: list[dict], pairs: list[dict], out: Path) -> list[Path]:
     return written
 
 
+def _store(results: ResumableCSV, row: dict, bar) -> None:
+    results.add(row)
+    bar.set_postfix(variant=row["variant"], stream=row["stream"], acc=f"{row['final_accuracy']:.3f}", refresh=False)
+
+
 def _csv_list(ap, text: str, choices: list[str], flag: str) -> list[str]:
     items = [x for x in text.split(",") if x]
     for x in items:
@@ -193,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sizes", default=SIZES, help=f"buffer sizes in items (default {SIZES})")
     ap.add_argument("--seeds", type=int, default=10, help="seeds 0 .. N-1 (default 10; at least 2 for an interval)")
     ap.add_argument("--jobs", type=int, default=1, help="parallel worker processes (one torch thread each)")
-    ap.add_argument("--limit", type=int, default=None, help="samples streamed per run (default: the whole training split)")
+    ap.add_argument("--limit", type=int, default=None, help="samples streamed per run (default: the whole training split; rows are keyed without it, so give another --limit its own --out)")
     ap.add_argument("--config", default="configs/avdigits.yaml", help="base configuration of every run (default configs/avdigits.yaml)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override for every run")
     ap.add_argument("--table", action="store_true", help="only print the tables (and redraw the plots) from --out's results.csv")
@@ -211,20 +216,11 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     results = ResumableCSV(args.out / "results.csv", FIELDS, KEY)
     if not args.table:
-        from tqdm import tqdm
-
         check_data_options(ap, args)
         data = {"dataset": args.dataset, "root": args.root, "split": args.split, "test_split": args.test_split}
         jobs = [{**data, "stream": st, "variant": v, "buffer_items": size, "seed": seed, "limit": limit, "set": args.set, "config": args.config}
                 for st in names for size in sizes for seed in seeds for v in variants]
-        todo = [j for j in jobs if not results.has(j)]
-        print(f"balance_sweep: {len(jobs)} runs, {len(jobs) - len(todo)} already in {results.path}, {len(todo)} to do", flush=True)
-        bar = tqdm(total=len(todo), unit="run", desc="balance sweep")
-        for row in run_jobs(run_one, todo, args.jobs):
-            results.add(row)
-            bar.set_postfix(variant=row["variant"], stream=row["stream"], acc=f"{row['final_accuracy']:.3f}", refresh=False)
-            bar.update(1)
-        bar.close()
+        run_sweep("balance_sweep", jobs, results, run_one, args.jobs, lambda row, bar: _store(results, row, bar))
     mine = [r for r in results.rows if r["dataset"] == args.dataset and r["variant"] in variants and r["stream"] in names
             and int(r["buffer_items"]) in sizes and int(r["seed"]) in seeds]
     pairs = paired(mine)

@@ -37,7 +37,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import ResumableCSV, add_data_options, check_data_options, mean_ci, plt_figure, run_jobs, run_stream  # noqa: E402
+from benchmarks.common import ResumableCSV, add_data_options, check_data_options, mean_ci, plt_figure, run_stream, run_sweep  # noqa: E402
 
 POLICIES: dict[str, dict] = {
     "reservoir": {"selection": {"policy": "all"}, "buffer": {"retention": "reservoir"}},
@@ -184,7 +184,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override for every run")
     add_data_options(ap)
     args = ap.parse_args(argv)
-    from tqdm import tqdm
 
     policies = [p for p in args.policies.split(",") if p]
     scenarios = [s for s in args.scenarios.split(",") if s]
@@ -207,12 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     data = {"dataset": args.dataset, "root": args.root, "split": args.split, "test_split": args.test_split}
     jobs = [{**data, "scenario": sc, "policy": p, "buffer_items": size, "seed": seed, "limit": limit, "set": args.set, "config": args.config}
             for sc in scenarios for p in policies for size in sizes for seed in seeds]
-    todo = [j for j in jobs if not results.has(j)]
-    print(f"buffer_sweep: {len(jobs)} runs, {len(jobs) - len(todo)} already in {results.path}, {len(todo)} to do", flush=True)
-    bar = tqdm(total=len(todo), unit="run", desc="buffer sweep")
-    for row, curve in run_jobs(run_one, todo, args.jobs):
-        _store(results, curves, row, curve, bar)
-    bar.close()
+    run_sweep("buffer_sweep", jobs, results, run_one, args.jobs, lambda result, bar: _store(results, curves, *result, bar))
     mine = [r for r in results.rows if r["dataset"] == args.dataset and r["policy"] in policies and r["scenario"] in scenarios and int(r["buffer_items"]) in sizes]
     for path in plot(mine, curves.rows, args.out, args.curve_size):
         print(f"wrote {path}")
@@ -226,7 +220,6 @@ def _store(results: ResumableCSV, curves: ResumableCSV, row: dict, curve: list[d
             curves.add(c)
     results.add(row)
     bar.set_postfix(policy=row["policy"], size=row["buffer_items"], acc=f"{row['final_accuracy']:.3f}", refresh=False)
-    bar.update(1)
 
 
 if __name__ == "__main__":

@@ -63,6 +63,21 @@ def run_jobs(fn: Callable[[Any], Any], jobs: list, workers: int) -> Iterator[Any
             yield fn(job)
 
 
+def run_sweep(name: str, jobs: list[dict], results: ResumableCSV, fn: Callable[[Any], Any], workers: int,
+              store: Callable[[Any, Any], None]) -> None:
+    """Run the jobs that ``results`` does not have yet, ``workers`` at a time, with a progress bar;
+    ``store(result, bar)`` records each result as it arrives (so an interrupted sweep resumes)."""
+    from tqdm import tqdm
+
+    todo = [j for j in jobs if not results.has(j)]
+    print(f"{name}: {len(jobs)} runs, {len(jobs) - len(todo)} already in {results.path}, {len(todo)} to do", flush=True)
+    bar = tqdm(total=len(todo), unit="run", desc=name.replace("_", " "))
+    for result in run_jobs(fn, todo, workers):
+        store(result, bar)
+        bar.update(1)
+    bar.close()
+
+
 def mean_ci(values: Iterable[float], level: float = 0.95) -> tuple[float, float]:
     """Mean and the half-width of its Student-t confidence interval (0 for a single value)."""
     v = np.asarray(list(values), dtype=np.float64)

@@ -171,3 +171,27 @@ def test_balance_sweep_quick_and_resume(tmp_path):
         _png_ok(out / name)
     again = _run("balance_sweep.py", out)
     assert "8 already in" in again and "0 to do" in again
+
+
+def test_balance_diagnosis_quick(tmp_path):
+    out = tmp_path / "diag"
+    stdout = _run("balance_diagnosis.py", out)
+    _, buffer = _columns(out / "buffer.csv")
+    _, batches = _columns(out / "batches.csv")
+    cols, mbs = _columns(out / "mbs.csv")
+    assert cols == ["variant", "seed", "samples", "label", "corrupted", "mbs", "above_median", "selected"]
+    assert {r["variant"] for r in buffer} == {"cbrs", "mbs"}
+    for r in buffer:
+        assert abs(float(r["share"]) - int(r["corrupted"]) / max(1, int(r["items"]))) < 1e-5
+    for b in batches:  # the per-sample table adds up to the per-batch one, and the median splits the batch
+        rows = [m for m in mbs if m["variant"] == b["variant"] and m["samples"] == b["samples"]]
+        assert len(rows) == int(b["n"]) == 32
+        assert sum(int(m["selected"]) for m in rows) == int(b["selected"])
+        assert sum(int(m["corrupted"]) * int(m["selected"]) for m in rows) == int(b["corrupted_selected"])
+        assert all((float(m["mbs"]) > float(b["median_mbs"]) * (1 + 1e-5)) <= bool(int(m["above_median"])) for m in rows)
+        if b["variant"] == "cbrs":
+            assert int(b["selected"]) == 32  # selection all
+        else:
+            assert int(b["selected"]) <= 16  # Algorithm 1: floor(0.5 * 32 / 2) per side
+    assert "| cbrs |" in stdout and "| mbs |" in stdout
+    _png_ok(out / "diagnosis.png")
