@@ -32,13 +32,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.balance_sweep import VARIANTS  # noqa: E402
-from benchmarks.common import plt_figure, run_stream  # noqa: E402
+from benchmarks.common import plt_figure, run_stream, save_figure  # noqa: E402
 
 DEFAULT_VARIANTS = "cbrs,mbs,mbs-paper-split,mbs-pooled,mbs-pooled-abs-log,mbs-class,cbrs-mbs-evict"
 BUFFER_FIELDS = ["variant", "seed", "samples", "class", "items", "corrupted", "share"]
 BATCH_FIELDS = ["variant", "seed", "samples", "n", "corrupted", "above_median", "corrupted_above_median", "median_mbs",
                 "selected", "corrupted_selected"]
-MBS_FIELDS = ["variant", "seed", "samples", "label", "corrupted", "mbs", "above_median", "selected"]
+MBS_FIELDS = ["variant", "seed", "samples", "label", "corrupted", "p_audio", "p_video", "mbs", "above_median", "selected"]
 
 
 class Recorder:
@@ -47,7 +47,7 @@ class Recorder:
     def __init__(self, policy: Any) -> None:
         self.policy = policy
         self.loss = policy.loss
-        self.last: tuple[np.ndarray, np.ndarray, np.ndarray, float] | None = None
+        self.last: tuple[np.ndarray, np.ndarray, np.ndarray, float, np.ndarray, np.ndarray] | None = None
 
     def select(self, ctx):
         from edge_runtime.scoring.mbs import mbs
@@ -55,7 +55,8 @@ class Recorder:
 
         out = self.policy.select(ctx)
         score = mbs(ctx.p_audio, ctx.p_video).detach().cpu().double()
-        self.last = (score.numpy(), ctx.labels.cpu().numpy(), out.indices.cpu().numpy(), float(batch_median(score)))
+        self.last = (score.numpy(), ctx.labels.cpu().numpy(), out.indices.cpu().numpy(), float(batch_median(score)),
+                     ctx.p_audio.detach().cpu().double().numpy(), ctx.p_video.detach().cpu().double().numpy())
         return out
 
     def state_dict(self) -> dict:
@@ -92,7 +93,7 @@ class Probe:
         labels = [s.label for s in chunk]
         if last is None or len(last[1]) != len(chunk) or last[1].tolist() != labels:
             return  # rows are not the chunk in order (eval or invalid samples): nothing to pair
-        score, _, chosen, median = last
+        score, _, chosen, median, pa, pv = last
         bad = np.array([1 if s.meta.get("corrupted") else 0 for s in chunk])
         above = score > median
         picked = np.zeros(len(chunk), dtype=bool)
@@ -101,7 +102,7 @@ class Probe:
                              "corrupted_above_median": int((bad.astype(bool) & above).sum()), "median_mbs": median,
                              "selected": int(picked.sum()), "corrupted_selected": int((bad.astype(bool) & picked).sum())})
         for j in range(len(chunk)):
-            self.mbs.append({**tag, "label": labels[j], "corrupted": int(bad[j]), "mbs": float(score[j]),
+            self.mbs.append({**tag, "label": labels[j], "corrupted": int(bad[j]), "p_audio": float(pa[j]), "p_video": float(pv[j]), "mbs": float(score[j]),
                              "above_median": int(above[j]), "selected": int(picked[j])})
 
 
@@ -176,12 +177,7 @@ def plot(buffer: list[dict], batches: list[dict], mbs: list[dict], summ: list[di
     ax.set_title("corrupted share admitted per policy", fontsize=10)
     ax.legend(fontsize=6)
     ax.grid(alpha=0.3, axis="y")
-    fig.suptitle(f"Diagnosis on {stream}: who gets into the buffer")
-    fig.tight_layout()
-    path = out / "diagnosis.png"
-    fig.savefig(path, dpi=85)
-    plt.close(fig)
-    return path
+    return save_figure(plt, fig, out / "diagnosis.png", f"Diagnosis on {stream}: who gets into the buffer")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -37,7 +37,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import ResumableCSV, add_data_options, check_data_options, mean_ci, plt_figure, run_stream, run_sweep  # noqa: E402
+from benchmarks.common import ResumableCSV, add_data_options, check_data_options, mean_ci, plt_figure, run_stream, run_sweep, save_figure  # noqa: E402
 
 POLICIES: dict[str, dict] = {
     "reservoir": {"selection": {"policy": "all"}, "buffer": {"retention": "reservoir"}},
@@ -87,11 +87,7 @@ def _line(ax, policy: str, x, m, h=None) -> None:
 
 
 def _save(plt, fig, title: str, path: Path) -> Path:
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return save_figure(plt, fig, path, title, dpi=90)
 
 
 def _log_sizes(ax, sizes: list[int]) -> None:

@@ -213,6 +213,16 @@ def run_stream(job: dict, probe: Callable[[Any, int, list], None] | None = None)
     return row, curve
 
 
+def save_figure(plt, fig, path: Path, title: str | None = None, dpi: int = 85) -> Path:
+    """Title (optional), tight layout, save as PNG, close; returns ``path``."""
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
 def plt_figure(ncols: int = 1, width: float = 6.4, height: float = 4.2):
     import matplotlib
 

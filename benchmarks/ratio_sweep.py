@@ -40,7 +40,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import ResumableCSV, add_data_options, check_data_options, load_data, mean_ci, plt_figure, run_jobs  # noqa: E402
+from benchmarks.common import ResumableCSV, add_data_options, check_data_options, load_data, mean_ci, plt_figure, run_jobs, save_figure  # noqa: E402
 
 FIELDS = ["seed", "pretrain_epochs", "strategy", "keep_ratio", "kept", "accuracy", "audio_accuracy", "video_accuracy"]
 KEY = ["seed", "pretrain_epochs", "strategy", "keep_ratio"]
@@ -121,12 +121,8 @@ def plot(rows: list[dict], out: Path, strategies: list[str], pretrain: list[int]
         ax.set_ylabel("test accuracy (%)")
         ax.grid(alpha=0.3)
     axes[-1].legend(fontsize=7, loc="lower right")
-    fig.suptitle(f"{title}, MBS paper Experiment B: accuracy of a model trained on the kept subset (mean, 95% CI over seeds)")
-    fig.tight_layout()
-    path = out / "accuracy_vs_ratio.png"
-    fig.savefig(path, dpi=85)
-    plt.close(fig)
-    return path
+    return save_figure(plt, fig, out / "accuracy_vs_ratio.png",
+                       f"{title}, MBS paper Experiment B: accuracy of a model trained on the kept subset (mean, 95% CI over seeds)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -179,7 +179,7 @@ def test_balance_diagnosis_quick(tmp_path):
     _, buffer = _columns(out / "buffer.csv")
     _, batches = _columns(out / "batches.csv")
     cols, mbs = _columns(out / "mbs.csv")
-    assert cols == ["variant", "seed", "samples", "label", "corrupted", "mbs", "above_median", "selected"]
+    assert cols == ["variant", "seed", "samples", "label", "corrupted", "p_audio", "p_video", "mbs", "above_median", "selected"]
     assert {r["variant"] for r in buffer} == {"cbrs", "mbs"}
     for r in buffer:
         assert abs(float(r["share"]) - int(r["corrupted"]) / max(1, int(r["items"]))) < 1e-5
@@ -189,6 +189,7 @@ def test_balance_diagnosis_quick(tmp_path):
         assert sum(int(m["selected"]) for m in rows) == int(b["selected"])
         assert sum(int(m["corrupted"]) * int(m["selected"]) for m in rows) == int(b["corrupted_selected"])
         assert all((float(m["mbs"]) > float(b["median_mbs"]) * (1 + 1e-5)) <= bool(int(m["above_median"])) for m in rows)
+        assert all(abs(float(m["mbs"]) - float(m["p_audio"]) / float(m["p_video"])) <= 1e-4 * float(m["mbs"]) for m in rows)
         if b["variant"] == "cbrs":
             assert int(b["selected"]) == 32  # selection all
         else:

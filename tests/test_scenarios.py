@@ -159,3 +159,19 @@ def test_named_streams():
             assert te is test  # corrupted streams are evaluated on clean data
     with pytest.raises(ValueError, match="unknown stream 'muddy'"):
         make_stream("muddy", ds)
+
+
+def test_device_sim_stream_option_is_exclusive_with_corrupt_fraction():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    r = subprocess.run([sys.executable, "-m", "device_sim.cli", "run", "--stream", "weak-video", "--corrupt-fraction", "0.2",
+                        "--no-progress", "--endpoint", "tcp://127.0.0.1:9"], capture_output=True, text=True, cwd=str(root),
+                       env={**os.environ, "PYTHONPATH": str(root)}, timeout=60)
+    assert r.returncode == 2 and "--stream and --corrupt-fraction both corrupt the stream" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "device_sim.cli", "run", "--stream", "muddy"], capture_output=True, text=True,
+                       cwd=str(root), env={**os.environ, "PYTHONPATH": str(root)}, timeout=60)
+    assert r.returncode == 2 and "weak-audio" in r.stderr  # argparse lists the streams
