@@ -196,3 +196,26 @@ def test_mbs_retention_fed_by_pooled_deviations_keeps_the_best_balanced_per_clas
     for c in (0, 1):  # the best-balanced of each class, by a direct sort
         rows = sorted((d, s) for s, y, d in offered if y == c)
         assert {s for _, s in rows[: counts[c]]} == {s for s in kept if any(o[0] == s and o[1] == c for o in offered)}
+
+
+def test_mbs_retention_through_the_learner_with_all_and_with_pooled():
+    """Through ``Learner.observe``: with ``selection.policy: all`` the buffer's ``mbs`` retention
+    gets score 0 for every sample (nothing to rank); with ``mbs-pooled`` at keep_ratio 1 every stored
+    score is that sample's |log MBS| from the same step, and the classes stay balanced."""
+    from conftest import stream
+    from device_sim.datasets.synthetic import SyntheticConfig, SyntheticDataset
+    from edge_runtime.learner import Learner
+
+    samples = stream(SyntheticDataset(SyntheticConfig(size=128, seed=0)), range(128))
+    for selection, ranked in (({"policy": "all"}, False), ({"policy": "mbs-pooled", "keep_ratio": 1.0, "center": "one", "deviation": "log"}, True)):
+        learner = Learner(config_from_dict({"selection": selection, "buffer": {"max_items": 20, "retention": "mbs"}}))
+        for i in range(0, 128, 32):
+            learner.observe(samples[i : i + 32])
+        buf = learner.buffer
+        scores = [buf.score(k) for k in buf.keys()]
+        counts = buf.class_counts()
+        assert len(buf) == 20 and max(counts.values()) - min(counts.values()) <= 1
+        if ranked:
+            assert all(s >= 0 for s in scores) and len(set(scores)) > 15  # real, distinct deviations
+        else:
+            assert scores == [0.0] * 20
