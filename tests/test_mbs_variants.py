@@ -128,23 +128,27 @@ def test_pooled_ties_all_on_one_side_nan_and_keep_all():
 def test_per_class_uses_each_classs_median_and_share():
     labels = [0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 2]
     v = [1.0, 2.0, 3.0, 10.0, 0.1, 0.2, 0.3, 0.25, 5.0, 0.15, 7.0]
+    # K = floor(0.6 * 11) = 6; quotas 0.6 * (4, 6, 1) = 2.4, 3.6, 0.6 -> floors 2, 3, 0; the one row
+    # left goes to the largest fractional part (0.6: classes 1 and 2 tie, the smaller label wins)
+    quota = {0: 2, 1: 4, 2: 0}
     want, want_dev = [], [0.0] * len(v)
     for c in sorted(set(labels)):
         rows = [i for i, y in enumerate(labels) if y == c]
         m = _median([v[i] for i in rows])
         for i in rows:
             want_dev[i] = abs(v[i] - m)
-        want += _smallest(rows, want_dev, max(1, math.floor(0.5 * len(rows))))
-    got, dev = select_per_class(T(v), torch.tensor(labels), 0.5)
-    assert got.tolist() == sorted(want) == [1, 2, 5, 6, 7, 10]
+        want += _smallest(rows, want_dev, quota[c])
+    got, dev = select_per_class(T(v), torch.tensor(labels), 0.6)
+    assert got.tolist() == sorted(want) == [1, 2, 5, 6, 7, 9]
     np.testing.assert_allclose(dev.numpy(), want_dev, rtol=1e-12)
-    # a pooled selection over the batch would have dropped class 2 and most of class 0
-    assert 10 not in select_pooled(T(v), 6 / 11)[0].tolist()
+    # every class at its own median: a pooled selection over the batch keeps mostly class 1's small MBS
+    assert select_pooled(T(v), 0.6)[0].tolist() != got.tolist()
 
 
 def test_per_class_one_sided_class_ties_and_policy():
     labels = [3, 3, 3, 5, 5]
     v = [4.0, 4.0, 4.0, 0.5, 2.0]  # class 3 all one-sided with ties: the lowest index is kept
+    # K = floor(0.5 * 5) = 2; quotas 1.5, 1.0 -> 1, 1
     got = select_per_class(T(v), torch.tensor(labels), 0.5, "one", "log")[0].tolist()
     assert got == [0, 3]  # class 5: |log 0.5| == |log 2|, tie to the lower index
     policy = build_policy(MBSClassSettings(keep_ratio=0.5, center="one", deviation="log"))
