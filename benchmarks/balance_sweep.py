@@ -196,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, default=None, help="samples streamed per run (default: the whole training split; rows are keyed without it, so give another --limit its own --out)")
     ap.add_argument("--config", default="configs/avdigits.yaml", help="base configuration of every run (default configs/avdigits.yaml)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override for every run")
+    ap.add_argument("--order", choices=["class-incremental", "iid"], default="class-incremental",
+                    help="stream order (default class-incremental; iid with --variants cbrs --sizes 500 calibrates the weak streams; own --out)")
     ap.add_argument("--table", action="store_true", help="only print the tables (and redraw the plots) from --out's results.csv")
     add_data_options(ap)
     args = ap.parse_args(argv)
@@ -213,8 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.table:
         check_data_options(ap, args)
         data = {"dataset": args.dataset, "root": args.root, "split": args.split, "test_split": args.test_split}
-        jobs = [{**data, "stream": st, "variant": v, "buffer_items": size, "seed": seed, "limit": limit, "set": args.set, "config": args.config}
-                for st in names for size in sizes for seed in seeds for v in variants]
+        jobs = [{**data, "stream": st, "variant": v, "buffer_items": size, "seed": seed, "limit": limit, "set": args.set, "config": args.config,
+                 "order": args.order} for st in names for size in sizes for seed in seeds for v in variants]
         run_sweep("balance_sweep", jobs, results, run_one, args.jobs, lambda row, bar: _store(results, row, bar))
     mine = [r for r in results.rows if r["dataset"] == args.dataset and r["variant"] in variants and r["stream"] in names
             and int(r["buffer_items"]) in sizes and int(r["seed"]) in seeds]
