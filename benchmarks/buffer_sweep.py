@@ -1,10 +1,13 @@
 """Buffer size vs accuracy: data set x scenario x policy x buffer size x seed, through the node's ``Learner``.
 
-Each run streams the AV-Digits training split once, class-incrementally (5 tasks of 2 digits,
-seeded class order), in micro-batches of 32 through ``Learner.observe`` (in-process, no sockets),
-and evaluates on the clean test split every 240 samples.  ``corrupted`` streams the same data with
-Gaussian noise (2x the frame's std) on the video of half of the training samples, chosen by seed
-(the test split stays clean): modality imbalance on purpose.
+Each run streams the training split of ``--dataset`` (default AV-Digits; ``cremad`` / ``ave``
+read ``--root`` through device-sim's loaders, ``--split`` streamed, ``--test-split`` held out,
+the class count from the data set) once, class-incrementally (tasks of 2 classes, seeded class
+order), in micro-batches of 32 through ``Learner.observe`` (in-process, no sockets), and evaluates
+on the test split every 240 samples.  ``corrupted`` streams the same data with Gaussian noise (2x
+the frame's std) on the video of half of the training samples, chosen by seed (the test split
+stays clean): modality imbalance on purpose.  Every stream of ``device_sim.scenario.STREAMS``
+(corrupted audio, weak modalities, ...) is a scenario too, by its name.
 
 Every run starts from ``--config`` (default configs/avdigits.yaml: 4 optimiser steps per
 micro-batch, CE on every incoming sample, no KD) plus the policy's preset:
@@ -35,7 +38,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import ResumableCSV, load_avdigits, mean_ci, plt_figure, run_jobs  # noqa: E402
+from benchmarks.common import ResumableCSV, add_data_options, check_data_options, mean_ci, plt_figure, run_stream, run_sweep, save_figure  # noqa: E402
 
 POLICIES: dict[str, dict] = {
     "reservoir": {"selection": {"policy": "all"}, "buffer": {"retention": "reservoir"}},
@@ -48,7 +51,13 @@ POLICIES: dict[str, dict] = {
     "bss": {"selection": {"policy": "all"}, "replay": {"policy": "bss"}},
     "dus": {"selection": {"policy": "all"}, "replay": {"policy": "dus"}},
 }
-SCENARIOS = ("class-incremental", "corrupted")
+def _scenarios() -> tuple[str, ...]:
+    from device_sim.scenario import STREAMS
+
+    return ("class-incremental", "corrupted") + tuple(s for s in STREAMS if s not in ("clean", "corrupted-video-50"))
+
+
+SCENARIOS = _scenarios()
 HIGHLIGHT = ("mbs", "reservoir", "class-balanced")  # drawn solid with CI bands; the rest dashed
 FIELDS = ["dataset", "scenario", "policy", "buffer_items", "buffer_bytes", "seed", "final_accuracy",
           "average_incremental_accuracy", "forgetting", "audio_only_accuracy", "visual_only_accuracy",
@@ -56,9 +65,6 @@ FIELDS = ["dataset", "scenario", "policy", "buffer_items", "buffer_bytes", "seed
 KEY = ["dataset", "scenario", "policy", "buffer_items", "seed"]
 CURVE_FIELDS = KEY + ["samples", "accuracy"]
 EVAL_EVERY = 240
-
-_DATA: dict = {}
-
 
 def preset(policy: str) -> dict:
     """The config overrides of a sweep policy: its preset, or ``selection.policy`` for any other registered admission policy."""
@@ -71,65 +77,16 @@ def known_policies() -> list[str]:
     return list(POLICIES) + [n for n in names("selection") if n not in POLICIES and n != "all"]
 
 
-def _data(seed: int):
-    if "avdigits" not in _DATA:
-        _DATA["avdigits"] = load_avdigits(0)
-    return _DATA["avdigits"]
+#: scenario -> stream of :data:`device_sim.scenario.STREAMS` (the two historical names, then every stream by its own name).
+STREAM_OF = {"class-incremental": "clean", "corrupted": "corrupted-video-50"}
 
 
 def run_one(job: dict) -> tuple[dict, list[dict]]:
-    """One stream through a fresh Learner; returns the results row and its curve points."""
-    import torch
-    import yaml
-
-    from device_sim.scenario import Corrupted, class_incremental
-    from edge_runtime.config import config_from_dict, parse_overrides, _merge
-    from edge_runtime.evaluation import TaskAccuracy
-    from edge_runtime.learner import Learner
-
-    torch.set_num_threads(1)
-    train, test = _data(0)
-    seed, size = job["seed"], job["buffer_items"]
-    stream_ds = Corrupted(train, 0.5, "noise", "video", strength=2.0, seed=seed) if job["scenario"] == "corrupted" else train
-    order = class_incremental(train.labels(), 2, seed=seed)
-    limit = job.get("limit") or len(order.indices)
-    indices = order.indices[:limit]
-    base = yaml.safe_load(Path(job["config"]).read_text()) if job.get("config") else {}
-    overrides = _merge(base or {}, preset(job["policy"]))
-    overrides = _merge(overrides, {"buffer": {"max_items": size}, "training": {"seed": seed}})
-    overrides = _merge(overrides, parse_overrides(job.get("set")))
-    learner = Learner(config_from_dict(overrides, source="buffer_sweep"))
-    test_samples = job.get("_test") or [test.sample(i, split="eval") for i in range(len(test))]
-    n_tasks = len(order.task_classes)
-    task_len = len(order.indices) // n_tasks
-    tasks = TaskAccuracy(order.task_classes)
-    curve = []
-    start = time.perf_counter()
-    for i in range(0, len(indices), 32):
-        chunk = []
-        for j, idx in enumerate(indices[i : i + 32].tolist()):
-            s = stream_ds.sample(int(idx))
-            s.device, s.seq = "bench", i + j
-            chunk.append(s)
-        learner.observe(chunk)
-        done = min(i + 32, len(indices))
-        if done % EVAL_EVERY == 0 or done == len(indices):
-            r = learner.evaluate(test_samples)
-            curve.append({**{k: job[k] for k in KEY}, "dataset": "avdigits", "samples": done, "accuracy": r["accuracy"]})
-            if done % task_len == 0 or done == len(indices):
-                tasks.update(r["per_class_accuracy"], tasks_seen=min(n_tasks, int(np.ceil(done / task_len))))
-    seconds = time.perf_counter() - start
-    final = learner.evaluate(test_samples)
-    summary = learner.summary()
-    row = {
-        "dataset": "avdigits", "scenario": job["scenario"], "policy": job["policy"], "buffer_items": size,
-        "buffer_bytes": summary["buffer_bytes"], "seed": seed, "final_accuracy": final["accuracy"],
-        "average_incremental_accuracy": tasks.average_incremental_accuracy, "forgetting": tasks.forgetting,
-        "audio_only_accuracy": final["audio_accuracy"], "visual_only_accuracy": final["video_accuracy"],
-        "prequential_accuracy": summary["prequential_accuracy"], "samples_seen": summary["samples_seen"],
-        "updates": summary["updates"], "seconds": seconds,
-    }
-    return row, curve
+    """One stream through a fresh Learner (:func:`benchmarks.common.run_stream`); the row and its curve points."""
+    metrics, points = run_stream({**job, "stream": STREAM_OF.get(job["scenario"], job["scenario"]), "preset": preset(job["policy"]),
+                                  "eval_every": EVAL_EVERY})
+    key = {k: job[k] for k in KEY}
+    return {**key, **metrics}, [{**key, **p} for p in points]
 
 
 def _line(ax, policy: str, x, m, h=None) -> None:
@@ -142,11 +99,7 @@ def _line(ax, policy: str, x, m, h=None) -> None:
 
 
 def _save(plt, fig, title: str, path: Path) -> Path:
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return save_figure(plt, fig, path, title, dpi=90)
 
 
 def _log_sizes(ax, sizes: list[int]) -> None:
@@ -182,8 +135,8 @@ def plot(rows: list[dict], curves: list[dict], out: Path, curve_size: int) -> li
         _log_sizes(ax, sizes)
         ax.set_ylim(max(0.0, 5 * np.floor(low / 5) - 2), 100)
         ax.set_xlabel("replay buffer size (items)")
-        ax.set_ylabel("final accuracy on all 10 digits (%)")
-        ax.set_title(f"AV-Digits, {scenario}: mean over {seeds} seeds\n(95% CI bands for the solid lines)", fontsize=10)
+        ax.set_ylabel("final accuracy on all classes (%)")
+        ax.set_title(f"{rows[0]['dataset']}, {scenario}: mean over {seeds} seeds\n(95% CI bands for the solid lines)", fontsize=10)
         ax.grid(alpha=0.3)
     axes[-1].legend(fontsize=8, loc="lower right")
     written.append(_save(plt, fig, "Final accuracy after one class-incremental pass (5 tasks x 2 digits)", out / "accuracy_vs_buffer.png"))
@@ -216,7 +169,7 @@ def plot(rows: list[dict], curves: list[dict], out: Path, curve_size: int) -> li
             ms = [100 * np.mean([float(c["accuracy"]) for c in pts if int(c["samples"]) == x]) for x in xs]
             _line(ax, policy, xs, ms)
         ax.set_xlabel("samples seen")
-        ax.set_ylabel("accuracy on all 10 digits (%)")
+        ax.set_ylabel("accuracy on all classes (%)")
         ax.set_title(f"{scenario}, buffer {curve_size} items (mean over seeds)")
         ax.grid(alpha=0.3)
     axes[-1].legend(fontsize=8)
@@ -229,15 +182,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("docs/results/buffer_sweep"), help="folder for CSVs and plots")
     ap.add_argument("--quick", action="store_true", help="2 policies x 2 sizes x 2 seeds on 960 samples (a smoke run, minutes)")
     ap.add_argument("--policies", default=",".join(POLICIES), help="comma-separated subset of: " + ", ".join(POLICIES))
-    ap.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated subset of: " + ", ".join(SCENARIOS))
+    ap.add_argument("--scenarios", default="class-incremental,corrupted",
+                    help="comma-separated subset of: " + ", ".join(SCENARIOS) + " (default class-incremental,corrupted)")
     ap.add_argument("--sizes", default="50,100,200,500,1000", help="buffer sizes in items")
     ap.add_argument("--seeds", type=int, default=5, help="seeds 0 .. N-1 (default 5)")
     ap.add_argument("--jobs", type=int, default=1, help="parallel worker processes (one torch thread each)")
     ap.add_argument("--curve-size", type=int, default=200, help="buffer size of the accuracy-vs-samples plot")
     ap.add_argument("--config", default="configs/avdigits.yaml", help="base configuration of every run (default configs/avdigits.yaml)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override for every run")
+    add_data_options(ap)
     args = ap.parse_args(argv)
-    from tqdm import tqdm
 
     policies = [p for p in args.policies.split(",") if p]
     scenarios = [s for s in args.scenarios.split(",") if s]
@@ -253,18 +207,15 @@ def main(argv: list[str] | None = None) -> int:
     for s in scenarios:
         if s not in SCENARIOS:
             ap.error(f"--scenarios: unknown scenario {s!r}; choose from {', '.join(SCENARIOS)}")
+    check_data_options(ap, args)
     args.out.mkdir(parents=True, exist_ok=True)
     results = ResumableCSV(args.out / "results.csv", FIELDS, KEY)
     curves = ResumableCSV(args.out / "curves.csv", CURVE_FIELDS, KEY + ["samples"])
-    jobs = [{"dataset": "avdigits", "scenario": sc, "policy": p, "buffer_items": size, "seed": seed, "limit": limit, "set": args.set, "config": args.config}
+    data = {"dataset": args.dataset, "root": args.root, "split": args.split, "test_split": args.test_split}
+    jobs = [{**data, "scenario": sc, "policy": p, "buffer_items": size, "seed": seed, "limit": limit, "set": args.set, "config": args.config}
             for sc in scenarios for p in policies for size in sizes for seed in seeds]
-    todo = [j for j in jobs if not results.has(j)]
-    print(f"buffer_sweep: {len(jobs)} runs, {len(jobs) - len(todo)} already in {results.path}, {len(todo)} to do", flush=True)
-    bar = tqdm(total=len(todo), unit="run", desc="buffer sweep")
-    for row, curve in run_jobs(run_one, todo, args.jobs):
-        _store(results, curves, row, curve, bar)
-    bar.close()
-    mine = [r for r in results.rows if r["policy"] in policies and r["scenario"] in scenarios and int(r["buffer_items"]) in sizes]
+    run_sweep("buffer_sweep", jobs, results, run_one, args.jobs, lambda result, bar: _store(results, curves, *result, bar))
+    mine = [r for r in results.rows if r["dataset"] == args.dataset and r["policy"] in policies and r["scenario"] in scenarios and int(r["buffer_items"]) in sizes]
     for path in plot(mine, curves.rows, args.out, args.curve_size):
         print(f"wrote {path}")
     print(f"wrote {results.path} ({len(results.rows)} rows)")
@@ -277,7 +228,6 @@ def _store(results: ResumableCSV, curves: ResumableCSV, row: dict, curve: list[d
             curves.add(c)
     results.add(row)
     bar.set_postfix(policy=row["policy"], size=row["buffer_items"], acc=f"{row['final_accuracy']:.3f}", refresh=False)
-    bar.update(1)
 
 
 if __name__ == "__main__":

@@ -63,6 +63,21 @@ def run_jobs(fn: Callable[[Any], Any], jobs: list, workers: int) -> Iterator[Any
             yield fn(job)
 
 
+def run_sweep(name: str, jobs: list[dict], results: ResumableCSV, fn: Callable[[Any], Any], workers: int,
+              store: Callable[[Any, Any], None]) -> None:
+    """Run the jobs that ``results`` does not have yet, ``workers`` at a time, with a progress bar;
+    ``store(result, bar)`` records each result as it arrives (so an interrupted sweep resumes)."""
+    from tqdm import tqdm
+
+    todo = [j for j in jobs if not results.has(j)]
+    print(f"{name}: {len(jobs)} runs, {len(jobs) - len(todo)} already in {results.path}, {len(todo)} to do", flush=True)
+    bar = tqdm(total=len(todo), unit="run", desc=name.replace("_", " "))
+    for result in run_jobs(fn, todo, workers):
+        store(result, bar)
+        bar.update(1)
+    bar.close()
+
+
 def mean_ci(values: Iterable[float], level: float = 0.95) -> tuple[float, float]:
     """Mean and the half-width of its Student-t confidence interval (0 for a single value)."""
     v = np.asarray(list(values), dtype=np.float64)
@@ -81,6 +96,131 @@ def load_avdigits(seed: int = 0):
     from device_sim.datasets.avdigits import AVDigits
 
     return AVDigits("train", seed=seed), AVDigits("test", seed=seed)
+
+
+DATASETS = ("synthetic", "avdigits", "cremad", "ave")
+_LOADED: dict[tuple, tuple] = {}
+
+
+def load_data(dataset: str = "avdigits", root: str | None = None, split: str = "train", test_split: str = "test") -> tuple[Any, Any]:
+    """(train, test) through device-sim's loaders (:func:`device_sim.datasets.open_dataset`), cached per process.
+
+    ``synthetic`` has no splits: its train and test sets are two differently seeded draws.  A
+    missing ``root`` or split raises ValueError naming what to pass.
+    """
+    key = (dataset, root, split, test_split)
+    if key not in _LOADED:
+        import warnings
+
+        from device_sim.datasets import open_dataset
+        from device_sim.datasets.media import MissingFilesWarning
+
+        if dataset == "synthetic":
+            train, test = open_dataset("synthetic", seed=0, samples=2400), open_dataset("synthetic", seed=1, samples=600)
+        else:
+            with warnings.catch_warnings():  # a listed clip without media is reported by the loader, once
+                warnings.simplefilter("ignore", MissingFilesWarning)
+                train = open_dataset(dataset, root=root, split=split)
+                test = open_dataset(dataset, root=root, split=test_split)
+        if not len(train) or not len(test):
+            raise ValueError(f"{dataset}: split {split!r} has {len(train)} samples and {test_split!r} {len(test)}; both must be non-empty")
+        _LOADED[key] = (train, test)
+    return _LOADED[key]
+
+
+def add_data_options(ap) -> None:
+    """``--dataset/--root/--split/--test-split`` of the streaming sweeps."""
+    ap.add_argument("--dataset", choices=DATASETS, default="avdigits", help="data set, read by device-sim's loaders (default avdigits)")
+    ap.add_argument("--root", default=None, help="folder of your copy of the data set (cremad, ave)")
+    ap.add_argument("--split", default="train", help="split streamed for training (default train)")
+    ap.add_argument("--test-split", default="test", help="split held out for evaluation (default test)")
+
+
+def check_data_options(ap, args) -> None:
+    """Load the data once in the parent so that a bad --root/--split is one clear error, not a crash per worker."""
+    if args.dataset in ("cremad", "ave") and not args.root:
+        ap.error(f"--dataset {args.dataset} needs --root DIR (your copy of the data set; see README, 'Real data sets')")
+    try:
+        load_data(args.dataset, args.root, args.split, args.test_split)
+    except (ValueError, OSError) as err:
+        ap.error(f"--dataset {args.dataset}: {err}")
+
+
+def run_stream(job: dict, probe: Callable[[Any, int, list], None] | None = None) -> tuple[dict, list[dict]]:
+    """One class-incremental pass of ``job["stream"]`` through a fresh :class:`~edge_runtime.learner.Learner`.
+
+    ``job``: ``dataset``, ``root``, ``split``, ``test_split``, ``stream`` (a name of
+    :data:`device_sim.scenario.STREAMS`), ``seed`` (class order, corruption, model), ``buffer_items``,
+    ``preset`` (config overrides of the policy), ``config`` (base YAML), ``set`` (KEY=VALUE
+    overrides), ``limit`` (samples streamed; None: all), ``eval_every`` (curve points; default 240).
+    The stream order depends only on the data and the seed, so every policy of a seed sees the
+    same samples in the same order.  ``probe(learner, samples_done, chunk)`` (optional) runs
+    after every micro-batch of 32.  Returns the metrics row and the curve
+    ``[{"samples", "accuracy"}, ...]``.
+    """
+    import time
+
+    import torch
+    import yaml
+
+    from device_sim.scenario import make_order, make_stream
+    from edge_runtime.config import _merge, config_from_dict, parse_overrides
+    from edge_runtime.evaluation import TaskAccuracy
+    from edge_runtime.learner import Learner
+
+    torch.set_num_threads(1)
+    seed, size = int(job["seed"]), int(job["buffer_items"])
+    train, test = load_data(job.get("dataset", "avdigits"), job.get("root"), job.get("split", "train"), job.get("test_split", "test"))
+    stream_ds, test_ds = make_stream(job.get("stream", "clean"), train, test, seed=seed)
+    order = make_order(job.get("order", "class-incremental"), train.labels(), seed=seed, classes_per_task=job.get("classes_per_task", 2))
+    indices = order.indices[: job.get("limit") or len(order.indices)]
+    base = yaml.safe_load(Path(job["config"]).read_text()) if job.get("config") else {}
+    overrides = _merge(base or {}, job.get("preset") or {})
+    overrides = _merge(overrides, {"buffer": {"max_items": size}, "training": {"seed": seed},
+                                   "model": {"num_classes": int(getattr(train, "num_classes", 10))}})
+    overrides = _merge(overrides, parse_overrides(job.get("set")))
+    learner = Learner(config_from_dict(overrides, source="benchmark"))
+    test_samples = [test_ds.sample(i, split="eval") for i in range(len(test_ds))]
+    n_tasks = len(order.task_classes)
+    task_len = max(1, len(order.indices) // n_tasks)
+    tasks = TaskAccuracy(order.task_classes)
+    every = int(job.get("eval_every") or 240)
+    curve = []
+    start = time.perf_counter()
+    for i in range(0, len(indices), 32):
+        chunk = []
+        for j, idx in enumerate(indices[i : i + 32].tolist()):
+            s = stream_ds.sample(int(idx))
+            s.device, s.seq = "bench", i + j
+            chunk.append(s)
+        learner.observe(chunk)
+        done = min(i + 32, len(indices))
+        if probe is not None:
+            probe(learner, done, chunk)
+        if done % every == 0 or done == len(indices):
+            r = learner.evaluate(test_samples)
+            curve.append({"samples": done, "accuracy": r["accuracy"]})
+            if done % task_len == 0 or done == len(indices):
+                tasks.update(r["per_class_accuracy"], tasks_seen=min(n_tasks, int(np.ceil(done / task_len))))
+    seconds = time.perf_counter() - start
+    final = learner.evaluate(test_samples)
+    summary = learner.summary()
+    row = {"buffer_bytes": summary["buffer_bytes"], "final_accuracy": final["accuracy"],
+           "average_incremental_accuracy": tasks.average_incremental_accuracy, "forgetting": tasks.forgetting,
+           "audio_only_accuracy": final["audio_accuracy"], "visual_only_accuracy": final["video_accuracy"],
+           "prequential_accuracy": summary["prequential_accuracy"], "samples_seen": summary["samples_seen"],
+           "updates": summary["updates"], "seconds": seconds}
+    return row, curve
+
+
+def save_figure(plt, fig, path: Path, title: str | None = None, dpi: int = 85) -> Path:
+    """Title (optional), tight layout, save as PNG, close; returns ``path``."""
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
 
 
 def plt_figure(ncols: int = 1, width: float = 6.4, height: float = 4.2):

@@ -19,6 +19,10 @@ the best mean accuracy:
 * efficiency: cells (ratio, R), a win weighted by ``R_rev / 10`` where R_rev is R in reverse order
   (5 <-> 20, 10 <-> 15): winning after fewer pre-training epochs counts more.
 
+``--dataset synthetic|avdigits|cremad|ave --root DIR --split train --test-split test``: the
+data through device-sim's loaders (default AV-Digits; the class count from the data set).  One
+``--out`` folder per data set (the rows do not name it).
+
 Writes ``results.csv`` (resumable), ``wins.csv`` and ``accuracy_vs_ratio.png``.
 
 Usage: python benchmarks/ratio_sweep.py --out docs/results/ratio_sweep [--jobs 2] [--quick]
@@ -36,7 +40,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import ResumableCSV, load_avdigits, mean_ci, plt_figure, run_jobs  # noqa: E402
+from benchmarks.common import ResumableCSV, add_data_options, check_data_options, load_data, mean_ci, plt_figure, run_jobs, save_figure  # noqa: E402
 
 FIELDS = ["seed", "pretrain_epochs", "strategy", "keep_ratio", "kept", "accuracy", "audio_accuracy", "video_accuracy"]
 KEY = ["seed", "pretrain_epochs", "strategy", "keep_ratio"]
@@ -57,11 +61,12 @@ def run_seed(job: dict) -> list[dict]:
     from edge_runtime.protocols.offline import run_protocol
 
     torch.set_num_threads(1)
-    train_ds, test_ds = load_avdigits(0)
-    n = job.get("limit") or len(train_ds)
+    train_ds, test_ds = load_data(job.get("dataset", "avdigits"), job.get("root"), job.get("split", "train"), job.get("test_split", "test"))
+    n = min(job.get("limit") or len(train_ds), len(train_ds))
     train = [train_ds.sample(i) for i in range(n)]
     test = [test_ds.sample(i, split="eval") for i in range(len(test_ds))]
-    config = load_config(job.get("config"), job.get("set"))
+    classes = f"model.num_classes={int(getattr(train_ds, 'num_classes', 10))}"
+    config = load_config(job.get("config"), [classes, *(job.get("set") or [])])
     done = job["done"]
     return run_protocol(train, test, config, job["pretrain"], job["ratios"], job["strategies"], job["epochs"], seed=job["seed"],
                         skip=lambda key: tuple(str(key[k]) if not isinstance(key[k], float) else f"{key[k]:.6g}" for k in KEY) in done)
@@ -93,7 +98,7 @@ def wins(rows: list[dict], strategies: list[str], pretrain: list[int], ratios: l
     return score
 
 
-def plot(rows: list[dict], out: Path, strategies: list[str], pretrain: list[int], ratios: list[float]) -> Path:
+def plot(rows: list[dict], out: Path, strategies: list[str], pretrain: list[int], ratios: list[float], title: str = "AV-Digits") -> Path:
     plt, fig, axes = plt_figure(len(pretrain), width=4.4, height=4.0)
     base = [float(x["accuracy"]) for x in rows if x["strategy"] == "base"]
     for ax, r in zip(axes, pretrain):
@@ -116,12 +121,8 @@ def plot(rows: list[dict], out: Path, strategies: list[str], pretrain: list[int]
         ax.set_ylabel("test accuracy (%)")
         ax.grid(alpha=0.3)
     axes[-1].legend(fontsize=7, loc="lower right")
-    fig.suptitle("AV-Digits, MBS paper Experiment B: accuracy of a model trained on the kept subset (mean, 95% CI over seeds)")
-    fig.tight_layout()
-    path = out / "accuracy_vs_ratio.png"
-    fig.savefig(path, dpi=85)
-    plt.close(fig)
-    return path
+    return save_figure(plt, fig, out / "accuracy_vs_ratio.png",
+                       f"{title}, MBS paper Experiment B: accuracy of a model trained on the kept subset (mean, 95% CI over seeds)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -136,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=1, help="parallel worker processes, one per seed")
     ap.add_argument("--config", default="configs/avdigits.yaml", help="base configuration of every run (default configs/avdigits.yaml)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (model, training.lr)")
+    add_data_options(ap)
     args = ap.parse_args(argv)
     from tqdm import tqdm
 
@@ -150,11 +152,13 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"--strategies: unknown strategy {s!r}; choose from {', '.join(scored())}")
     if any(not 0 < q <= 1 for q in ratios):
         ap.error("--ratios: kept fractions must be in (0, 1]")
+    check_data_options(ap, args)
     args.out.mkdir(parents=True, exist_ok=True)
     results = ResumableCSV(args.out / "results.csv", FIELDS, KEY)
     done = {tuple(r[k] for k in KEY) for r in results.rows}
     jobs = [{"seed": s, "pretrain": pretrain, "ratios": ratios, "strategies": strategies + ["random", "base"], "epochs": args.epochs,
-             "limit": limit, "set": args.set, "config": args.config, "done": done} for s in seeds]
+             "limit": limit, "set": args.set, "config": args.config, "done": done,
+             "dataset": args.dataset, "root": args.root, "split": args.split, "test_split": args.test_split} for s in seeds]
     per_seed = 1 + len(ratios) * (1 + len(strategies) * len(pretrain))
     print(f"ratio_sweep: {len(seeds)} seeds x {per_seed} trainings; {len(results.rows)} rows already in {results.path}", flush=True)
     bar = tqdm(total=len(seeds), unit="seed", desc="ratio sweep")
@@ -171,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'strategy':<8} {'robustness':>10} {'efficiency':>10} {'cells won':>10}")
     for s in strategies:
         print(f"{s:<8} {score[s]['robustness']:>10.2f} {score[s]['efficiency']:>10.2f} {score[s]['cells_won']:>10}")
-    print(f"wrote {plot(rows, args.out, strategies, pretrain, ratios)}")
+    print(f"wrote {plot(rows, args.out, strategies, pretrain, ratios, args.dataset)}")
     print(f"wrote {results.path} ({len(results.rows)} rows) and {args.out / 'wins.csv'}")
     return 0
 

@@ -16,7 +16,7 @@ import sys
 from collections import Counter
 
 from device_sim.datasets import DATASETS, availability, open_dataset
-from device_sim.scenario import CORRUPTIONS, SCENARIOS
+from device_sim.scenario import CORRUPTIONS, SCENARIOS, STREAMS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,8 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--blur", type=float, default=0.1, help="blurry: share of each task's positions holding other tasks' samples (default 0.1)")
     run.add_argument("--drift-width", type=float, default=0.3, help="gradual: transition length between tasks, in task lengths (default 0.3)")
     run.add_argument("--corrupt-fraction", type=float, default=0.0, help="share of samples with one modality corrupted (default 0)")
-    run.add_argument("--corrupt-kind", choices=list(CORRUPTIONS), default="noise", help="noise | occlusion | drop (default noise)")
+    run.add_argument("--corrupt-kind", choices=list(CORRUPTIONS), default="noise", help="noise | occlusion | drop | degrade (default noise)")
     run.add_argument("--corrupt-modality", choices=["audio", "video"], default="video", help="modality to corrupt (default video)")
+    run.add_argument("--stream", choices=list(STREAMS), default=None,
+                     help="a named stream where modalities are unequal (corrupted-audio-25, weak-video, ...; README "
+                          "'Streams where modalities are unequal'); instead of --corrupt-*")
     run.add_argument("--class-skew", type=float, default=0.0,
                      help="0: classes spread evenly over devices; 1: each device sees only its own classes (default 0)")
     run.add_argument("--classes", default=None, metavar="LIST",
@@ -119,7 +122,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     from device_sim.client import ClientConfig
     from device_sim.fleet import run_fleet
-    from device_sim.scenario import Corrupted, assign_devices, make_order
+    from device_sim.scenario import Corrupted, assign_devices, make_order, make_stream
 
     for name in ("devices", "window", "classes_per_task"):
         if getattr(args, name) < 1:
@@ -135,6 +138,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return 2
     dataset = _open(args, args.dataset)
     try:
+        if args.stream and args.corrupt_fraction:
+            raise ValueError("--stream and --corrupt-fraction both corrupt the stream: give one of them")
+        if args.stream:
+            dataset = make_stream(args.stream, dataset, seed=args.seed)[0]
         if args.corrupt_fraction:
             dataset = Corrupted(dataset, args.corrupt_fraction, args.corrupt_kind, args.corrupt_modality, seed=args.seed)
         order = make_order(args.scenario, dataset.labels(), seed=args.seed, classes_per_task=args.classes_per_task,

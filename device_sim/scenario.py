@@ -142,7 +142,30 @@ def eval_mask(n: int, every: int | None) -> np.ndarray:
     return mask
 
 
-CORRUPTIONS = ("noise", "occlusion", "drop")
+CORRUPTIONS = ("noise", "occlusion", "drop", "degrade")
+#: ``degrade``'s noise (times the tensor's std) per modality, calibrated on AV-Digits so that the
+#: degraded modality's unimodal accuracy falls to about 50-60 % (README, "Streams where modalities
+#: are unequal"); other kinds default to 2.0.
+DEGRADE_STRENGTH = {"video": 1.0, "audio": 1.0}
+#: ``degrade``'s block size: video frames are averaged over blocks of this many pixels per side,
+#: audio over this many time steps (then repeated back to the original shape).
+DEGRADE_BLOCK = {"video": 2, "audio": 4}
+
+
+def _block_average(x: np.ndarray, block: int, axes: tuple[int, ...]) -> np.ndarray:
+    """Average ``x`` over blocks of ``block`` along each of ``axes`` and repeat back (a coarser copy, same shape)."""
+    out = x
+    for ax in axes:
+        n = out.shape[ax]
+        pad = (-n) % block
+        if pad:
+            widths = [(0, 0)] * out.ndim
+            widths[ax] = (0, pad)
+            out = np.pad(out, widths, mode="edge")
+        shape = out.shape[:ax] + (out.shape[ax] // block, block) + out.shape[ax + 1 :]
+        out = np.repeat(out.reshape(shape).mean(axis=ax + 1), block, axis=ax)
+        out = np.take(out, np.arange(n), axis=ax)
+    return out.astype(np.float32)
 
 
 class Corrupted:
@@ -154,12 +177,16 @@ class Corrupted:
     * ``noise``: add Gaussian noise of standard deviation ``strength`` times the tensor's own std;
     * ``occlusion``: zero a random block (video: half the height by half the width, a quarter of
       every frame; audio: a contiguous half of the time steps);
-    * ``drop``: zero the whole modality (the sensor failed).
+    * ``drop``: zero the whole modality (the sensor failed);
+    * ``degrade``: a worse sensor: average over blocks (:data:`DEGRADE_BLOCK`: video 2x2 pixels,
+      audio 4 time steps), then add Gaussian noise of ``strength`` times the original std
+      (default :data:`DEGRADE_STRENGTH`).  With ``fraction=1`` every sample is degraded: a
+      weak-modality stream.
 
-    The other modality and the label are unchanged; ``meta["corrupted"]`` names what was done.
+    ``strength=None`` takes the kind's default.  The other modality and the label are unchanged; ``meta["corrupted"]`` names what was done.
     """
 
-    def __init__(self, dataset, fraction: float, kind: str = "noise", modality: str = "video", strength: float = 2.0,
+    def __init__(self, dataset, fraction: float, kind: str = "noise", modality: str = "video", strength: float | None = None,
                  seed: int = 0) -> None:
         if not 0.0 <= fraction <= 1.0:
             raise ValueError(f"corruption fraction must be in [0, 1] (got {fraction})")
@@ -167,6 +194,8 @@ class Corrupted:
             raise ValueError(f"corruption kind must be one of {list(CORRUPTIONS)} (got {kind!r})")
         if modality not in ("audio", "video"):
             raise ValueError(f"corrupted modality must be audio or video (got {modality!r})")
+        if strength is None:
+            strength = DEGRADE_STRENGTH[modality] if kind == "degrade" else 2.0
         self.dataset, self.fraction, self.kind, self.modality, self.strength, self.seed = dataset, fraction, kind, modality, strength, seed
         n = len(dataset)
         rng = np.random.default_rng([seed, 0xC0])
@@ -194,6 +223,11 @@ class Corrupted:
             x = x + rng.standard_normal(x.shape).astype(np.float32) * self.strength * float(x.std() or 1.0)
         elif self.kind == "drop":
             x[...] = 0.0
+        elif self.kind == "degrade":
+            std = float(x.std() or 1.0)
+            axes = (x.ndim - 2, x.ndim - 1) if self.modality == "video" else (0,)
+            x = _block_average(x, DEGRADE_BLOCK[self.modality], axes)
+            x = x + rng.standard_normal(x.shape).astype(np.float32) * self.strength * std
         elif self.modality == "video":
             h, w = x.shape[-2:]
             bh, bw = max(1, h // 2), max(1, w // 2)
@@ -207,6 +241,39 @@ class Corrupted:
         s.tensors = {**s.tensors, self.modality: np.ascontiguousarray(x)}
         s.meta = {**s.meta, "corrupted": f"{self.kind}:{self.modality}"}
         return s
+
+
+#: Named streams of issue 14 (modalities unequal on purpose), applied to the training split:
+#: name -> (fraction, kind, modality) of :class:`Corrupted`, or None for the clean control.
+#: ``weak-*`` degrade one modality of *every* sample and of the test split too (the sensor is
+#: worse, not broken now and then); ``corrupted-*`` leave the test split clean.
+STREAMS: dict[str, tuple[float, str, str] | None] = {
+    "clean": None,
+    "corrupted-video-25": (0.25, "noise", "video"),
+    "corrupted-video-50": (0.5, "noise", "video"),
+    "corrupted-audio-25": (0.25, "noise", "audio"),
+    "corrupted-audio-50": (0.5, "noise", "audio"),
+    "weak-video": (1.0, "degrade", "video"),
+    "weak-audio": (1.0, "degrade", "audio"),
+}
+
+
+def make_stream(name: str, train, test=None, seed: int = 0):
+    """``(train, test)`` of stream ``name`` (one of :data:`STREAMS`): the wrapped data sets.
+
+    ``test`` (optional) is degraded too for the ``weak-*`` streams (with a different seed than the
+    training split, so no sample shares its noise), else returned as given.
+    """
+    if name not in STREAMS:
+        raise ValueError(f"unknown stream {name!r}; choose one of {list(STREAMS)}")
+    spec = STREAMS[name]
+    if spec is None:
+        return train, test
+    fraction, kind, modality = spec
+    train = Corrupted(train, fraction, kind, modality, seed=seed)
+    if test is not None and name.startswith("weak-"):
+        test = Corrupted(test, fraction, kind, modality, seed=seed + 1_000_003)
+    return train, test
 
 
 def replay(dataset: IndexedDataset, order: StreamOrder, device: str = "sim-0") -> Iterator[Sample]:

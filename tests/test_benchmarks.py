@@ -140,3 +140,103 @@ def test_soak_quick_ledger_stays_within_retention(tmp_path):
     assert int(rows[-1]["decided"]) == 12_000
     # --quick: 2 devices, node.ledger_retention 1000 each; a batch (256) may not be compacted yet
     assert all(int(r["verdict_rows"]) <= 2 * (1000 + 256) for r in rows)
+
+
+def test_sweeps_quick_on_cremad_and_ave_fixtures(tmp_path):
+    """``--dataset cremad|ave --root DIR``: the sweeps read the user's folder through device-sim's
+    loaders (train split streamed, test held out, class count from the data set)."""
+    from media_fixtures import build_ave_raw, build_cremad_preprocessed
+
+    cremad, ave = build_cremad_preprocessed(tmp_path / "cremad"), build_ave_raw(tmp_path / "ave")
+    out = tmp_path / "bs"
+    _run("buffer_sweep.py", out, "--dataset", "cremad", "--root", str(cremad))
+    _, rows = _columns(out / "results.csv")
+    assert len(rows) == 8 and {r["dataset"] for r in rows} == {"cremad"}
+    assert {int(r["samples_seen"]) for r in rows} == {5}  # the fixture's train split (5 clips), not AV-Digits
+    _png_ok(out / "accuracy_vs_buffer.png")
+    out = tmp_path / "rs"
+    _run("ratio_sweep.py", out, "--dataset", "ave", "--root", str(ave))
+    _, rows = _columns(out / "results.csv")
+    assert {r["strategy"] for r in rows} == {"el2n", "grand", "mbs", "random", "base"}
+    assert max(int(r["kept"]) for r in rows) == 3  # BASE keeps the whole AVE fixture train split
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    r = subprocess.run([sys.executable, "benchmarks/buffer_sweep.py", "--quick", "--out", str(tmp_path / "x"), "--dataset", "ave"],
+                       capture_output=True, text=True, env=env, cwd=str(ROOT), timeout=120)
+    assert r.returncode == 2 and "--dataset ave needs --root DIR" in r.stderr
+
+
+def test_balance_sweep_paired_differences_by_hand():
+    """Seeds are matched, the interval is the Student-t one, and only an interval that excludes 0 decides."""
+    import math
+
+    from scipy import stats
+
+    from benchmarks.balance_sweep import paired, tables
+
+    def row(variant, seed, acc, stream="clean"):
+        return {"dataset": "avdigits", "stream": stream, "variant": variant, "buffer_items": "100", "seed": str(seed), "final_accuracy": str(acc)}
+
+    ref = [0.90, 0.92, 0.88, 0.91]
+    rows = [row("cbrs", s, a) for s, a in enumerate(ref)]
+    rows += [row("mbs", s, a + d) for s, (a, d) in enumerate(zip(ref, [0.02, 0.03, 0.01, 0.025]))]       # always better
+    rows += [row("mbs-pooled", s, a + d) for s, (a, d) in enumerate(zip(ref, [0.05, -0.04, 0.01, -0.03]))]  # noisy
+    rows += [row("random", s, a - 0.02 - 0.001 * s) for s, a in enumerate(ref[:3])]  # worse, only 3 seeds
+    rows += [row("mbs-class", 9, 0.99)]  # a seed cbrs does not have: nothing to pair
+    out = {p["variant"]: p for p in paired(rows)}
+    assert set(out) == {"mbs", "mbs-pooled", "random"}
+    for name, diffs in (("mbs", [0.02, 0.03, 0.01, 0.025]), ("mbs-pooled", [0.05, -0.04, 0.01, -0.03]), ("random", [-0.02, -0.021, -0.022])):
+        d = np.array(diffs)
+        half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d))
+        p = out[name]
+        assert p["seeds"] == len(d)
+        assert abs(p["mean_diff"] - d.mean()) < 1e-12
+        assert abs(p["ci_low"] - (d.mean() - half)) < 1e-9 and abs(p["ci_high"] - (d.mean() + half)) < 1e-9
+    assert (out["mbs"]["verdict"], out["mbs-pooled"]["verdict"], out["random"]["verdict"]) == ("win", "tie", "loss")
+    text = tables(list(out.values()))
+    assert f"| cbrs (accuracy %) | {100 * np.mean(ref):.1f} |" in text and "**+2.1 [" in text and "_-2.1 [" in text
+
+
+def test_balance_sweep_quick_and_resume(tmp_path):
+    out = tmp_path / "bal"
+    stdout = _run("balance_sweep.py", out, "--jobs", "2")
+    cols, rows = _columns(out / "results.csv")
+    assert cols[:5] == ["dataset", "stream", "variant", "buffer_items", "seed"] and "final_accuracy" in cols
+    assert len(rows) == 8 and {r["variant"] for r in rows} == {"cbrs", "mbs-pooled"} and {r["stream"] for r in rows} == {"clean", "weak-video"}
+    assert {int(r["samples_seen"]) for r in rows} == {256}
+    _, pairs = _columns(out / "paired.csv")
+    assert len(pairs) == 2
+    for p in pairs:  # the mean paired difference, recomputed from the rows
+        acc = {(r["variant"], r["seed"]): float(r["final_accuracy"]) for r in rows if r["stream"] == p["stream"]}
+        d = [acc[("mbs-pooled", s)] - acc[("cbrs", s)] for s in ("0", "1")]
+        assert abs(float(p["mean_diff"]) - np.mean(d)) < 1e-5 and int(p["seeds"]) == 2
+        assert p["verdict"] in ("win", "loss", "tie")
+    assert "| variant | 50 |" in stdout
+    for name in ("paired_vs_buffer.png", "accuracy_vs_buffer.png"):
+        _png_ok(out / name)
+    again = _run("balance_sweep.py", out)
+    assert "8 already in" in again and "0 to do" in again
+
+
+def test_balance_diagnosis_quick(tmp_path):
+    out = tmp_path / "diag"
+    stdout = _run("balance_diagnosis.py", out)
+    _, buffer = _columns(out / "buffer.csv")
+    _, batches = _columns(out / "batches.csv")
+    cols, mbs = _columns(out / "mbs.csv")
+    assert cols == ["variant", "seed", "samples", "label", "corrupted", "p_audio", "p_video", "mbs", "above_median", "selected"]
+    assert {r["variant"] for r in buffer} == {"cbrs", "mbs"}
+    for r in buffer:
+        assert abs(float(r["share"]) - int(r["corrupted"]) / max(1, int(r["items"]))) < 1e-5
+    for b in batches:  # the per-sample table adds up to the per-batch one, and the median splits the batch
+        rows = [m for m in mbs if m["variant"] == b["variant"] and m["samples"] == b["samples"]]
+        assert len(rows) == int(b["n"]) == 32
+        assert sum(int(m["selected"]) for m in rows) == int(b["selected"])
+        assert sum(int(m["corrupted"]) * int(m["selected"]) for m in rows) == int(b["corrupted_selected"])
+        assert all((float(m["mbs"]) > float(b["median_mbs"]) * (1 + 1e-5)) <= bool(int(m["above_median"])) for m in rows)
+        assert all(abs(float(m["mbs"]) - float(m["p_audio"]) / float(m["p_video"])) <= 1e-4 * float(m["mbs"]) for m in rows)
+        if b["variant"] == "cbrs":
+            assert int(b["selected"]) == 32  # selection all
+        else:
+            assert int(b["selected"]) <= 16  # Algorithm 1: floor(0.5 * 32 / 2) per side
+    assert "| cbrs |" in stdout and "| mbs |" in stdout
+    _png_ok(out / "diagnosis.png")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from device_sim.datasets.synthetic import SyntheticDataset
+from device_sim.datasets.synthetic import SyntheticConfig, SyntheticDataset
 from device_sim.scenario import Corrupted, assign_devices, blurry, class_incremental, eval_mask, gradual, iid, make_order
 
 LABELS = np.repeat(np.arange(10), 100)  # 1000 samples, 10 classes
@@ -113,3 +113,65 @@ def test_corruption_fraction_and_only_the_chosen_modality(kind):
 def test_make_order_names_the_choices():
     with pytest.raises(ValueError, match="blurry"):
         make_order("sideways", LABELS)
+
+
+def test_degrade_block_averages_then_adds_noise():
+    from device_sim.scenario import DEGRADE_BLOCK, DEGRADE_STRENGTH, _block_average
+
+    x = np.arange(2 * 4 * 4, dtype=np.float32).reshape(2, 1, 4, 4)
+    got = _block_average(x, 2, (2, 3))
+    want = x.copy()
+    for f in range(2):
+        for r in (0, 2):
+            for c in (0, 2):
+                want[f, 0, r : r + 2, c : c + 2] = x[f, 0, r : r + 2, c : c + 2].mean()
+    np.testing.assert_allclose(got, want)
+    a = np.arange(10, dtype=np.float32)[:, None].repeat(3, 1)  # 10 steps, block 4: the last block is padded by its edge
+    got = _block_average(a, 4, (0,))
+    np.testing.assert_allclose(got[:, 0], [1.5] * 4 + [5.5] * 4 + [(8 + 9 + 9 + 9) / 4] * 2)
+    ds = SyntheticDataset(SyntheticConfig(size=20), seed=1)
+    cor = Corrupted(ds, 1.0, "degrade", "video", seed=4)
+    assert cor.strength == DEGRADE_STRENGTH["video"] and cor.corrupted().all()
+    s, raw = cor.sample(3), ds.sample(3)
+    v = raw.tensors["video"].astype(np.float32)
+    rng = np.random.default_rng([4, 0xC1, 3])
+    b = DEGRADE_BLOCK["video"]
+    expect = _block_average(v, b, (v.ndim - 2, v.ndim - 1)) + rng.standard_normal(v.shape).astype(np.float32) * cor.strength * float(v.std())
+    np.testing.assert_allclose(s.tensors["video"], expect, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(s.tensors["audio"], raw.tensors["audio"])
+
+
+def test_named_streams():
+    from device_sim.scenario import STREAMS, make_stream
+
+    ds, test = SyntheticDataset(SyntheticConfig(size=40), seed=1), SyntheticDataset(SyntheticConfig(size=10), seed=2)
+    assert make_stream("clean", ds, test) == (ds, test)
+    for name, spec in STREAMS.items():
+        if spec is None:
+            continue
+        tr, te = make_stream(name, ds, test, seed=3)
+        fraction, kind, modality = spec
+        assert (tr.fraction, tr.kind, tr.modality) == (fraction, kind, modality)
+        assert tr.corrupted().sum() == round(fraction * 40)
+        if name.startswith("weak-"):  # a worse sensor: the test split is degraded too, with other noise
+            assert te.corrupted().all() and te.seed != tr.seed
+        else:
+            assert te is test  # corrupted streams are evaluated on clean data
+    with pytest.raises(ValueError, match="unknown stream 'muddy'"):
+        make_stream("muddy", ds)
+
+
+def test_device_sim_stream_option_is_exclusive_with_corrupt_fraction():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    r = subprocess.run([sys.executable, "-m", "device_sim.cli", "run", "--stream", "weak-video", "--corrupt-fraction", "0.2",
+                        "--no-progress", "--endpoint", "tcp://127.0.0.1:9"], capture_output=True, text=True, cwd=str(root),
+                       env={**os.environ, "PYTHONPATH": str(root)}, timeout=60)
+    assert r.returncode == 2 and "--stream and --corrupt-fraction both corrupt the stream" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "device_sim.cli", "run", "--stream", "muddy"], capture_output=True, text=True,
+                       cwd=str(root), env={**os.environ, "PYTHONPATH": str(root)}, timeout=60)
+    assert r.returncode == 2 and "weak-audio" in r.stderr  # argparse lists the streams

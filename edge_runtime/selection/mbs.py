@@ -14,9 +14,13 @@ Given the MBS of every sample of a batch (``MBS_i = p_i^a / p_i^v``, lines 1-9):
 
 Where the split is: the paper's Algorithm 1 splits at 1 (line 13: ``0 < MBS <= 1``, line 15:
 ``MBS > 1``) while measuring the deviation from m.  DESIGN.md step 4 and the selection issue split
-at the centre m instead, which is what this module does; with ``center="one"`` both coincide
-(except that a sample with MBS exactly 0, which the paper's line 13 drops, goes to the left side
-here).
+at the centre m instead, which is what this module does by default (``split="center"``);
+``split="one"`` is the paper's lines 13-16 word for word (a sample with MBS exactly 0 is on no
+side and never kept).  With ``center="one"`` both coincide except for MBS = 0.
+
+Variants of the family (issue 14) reuse :class:`MBSPolicy` and override :meth:`MBSPolicy.choose`:
+``mbs-pooled`` (:mod:`edge_runtime.selection.mbs_pooled`) and ``mbs-class``
+(:mod:`edge_runtime.selection.mbs_class`).
 
 Rows whose MBS is NaN (a diverged model) are never selected and do not enter the median; n in K
 is still the batch size.
@@ -79,13 +83,11 @@ def _resolve_center(mbs: torch.Tensor, center: Center) -> torch.Tensor | None:
     return torch.tensor(value, dtype=mbs.dtype, device=mbs.device)
 
 
-def select_with_deviation(
-    mbs: torch.Tensor, keep_ratio: float, center: Center = "median", deviation: Deviation = "ratio"
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Algorithm 1 (lines 10-24): ``(indices, per-row deviation)``; see :func:`select`."""
-    ratio = _check_keep_ratio(keep_ratio)
-    if deviation not in ("ratio", "log"):
-        raise ValueError(f"deviation must be 'ratio' or 'log' (got {deviation!r})")
+Split = Literal["center", "one"]
+
+
+def check_mbs(mbs: torch.Tensor) -> torch.Tensor:
+    """``mbs`` as a 1-D floating tensor of values >= 0; ValueError otherwise."""
     mbs = torch.as_tensor(mbs)
     if mbs.dim() != 1:
         raise ValueError(f"mbs must be a 1-D tensor (got shape {tuple(mbs.shape)})")
@@ -93,17 +95,38 @@ def select_with_deviation(
         mbs = mbs.to(torch.get_default_dtype())
     if bool((mbs < 0).any()):
         raise ValueError("MBS values must be >= 0 (a ratio of two probabilities)")
+    return mbs
+
+
+def centre_and_deviation(mbs: torch.Tensor, center: Center, deviation: Deviation) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """The centre m (None when no MBS is valid) and every row's deviation from it (NaN without a centre)."""
+    if deviation not in ("ratio", "log"):
+        raise ValueError(f"deviation must be 'ratio' or 'log' (got {deviation!r})")
+    m = _resolve_center(mbs, center) if mbs.numel() else None
+    if m is None:
+        return None, torch.full_like(mbs, float("nan"))
+    return m, mbs_deviation(mbs, m, deviation)
+
+
+def select_with_deviation(
+    mbs: torch.Tensor, keep_ratio: float, center: Center = "median", deviation: Deviation = "ratio", split: Split = "center"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Algorithm 1 (lines 10-24): ``(indices, per-row deviation)``; see :func:`select`."""
+    ratio = _check_keep_ratio(keep_ratio)
+    if split not in ("center", "one"):
+        raise ValueError(f"split must be 'center' or 'one' (got {split!r})")
+    mbs = check_mbs(mbs)
     n = mbs.numel()
     empty = torch.empty(0, dtype=torch.long, device=mbs.device)
-    m = _resolve_center(mbs, center) if n else None
+    m, dev = centre_and_deviation(mbs, center, deviation)  # lines 10, 14, 16
     if m is None:
-        return empty, torch.full_like(mbs, float("nan"))
-    dev = mbs_deviation(mbs, m, deviation)  # lines 14, 16
+        return empty, dev
     k = int(math.floor(ratio * n / 2))  # line 20
     if k == 0:
         return empty, dev
     chosen = []
-    for side in (mbs <= m, mbs > m):  # lines 13, 15 (split at the centre m; NaN is on no side)
+    sides = (mbs <= m, mbs > m) if split == "center" else ((mbs > 0) & (mbs <= 1), mbs > 1)
+    for side in sides:  # lines 13, 15 (split at the centre m, or at 1 as the paper writes; NaN is on no side)
         rows = torch.nonzero(side).squeeze(1)
         order = torch.argsort(dev.index_select(0, rows), stable=True)  # line 19
         chosen.append(rows.index_select(0, order[:k]))  # lines 22-23
@@ -111,7 +134,8 @@ def select_with_deviation(
     return indices, dev
 
 
-def select(mbs: torch.Tensor, keep_ratio: float, center: Center = "median", deviation: Deviation = "ratio") -> torch.Tensor:
+def select(mbs: torch.Tensor, keep_ratio: float, center: Center = "median", deviation: Deviation = "ratio",
+           split: Split = "center") -> torch.Tensor:
     """Row indices kept by Algorithm 1 of the MBS paper, sorted ascending (LongTensor).
 
     ``mbs``: 1-D MBS of the batch (Algorithm 1 lines 1-9).  ``center``: ``"median"`` (line 10,
@@ -121,17 +145,24 @@ def select(mbs: torch.Tensor, keep_ratio: float, center: Center = "median", devi
     (line 20); the K smallest deviations of each side (line 19, ties to the lower index) are kept
     (lines 22-23), fewer if a side has fewer than K, with no refilling from the other side.
     A tiny ``keep_ratio`` giving K = 0 selects nothing.  ``keep_ratio`` must be in (0, 1].
+    ``split="one"``: the sides are ``0 < MBS <= 1`` and ``MBS > 1`` (the paper's lines 13-16).
     """
-    return select_with_deviation(mbs, keep_ratio, center, deviation)[0]
+    return select_with_deviation(mbs, keep_ratio, center, deviation, split)[0]
 
 
-class MBSSettings(KeepRatioSettings):
-    """``mbs``: the centre and deviation of Algorithm 1."""
+class MBSFamilySettings(KeepRatioSettings):
+    """Settings every policy of the MBS family has: the centre and the deviation from it."""
 
-    policy: Literal["mbs"] = "mbs"
     center: Literal["median", "running", "one"] = Field("median", description="median of the batch | running median of the stream | 1")
     deviation: Literal["ratio", "log"] = Field("ratio", description="ratio: |MBS - m| | log: |log MBS - log m|")
     running_window: int = Field(2048, ge=1, description="samples in the running-median window")
+
+
+class MBSSettings(MBSFamilySettings):
+    """``mbs``: Algorithm 1 (the reference of the family)."""
+
+    policy: Literal["mbs"] = "mbs"
+    split: Literal["center", "one"] = Field("center", description="center: sides MBS <= m / > m (DESIGN step 4) | one: sides 0 < MBS <= 1 / > 1 (the paper's lines 13-16)")
 
 
 class MBSPolicy(SelectionPolicy):
@@ -145,7 +176,7 @@ class MBSPolicy(SelectionPolicy):
 
     Settings = MBSSettings
 
-    def __init__(self, cfg: MBSSettings, seed: int = 0) -> None:
+    def __init__(self, cfg: MBSFamilySettings, seed: int = 0) -> None:
         self.cfg = cfg
         self.seed = seed  # deterministic policy; kept for the common constructor signature
         self.running = RunningMedian(cfg.running_window)
@@ -159,8 +190,13 @@ class MBSPolicy(SelectionPolicy):
             if len(self.running) == 0:
                 return Selection(torch.empty(0, dtype=torch.long, device=score.device), torch.full_like(score, float("nan")))
             center = self.running.median()
-        indices, dev = select_with_deviation(score, self.cfg.keep_ratio, center, self.cfg.deviation)
+        indices, dev = self.choose(score, center, ctx)
         return Selection(indices=indices, deviation=dev)
+
+    def choose(self, score: torch.Tensor, center: Center, ctx: StepContext) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(indices, per-row deviation)`` for the batch's MBS around ``center`` (resolved except
+        for ``"median"``/``"one"``): Algorithm 1 here; the variants override this."""
+        return select_with_deviation(score, self.cfg.keep_ratio, center, self.cfg.deviation, self.cfg.split)
 
     def state_dict(self) -> dict[str, Any]:
         return {"running_median": self.running.state_dict()}

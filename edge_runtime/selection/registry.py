@@ -31,6 +31,8 @@ SELECTION: dict[str, str | type] = {
     "all": "edge_runtime.selection.all:KeepAllPolicy",
     "random": "edge_runtime.selection.random:RandomPolicy",
     "mbs": "edge_runtime.selection.mbs:MBSPolicy",
+    "mbs-pooled": "edge_runtime.selection.mbs_pooled:MBSPooledPolicy",
+    "mbs-class": "edge_runtime.selection.mbs_class:MBSClassPolicy",
     "el2n": "edge_runtime.selection.el2n:EL2NPolicy",
     "grand": "edge_runtime.selection.grand:GraNdPolicy",
     "bmmal": "edge_runtime.selection.bmmal:BMMALPolicy",
