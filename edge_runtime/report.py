@@ -185,10 +185,19 @@ def _plot_verdicts(plt: Any, rows: list, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 3.8))
     intervals = verdict_intervals(rows)
     if intervals:
+        # One stacked bar per interval, from the previous interval's end to its own: a short run with a
+        # single interval still shows its mix (an area plot needs two points).
         xs = [x for x, _ in intervals]
-        shares = [[d[k] / sum(d.values()) for _, d in intervals] for k in VERDICT_KINDS]
+        widths = [b - a for a, b in zip(xs, xs[1:])]
+        first = min(widths) if widths else xs[0]
+        lefts = [xs[0] - first] + xs[:-1]
+        widths = [first] + widths
         colors = {"admitted": "#2b8cbe", "trained": "#7bccc4", "skipped": "#bdbdbd", "eval": "#fdae6b", "invalid": "#e34a33"}
-        ax.stackplot(xs, shares, labels=VERDICT_KINDS, colors=[colors[k] for k in VERDICT_KINDS], step="pre")
+        bottom = [0.0] * len(intervals)
+        for k in VERDICT_KINDS:
+            share = [d[k] / sum(d.values()) for _, d in intervals]
+            ax.bar(lefts, share, width=widths, bottom=bottom, align="edge", label=k, color=colors[k], linewidth=0)
+            bottom = [b + v for b, v in zip(bottom, share)]
         ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
     ax.set_ylim(0, 1)
     ax.set_xlabel("samples learned")

@@ -126,6 +126,22 @@ def test_history_arithmetic_on_a_hand_written_file(tmp_path):
         {"admitted": 3, "trained": 0, "skipped": 0, "eval": 0, "invalid": 3}
 
 
+def test_a_run_with_a_single_history_interval_still_plots_its_verdict_mix(tmp_path):
+    """A short run (two history rows, one interval) must still show its verdict shares."""
+    base = {"uptime_s": 1, "received": 0, "decided": 0, "updates": 1, "buffer_items": 2, "buffer_bytes": 10,
+            "buffer_class_0": 1, "buffer_class_1": 1, "queue_depth": 0, "batches": 1, "update_mean_s": 0.01,
+            "update_max_s": 0.01, "prequential_accuracy": 0.5}
+    _write(tmp_path, [
+        {**base, "time": 100, "pid": 1, "samples_learned": 32, "admitted": 14, "trained": 0, "skipped": 15, "eval": 3, "invalid": 0},
+        {**base, "time": 101, "pid": 1, "samples_learned": 224, "admitted": 98, "trained": 0, "skipped": 105, "eval": 21, "invalid": 0},
+    ])
+    assert len(verdict_intervals(read_history(tmp_path))) == 1
+    r = _cli("report", str(tmp_path), "--out", str(tmp_path / "out"))
+    assert r.returncode == 0, r.stderr
+    ink, colours = _ink(tmp_path / "out" / "verdicts.png")
+    assert ink > 0.2, f"one interval drew {ink:.3f} of the plot"
+
+
 def test_report_without_history_is_a_clear_error(tmp_path):
     r = _cli("report", str(tmp_path), "--out", str(tmp_path / "out"))
     assert r.returncode == 2 and "history.csv does not exist" in r.stderr and "Traceback" not in r.stderr
