@@ -23,7 +23,7 @@ class NodeMetrics:
         self.duplicates = Counter("edge_duplicates", "resent samples answered from the ledger or already queued", registry=r)
         self.queue_depth = Gauge("edge_queue_depth", "samples waiting for the learner", registry=r)
         self.in_flight = Gauge("edge_credit_in_flight", "samples accepted but not yet acknowledged, all devices", registry=r)
-        self.devices = Gauge("edge_devices", "devices that said hello and not bye", registry=r)
+        self.devices = Gauge("edge_devices", "devices with a live connection that said hello (and not bye)", registry=r)
         self.buffer_items = Gauge("edge_buffer_items", "items in the replay buffer", registry=r)
         self.buffer_bytes = Gauge("edge_buffer_bytes", "tensor bytes in the replay buffer", registry=r)
         self.update_seconds = Histogram(

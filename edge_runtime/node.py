@@ -229,6 +229,8 @@ class EdgeNode:
         self.metrics_port: int | None = None
         self.decided_total = 0
         self.metrics.queue_bytes.set_function(lambda: self._queued_bytes)  # read when scraped, no per-sample cost
+        self.metrics.queue_depth.set_function(lambda: len(self._queue))  # the same: exact whenever it is read
+        self.metrics.devices.set_function(self._connected)
         self._arrivals = self.observer.arrivals
         self._known_devices = len(self.ledger.next_seqs())  # devices with a ledger row (learner thread adds)
 
@@ -497,7 +499,8 @@ class EdgeNode:
             else:
                 self._error(sock, rid, None, "no_hello", "send hello first (on every new connection)")
         elif isinstance(msg, wire.Bye):
-            if dev is not None and dev.contract is not None:
+            if dev is not None and (dev.contract is not None or dev.conn == -1):
+                # a bye read after its connection's disconnect event still frees the state
                 dev.bye = True
                 dev.contract = None
                 if not dev.pending:
@@ -559,7 +562,6 @@ class EdgeNode:
         dev = self._devices.get(rid)
         if dev is None:
             dev = self._devices[rid] = DeviceState(device, SeqTracker(reader.next_seq(device)))
-            self.metrics.devices.set(len(self._devices))
         if key is not None and device not in self._bound:
             self._bound[device] = key
             self._to_bind.append((device, key))
@@ -664,7 +666,6 @@ class EdgeNode:
                 self._free(rid)
         if by_rid:
             self.metrics.in_flight.set(self._in_flight)
-            self.metrics.queue_depth.set(len(self._queue))
 
     def _connection_events(self, monitor: zmq.Socket) -> None:
         """Forget the hello done on a connection (fd) that was closed: its fd may come back for another one."""
@@ -675,6 +676,15 @@ class EdgeNode:
             if dev is not None and dev.conn == int(event["value"]):
                 dev.contract, dev.conn, dev.key = None, -1, None
 
+    def _connected(self) -> int:
+        """Devices with a live, welcomed connection (the ``edge_devices`` gauge, computed when read)."""
+        for _ in range(10):  # read from the metrics / observer thread while the IO thread may change the dict
+            try:
+                return sum(1 for dev in list(self._devices.values()) if dev.contract is not None)
+            except RuntimeError:
+                continue
+        return len(self._devices)
+
     # ------------------------------------------------------------------ IO thread: bounded state
     def _free(self, rid: bytes) -> None:
         """Drop a device's state (bye, or idle past node.device_idle_s); its ledger rows stay."""
@@ -683,7 +693,6 @@ class EdgeNode:
             del self._by_conn[dev.conn]
         self._bound.pop(dev.device, None)
         self._forget.append(dev.device)
-        self.metrics.devices.set(len(self._devices))
         log.debug("device state freed", extra={"event": "device_freed", "device": dev.device})
 
     def _sweep_idle(self, now: float) -> None:
