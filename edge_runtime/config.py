@@ -90,6 +90,8 @@ class TrainingConfig(_Section):
     teacher_every: int | None = Field(200, ge=1, description="refresh the teacher every N updates (None: never)")
     teacher_on_new_class: bool = True
     replay_steps: int = Field(1, ge=1, le=64, description="optimiser steps per micro-batch")
+    fuse_forward: bool = Field(True, description="one forward for the incoming and replayed rows of an update (exact for models "
+                                                 "without batch statistics, like the built-in one; turn off for a model with BatchNorm)")
     amp: Literal["off", "auto", "bf16", "fp16"] = Field(
         "off", description="mixed precision on CUDA (auto: bf16 where supported, else fp16); CPU always runs float32")
     teacher_dtype: Literal["float32", "bfloat16", "float16"] = Field(

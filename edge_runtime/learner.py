@@ -173,9 +173,12 @@ class Learner:
         times = self.times
         t0 = time.perf_counter()
         batch = self._to_device(collate(samples))
+        # A replay policy whose plan cannot depend on this batch plans now, so that the first
+        # update's replay rows share the prediction forward (one forward instead of two).
+        ahead = self._plan_replay() if self.replay.plans_ahead and self.config.training.fuse_forward else None
         t1 = time.perf_counter()
         times.data += t1 - t0
-        out = self._predict_and_record(batch)
+        out, replayed = self._predict_and_record(batch, samples, ahead)
         rows = self._untrained_verdicts(batch, positions, verdicts)
         t2 = time.perf_counter()
         times.model += t2 - t1
@@ -187,19 +190,45 @@ class Learner:
         chosen = rows if self.policy_settings.train_on == "all" else rows.index_select(0, selection.indices.to(self.device))
         t3 = time.perf_counter()
         times.select += t3 - t2
-        self._losses_and_update(out, batch, chosen, present, selection)
+        self._losses_and_update(out, batch, samples, chosen, present, selection, ahead, replayed)
         t5 = time.perf_counter()
         self._admit_and_verdicts(samples, positions, rows, selection, verdicts)
         times.buffer += time.perf_counter() - t5
 
-    def _predict_and_record(self, batch: Batch) -> ModelOutput:
-        """Step 1: forward with the current model; prequential and held-out accuracy into ``self.metrics``."""
+    def _predict_and_record(self, batch: Batch, samples: list[Sample], ahead: ReplayPlan | None) -> tuple[ModelOutput, Forwarded | None]:
+        """Step 1: forward with the current model; prequential and held-out accuracy into ``self.metrics``.
+
+        With a replay plan made ahead, its samples go through the same forward (their rows come
+        after the incoming ones); returns the incoming outputs and that replay forward (or None).
+        """
         self.model.train()
-        with self._autocast():
-            out = self.model(*batch.inputs())
+        replayed = None
+        if ahead is not None and ahead.samples:
+            (out,), replayed = self._forward_fused([samples], ahead.samples)
+        else:
+            with self._autocast():
+                out = self.model(*batch.inputs())
         with torch.no_grad():
             self.metrics.update(batch.labels, out.logits.argmax(dim=1), batch.is_eval)
-        return out
+        return out, replayed
+
+    def _forward_fused(self, parts: list[list[Sample]], replay: list[Sample]) -> tuple[list[ModelOutput], Forwarded]:
+        """One forward with gradients of ``parts`` and then ``replay`` stacked as one batch.
+
+        Returns the outputs of each part and the replay rows' :class:`Forwarded`.  Exact per
+        sample: the encoders are padding-invariant and have no batch statistics (GroupNorm).
+        """
+        sizes = [len(p) for p in parts]
+        b = self._to_device(collate([s for p in parts for s in p] + list(replay)))
+        with self._autocast():
+            out = self.model(*b.inputs())
+        bounds = [0]
+        for n in sizes:
+            bounds.append(bounds[-1] + n)
+        outs = [ModelOutput(*(t[lo:hi] for t in out)) for lo, hi in zip(bounds, bounds[1:])]
+        n = bounds[-1]
+        rep = Forwarded(ModelOutput(*(t[n:] for t in out)), b.labels[n:], tuple(t[n:] for t in b.inputs()))
+        return outs, rep
 
     def _untrained_verdicts(self, batch: Batch, positions: list[int], verdicts: list[str]) -> torch.Tensor:
         """Verdicts of the rows nothing is learned from (eval, unlabelled); returns the labelled train rows."""
@@ -238,17 +267,19 @@ class Learner:
             self.replay.observe(ctx)
         return selection
 
-    def _losses_and_update(self, out: ModelOutput, batch: Batch, chosen: torch.Tensor, present: torch.Tensor, selection: Selection) -> None:
+    def _losses_and_update(self, out: ModelOutput, batch: Batch, samples: list[Sample], chosen: torch.Tensor, present: torch.Tensor,
+                           selection: Selection, ahead: ReplayPlan | None = None, replayed: Forwarded | None = None) -> None:
         """Steps 5-6: ``training.replay_steps`` optimiser steps, each on the sum of the loss terms
-        (incoming CE, replay CE, KD, the policies' own terms) with a fresh replay plan."""
+        (incoming CE, replay CE, KD, the policies' own terms) with a fresh replay plan (the first
+        one may have been made ahead, with its forward ``replayed``)."""
         t0 = time.perf_counter()
-        plan = self._plan_replay()
+        plan = ahead if ahead is not None else self._plan_replay()
         t1 = time.perf_counter()
         self.times.buffer += t1 - t0
         if chosen.numel() or plan.samples or plan.extra:
-            self._update(out, batch, chosen, present, plan, selection)
+            self._update(out, batch, samples, chosen, present, plan, selection, replayed)
             for _ in range(self.config.training.replay_steps - 1):
-                self._update(None, batch, chosen, present, self._plan_replay(), selection)
+                self._update(None, batch, samples, chosen, present, self._plan_replay(), selection)
             self.stats.updates += 1
         self.times.model += time.perf_counter() - t1
 
@@ -305,20 +336,33 @@ class Learner:
             return batch.pin_memory().to(self.device, non_blocking=True)
         return batch.to(self.device)
 
-    def _update(self, out: ModelOutput | None, batch: Batch, chosen: torch.Tensor, present: torch.Tensor, plan: ReplayPlan,
-                selection: Selection) -> None:
-        """One optimiser step on the sum of the loss terms; ``out`` is the step-1 forward (None: forward again)."""
+    def _update(self, out: ModelOutput | None, batch: Batch, samples: list[Sample], chosen: torch.Tensor, present: torch.Tensor,
+                plan: ReplayPlan, selection: Selection, replayed: Forwarded | None = None) -> None:
+        """One optimiser step on the sum of the loss terms.
+
+        ``out`` is the step-1 forward (None: forward again) and ``replayed`` the replay forward made
+        with it (None: the replay rows get their own forward, or share one with the incoming rows
+        when ``training.fuse_forward`` is on and both are trained on).
+        """
+        fused: dict[str, Forwarded | None] = {}
+        if out is None and replayed is None and chosen.numel() and plan.samples and self.config.training.fuse_forward:
+            sub = [samples[i] for i in chosen.tolist()]
+            (inc_out,), replayed = self._forward_fused([sub], plan.samples)
+            fused["incoming"] = Forwarded(inc_out, batch.labels.index_select(0, chosen))
 
         def incoming() -> Forwarded | None:
             if not chosen.numel():
                 return None
+            if "incoming" in fused:
+                return fused["incoming"]
             if out is None:
                 sub_batch = batch.index(chosen)
                 with self._autocast():
                     return Forwarded(self.model(*sub_batch.inputs()), sub_batch.labels)
             return Forwarded(ModelOutput(*(t.index_select(0, chosen) for t in out)), batch.labels.index_select(0, chosen))
 
-        step = UpdateStep(incoming=incoming, present=present, plan=plan, selection=selection, forward_samples=self._forward_samples)
+        step = UpdateStep(incoming=incoming, present=present, plan=plan, selection=selection, forward_samples=self._forward_samples,
+                          replay=(lambda: replayed) if replayed is not None else None)
         loss = total_loss(self.terms, step, self.device)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()  # a pass-through unless fp16 AMP is on

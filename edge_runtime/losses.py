@@ -45,11 +45,16 @@ class UpdateStep:
     * ``plan``: the replay policy's plan (``plan.extra`` is that policy's own payload);
     * ``selection``: the admission policy's :class:`~edge_runtime.selection.base.Selection` of this batch;
     * ``forward(samples) -> (output, labels)``: a forward with gradients of any other samples.
+
+    ``replay`` (optional) computes the replay forward instead of ``forward_samples(plan.samples)``:
+    the learner passes it when the replay rows went through the model together with the incoming ones.
     """
 
     def __init__(self, *, incoming: Callable[[], Forwarded | None], present: torch.Tensor, plan: "ReplayPlan",
-                 selection: "Selection | None", forward_samples: Callable[[Sequence["Sample"]], tuple["Batch", "ModelOutput"]]) -> None:
+                 selection: "Selection | None", forward_samples: Callable[[Sequence["Sample"]], tuple["Batch", "ModelOutput"]],
+                 replay: Callable[[], Forwarded | None] | None = None) -> None:
         self._incoming = incoming
+        self._replay = replay
         self.present = present
         self.plan = plan
         self.selection = selection
@@ -63,6 +68,8 @@ class UpdateStep:
     def replay(self) -> Forwarded | None:
         if not self.plan.samples:
             return None
+        if self._replay is not None:
+            return self._replay()
         batch, out = self._forward_samples(self.plan.samples)
         return Forwarded(out, batch.labels, batch.inputs())
 

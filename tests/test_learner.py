@@ -118,3 +118,33 @@ def test_state_version_is_checked():
     state["version"] = 99
     with pytest.raises(ValueError, match="version"):
         learner.load_state_dict(state)
+
+
+def _count_forwards(learner) -> list[int]:
+    """Forward calls of the learner's model, with the number of rows of each."""
+    rows: list[int] = []
+    learner.model.register_forward_hook(lambda _m, args, _out: rows.append(int(args[0].shape[0])))
+    return rows
+
+
+@pytest.mark.parametrize("settings", [{"training": {"replay_steps": 1}},
+                                      {"training": {"replay_steps": 3}, "selection": {"train_on": "all"}},
+                                      {"training": {"replay_steps": 2}, "replay": {"policy": "bss"}}])
+def test_fused_forward_matches_separate_forwards(synthetic, settings):
+    """training.fuse_forward: incoming and replayed rows share one forward, and the updates are the
+    separate forwards' updates (same verdicts, weights equal to float rounding)."""
+    samples = stream(synthetic, class_incremental(synthetic.labels()[:480], 2, seed=0).indices)
+    learners, forwards, verdicts = {}, {}, {}
+    for fuse in (False, True):
+        learners[fuse] = Learner(config_from_dict({**settings, "training": {**settings["training"], "fuse_forward": fuse},
+                                                   "buffer": {"max_items": 64}}))
+        forwards[fuse] = _count_forwards(learners[fuse])
+        verdicts[fuse] = _feed(learners[fuse], samples)
+    assert verdicts[True] == verdicts[False]
+    a, b = (torch.cat([p.detach().flatten() for p in learners[f].model.parameters()]) for f in (False, True))
+    assert torch.allclose(a, b, atol=1e-5), (a - b).abs().max()
+    assert learners[True].stats.updates == learners[False].stats.updates > 0
+    # fewer, larger forwards: with replay, an update's incoming and replay rows went through together
+    assert len(forwards[True]) < len(forwards[False])
+    assert sum(forwards[True]) == sum(forwards[False])
+    assert max(forwards[True]) > 32

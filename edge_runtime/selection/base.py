@@ -113,6 +113,9 @@ class ReplayPolicy:
     """
 
     loss: LossTerm | None = None
+    #: True when ``plan`` depends on neither ``observe`` of the current batch nor ``forward``: the
+    #: learner may then plan an update's replay before the step's forward and share that forward.
+    plans_ahead: bool = False
 
     def observe(self, ctx: StepContext) -> None:
         return None

@@ -16,6 +16,7 @@ class UniformSettings(ReplaySettings):
 
 class UniformReplay(ReplayPolicy):
     Settings = UniformSettings
+    plans_ahead = True  # a uniform draw from the buffer, whatever the batch
 
     def __init__(self, cfg: UniformSettings, replay_batch_size: int, seed: int = 0) -> None:
         self.cfg = cfg
