@@ -87,6 +87,14 @@ def _held_out_accuracy(config: Config, state: Path, test_samples: int, seed: int
     return learner.evaluate(dataset.test_set(test_samples))
 
 
+def describe_policies(config: Config) -> str:
+    """One line naming the admission, retention and replay policies the node runs, with their own settings."""
+    own = {k: v for k, v in config.selection.model_dump().items() if k != "policy"}
+    settings = ", ".join(f"{k} {v}" for k, v in own.items())
+    return (f"admission {config.selection.policy} ({settings}), retention {config.buffer.retention} "
+            f"({config.buffer.max_items} items), replay {config.replay.policy}")
+
+
 def run_demo(
     config: Config,
     out: Path,
@@ -102,6 +110,8 @@ def run_demo(
 ) -> dict[str, Any]:
     """Run the node + devices demo; returns the report (also written to ``out/report.json``)."""
     out.mkdir(parents=True, exist_ok=True)
+    if progress:
+        print(f"edge-node demo: {describe_policies(config)}", flush=True)
     started = time.perf_counter()
     node, info, node_log = start_node(config, out)
     devices_json = out / "demo-devices.json"
@@ -146,6 +156,7 @@ def run_demo(
         "node_log": str(node_log),
         "state_dir": str(state),
         "policy": config.selection.policy,
+        "policies": describe_policies(config),
     }
     from edge_runtime.report import write_report
 
@@ -170,6 +181,7 @@ def _print_table(r: dict[str, Any], chance: float) -> None:
         ("held-out accuracy, all classes", f"{_fmt(r['held_out_accuracy'])}  (chance {chance:.3f})"),
         ("audio-only / visual-only", f"{_fmt(r['held_out_audio_accuracy'])} / {_fmt(r['held_out_visual_accuracy'])}"),
         ("replay buffer", f"{r['buffer_items']} items, {r['buffer_bytes'] / 1024:.0f} KiB, per class {r['buffer_classes']}"),
+        ("policies", r["policies"]),
         ("updates", str(r["updates"])),
         ("wall time", f"{r['wall_seconds']:.1f} s"),
         ("plots (HTML)", r["html_report"]),

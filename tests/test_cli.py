@@ -53,6 +53,11 @@ def test_demo_runs_node_and_devices_and_report_adds_up(tmp_path):
     assert 0.0 <= report["held_out_accuracy"] <= 1.0
     assert report["updates"] > 0 and report["wall_seconds"] > 0
     assert "demo summary" in r.stdout
+    from edge_runtime.config import load_config
+
+    defaults = load_config(None)  # the demo says which policies it ran: the built-in defaults here
+    assert f"admission {defaults.selection.policy} (" in r.stdout and f"retention {defaults.buffer.retention} (" in r.stdout
+    assert report["policies"].startswith(f"admission {defaults.selection.policy} (")
 
 
 def test_device_sim_lists_and_inspects_synthetic():
