@@ -14,7 +14,9 @@ and ``mbs-pooled-abs-log`` (the ``keep_ratio * n`` smallest deviations regardles
 balanced of the largest class), ``all-mbs-retention`` (``selection.policy: all`` with
 ``buffer.retention: mbs``: the deviation is absent, so the rule ranks nothing), ``mbs-trim``
 (drop only the 20 % most one-sided, |log MBS| around 1: suggested by the diagnosis, where the far
-tail is two-thirds corrupted but the bulk overlaps) and ``random``
+tail is two-thirds corrupted but the bulk overlaps), ``mbs-gap`` and ``mbs-gap-trim`` (keep the half,
+or drop the fifth, of largest confidence gap ``|p_audio - p_video|``: balance without the ratio's
+blow-up on hard samples, also suggested by the diagnosis) and ``random``
 (keep a random half: the control for "keeping half").
 
 Streams (:data:`device_sim.scenario.STREAMS`): clean, corrupted-video-25/50, corrupted-audio-25/50,
@@ -23,8 +25,9 @@ weak-video, weak-audio.
 For every (stream, size, variant) the paired differences ``acc(variant, s) - acc(cbrs, s)`` over
 the seeds both have: their mean and 95 % Student-t interval; a **win** only when the interval is
 above zero, a **loss** when below, else a tie.  Writes ``results.csv`` (one row per run;
-resumable), ``paired.csv``, ``paired_vs_buffer.png``, ``accuracy_vs_buffer.png``, and prints the
-markdown tables (``--table`` prints them from the CSV without running anything).
+resumable), ``paired.csv``, ``paired_vs_buffer.png``, ``accuracy_vs_buffer.png`` and ``tables.md``
+(the markdown tables it prints: one per stream, then who wins where and the issue's goal check;
+``--table`` prints them from the CSV without running anything).
 
 Usage: python benchmarks/balance_sweep.py --out docs/results/balance_sweep --jobs 2 [--seeds 10] [--quick]
 """
@@ -56,8 +59,16 @@ VARIANTS: dict[str, dict] = {
     "cbrs-mbs-evict": {"selection": {"policy": "mbs-pooled", "keep_ratio": 1.0, **ABS_LOG}, "buffer": {"retention": "mbs"}},
     "all-mbs-retention": {"selection": {"policy": "all"}, "buffer": {"retention": "mbs"}},
     "mbs-trim": {"selection": {"policy": "mbs-pooled", "keep_ratio": 0.8, **ABS_LOG}},
+    "mbs-gap": {"selection": {"policy": "mbs-gap", "keep_ratio": 0.5}},
+    "mbs-gap-trim": {"selection": {"policy": "mbs-gap", "keep_ratio": 0.8}},
     "random": {"selection": {"policy": "random"}},
 }
+#: variants that use the MBS (the others are controls: ``random`` keeps a random half, ``all-mbs-retention``
+#: ranks no deviation and so evicts the oldest item of the largest class)
+MBS_FAMILY = ["mbs", "mbs-paper-split", "mbs-abs-log", "mbs-pooled", "mbs-pooled-abs-log", "mbs-class", "cbrs-mbs-evict", "mbs-trim", "mbs-gap", "mbs-gap-trim"]
+#: the issue's goal: a win on both corrupted streams at 100 and 200 items, no loss on the clean stream there
+GOAL_WIN = [(st, size) for st in ("corrupted-video-50", "corrupted-audio-50") for size in (100, 200)]
+GOAL_NO_LOSS = [("clean", 100), ("clean", 200)]
 SIZES = "50,100,200,500"
 KEY = ["dataset", "stream", "variant", "buffer_items", "seed"]
 FIELDS = KEY + ["final_accuracy", "average_incremental_accuracy", "forgetting", "audio_only_accuracy", "visual_only_accuracy",
@@ -121,10 +132,56 @@ def tables(pairs: list[dict]) -> str:
                 if p is None:
                     cells.append("")
                     continue
-                text = f"{100 * p['mean_diff']:+.1f} [{100 * p['ci_low']:+.1f}, {100 * p['ci_high']:+.1f}]"
+                text = _cell(p)
                 cells.append(f"**{text}**" if p["verdict"] == "win" else f"_{text}_" if p["verdict"] == "loss" else text)
             lines.append(f"| {v} | " + " | ".join(cells) + " |")
         lines.append("")
+    return "\n".join(lines)
+
+
+def _cell(p: dict) -> str:
+    return f"{100 * p['mean_diff']:+.1f} [{100 * p['ci_low']:+.1f}, {100 * p['ci_high']:+.1f}]"
+
+
+def winners(pairs: list[dict]) -> str:
+    """Where each variant wins: per (stream, size) the variants whose interval is above zero, or the
+    best mean difference when none is; then the goal check over :data:`MBS_FAMILY`."""
+    lines = [f"**Who beats {REFERENCE}** (paired difference in points, mean [95% CI]; _none_: no interval above 0, "
+             "the best mean shown)", ""]
+    keys = sorted({(p["dataset"], p["stream"]) for p in pairs}, key=lambda k: (k[0], streams().index(k[1]) if k[1] in streams() else 99))
+    sizes = sorted({p["buffer_items"] for p in pairs})
+    lines += ["| stream | " + " | ".join(str(s) for s in sizes) + " |", "| --- |" + " --- |" * len(sizes)]
+    for dataset, stream in keys:
+        cells = []
+        for size in sizes:
+            mine = [p for p in pairs if (p["dataset"], p["stream"], p["buffer_items"]) == (dataset, stream, size)]
+            if not mine:
+                cells.append("")
+                continue
+            wins = sorted((p for p in mine if p["verdict"] == "win"), key=lambda p: -p["mean_diff"])
+            if wins:
+                cells.append("; ".join(f"**{p['variant']}** {_cell(p)}" for p in wins))
+            else:
+                best = max(mine, key=lambda p: p["mean_diff"])
+                cells.append(f"_none_ (best {best['variant']} {_cell(best)})")
+        lines.append(f"| {stream} | " + " | ".join(cells) + " |")
+    lines.append("")
+    by = {(p["stream"], p["buffer_items"], p["variant"]): p for p in pairs}
+    complete = [v for v in MBS_FAMILY if all((st, z, v) in by for st, z in GOAL_WIN + GOAL_NO_LOSS)]
+    if not complete:
+        return "\n".join(lines + ["Goal check: the sweep has not run the goal cells (corrupted-video-50, corrupted-audio-50 and clean at 100 and 200 items)."])
+    met = [v for v in complete if all(by[(st, z, v)]["verdict"] == "win" for st, z in GOAL_WIN)
+           and all(by[(st, z, v)]["verdict"] != "loss" for st, z in GOAL_NO_LOSS)]
+    if met:
+        lines.append("Goal check: **met** by " + ", ".join(met) + ".")
+    else:
+        # the closest: the variant whose worst corrupted-stream cell is least bad
+        worst = {v: min((by[(st, z, v)] for st, z in GOAL_WIN), key=lambda p: p["mean_diff"]) for v in complete}
+        v = max(worst, key=lambda v: worst[v]["mean_diff"])
+        w = worst[v]
+        lines.append(f"Goal check: **not met** by any MBS variant. Closest: {v}, whose worst goal cell is "
+                     f"{w['stream']} at {w['buffer_items']} items, {_cell(w)} points "
+                     f"({sum(by[(st, z, v)]['verdict'] == 'win' for st, z in GOAL_WIN)} of {len(GOAL_WIN)} corrupted cells won).")
     return "\n".join(lines)
 
 
@@ -226,7 +283,9 @@ def main(argv: list[str] | None = None) -> int:
         w.writeheader()
         for p in pairs:
             w.writerow({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in p.items()})
-    print(tables(pairs))
+    report = tables(pairs) + "\n" + winners(pairs) + "\n"
+    (args.out / "tables.md").write_text(report)
+    print(report)
     if pairs:
         for path in plot(mine, pairs, args.out):
             print(f"wrote {path}")

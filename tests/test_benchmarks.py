@@ -240,3 +240,30 @@ def test_balance_diagnosis_quick(tmp_path):
             assert int(b["selected"]) <= 16  # Algorithm 1: floor(0.5 * 32 / 2) per side
     assert "| cbrs |" in stdout and "| mbs |" in stdout
     _png_ok(out / "diagnosis.png")
+
+
+def test_balance_sweep_winners_and_goal_check():
+    """Who wins where lists only intervals above zero; the goal needs wins on all four corrupted cells
+    and no loss on clean, else the closest variant is the one whose worst corrupted cell is least bad."""
+    from benchmarks.balance_sweep import GOAL_NO_LOSS, GOAL_WIN, winners
+
+    def pair(variant, stream, size, m, lo, hi):
+        verdict = "win" if lo > 0 else "loss" if hi < 0 else "tie"
+        return {"dataset": "avdigits", "stream": stream, "buffer_items": size, "variant": variant, "seeds": 10,
+                "mean_diff": m, "ci_low": lo, "ci_high": hi, "verdict": verdict}
+
+    good = [pair("mbs-trim", st, z, 0.02, 0.01, 0.03) for st, z in GOAL_WIN] + [pair("mbs-trim", st, z, -0.01, -0.02, 0.005) for st, z in GOAL_NO_LOSS]
+    # mbs wins three corrupted cells; its worst is -3 points
+    bad = [pair("mbs", st, z, 0.01, 0.004, 0.02) for st, z in GOAL_WIN[:3]] + [pair("mbs", *GOAL_WIN[3], -0.03, -0.05, -0.01)]
+    bad += [pair("mbs", st, z, 0.0, -0.01, 0.01) for st, z in GOAL_NO_LOSS]
+    # mbs-pooled never loses more than 2 points but wins nothing
+    pooled = [pair("mbs-pooled", st, z, -0.02, -0.03, -0.01) for st, z in GOAL_WIN] + [pair("mbs-pooled", st, z, 0.0, -0.01, 0.01) for st, z in GOAL_NO_LOSS]
+    text = winners(good + bad)
+    assert "Goal check: **met** by mbs-trim." in text
+    row = next(line for line in text.splitlines() if line.startswith("| corrupted-video-50 |"))
+    assert "**mbs-trim** +2.0 [+1.0, +3.0]; **mbs** +1.0 [+0.4, +2.0]" in row  # every win, best first
+    clean = next(line for line in text.splitlines() if line.startswith("| clean |"))
+    assert "_none_ (best mbs +0.0 [-1.0, +1.0])" in clean
+    text = winners(bad + pooled)
+    assert "**not met**" in text and "Closest: mbs-pooled" in text and "-2.0 [-3.0, -1.0]" in text and "(0 of 4 corrupted cells won)" in text
+    assert "has not run the goal cells" in winners(bad[:2])

@@ -1,6 +1,7 @@
 """The MBS family's variants (issue 14) against direct computations on hand-made batches:
 Algorithm 1 split at 1 (the paper's lines 13-16), the absolute centre with log deviation,
-pooled selection, per-class selection, and MBS-aware retention fed by the pooled deviations."""
+pooled selection, per-class selection, the confidence gap, and MBS-aware retention fed by the
+pooled deviations."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from edge_runtime.selection import build_policy
 from edge_runtime.selection.base import StepContext
 from edge_runtime.selection.mbs import MBSSettings, select_with_deviation
 from edge_runtime.selection.mbs_class import MBSClassPolicy, MBSClassSettings, select_per_class
+from edge_runtime.selection.mbs_gap import MBSGapPolicy, MBSGapSettings, select_gap
 from edge_runtime.selection.mbs_pooled import MBSPooledPolicy, MBSPooledSettings, select_pooled
 from edge_runtime.wire import Sample
 
@@ -160,12 +162,49 @@ def test_per_class_one_sided_class_ties_and_policy():
         select_per_class(T(v), torch.tensor([0, 1]), 0.5)
 
 
+# --------------------------------------------------------------- confidence gap |p_a - p_v|
+def test_gap_keeps_the_smallest_confidence_gaps_where_the_ratio_would_not():
+    # row 0: hard but balanced (0.2 / 0.1: MBS 2, gap 0.1); row 1: one-sided (0.9 / 0.3: MBS 3, gap 0.6);
+    # row 2: easy (0.9 / 0.85); row 3: one-sided the other way (0.1 / 0.8); row 4: hard (0.05 / 0.2)
+    pa, pv = [0.2, 0.9, 0.9, 0.1, 0.05], [0.1, 0.3, 0.85, 0.8, 0.2]
+    gap = [abs(a - b) for a, b in zip(pa, pv)]
+    for keep, k in ((0.6, 3), (0.8, 4), (0.5, 2), (0.01, 1)):
+        idx, dev = select_gap(T(pa), T(pv), keep)
+        assert idx.tolist() == _smallest(range(5), gap, k)
+        assert np.allclose(dev.numpy(), gap)
+    assert select_gap(T(pa), T(pv), 0.6)[0].tolist() == [0, 2, 4]  # both hard rows kept, both one-sided dropped
+    # the ratio's |log MBS| ranks the hard row 0 (log 2) as far as the one-sided row 3 (log 7) is not:
+    log_dev = [abs(math.log(a / b)) for a, b in zip(pa, pv)]
+    assert _smallest(range(5), log_dev, 3) != [0, 2, 4]
+
+
+def test_gap_ties_all_on_one_side_nan_and_policy():
+    # ties go to the lower index; every row with p_a > p_v (all on one side) is still ranked by its gap
+    idx, _ = select_gap(T([0.5, 0.7, 0.6, 0.9]), T([0.3, 0.5, 0.4, 0.1]), 0.5)
+    assert idx.tolist() == [0, 1]  # gaps 0.2, 0.2, 0.2, 0.8: the first two of the tie
+    idx, dev = select_gap(T([0.5, float("nan"), 0.4]), T([0.5, 0.2, float("inf")]), 1.0)
+    assert idx.tolist() == [0] and math.isnan(dev[1]) and math.isnan(dev[2])
+    assert select_gap(T([]), T([]), 0.8)[0].numel() == 0
+    with pytest.raises(ValueError, match="same length"):
+        select_gap(T([0.1, 0.2]), T([0.1]), 0.5)
+    policy = MBSGapPolicy(MBSGapSettings())
+    assert policy.cfg.keep_ratio == 0.8
+    pa, pv = [0.9, 0.2, 0.5, 0.6, 0.95], [0.1, 0.25, 0.5, 0.3, 0.9]
+    sel = policy.select(_ctx(pa, pv, [0, 1, 0, 1, 0]))
+    assert sel.indices.tolist() == _smallest(range(5), [abs(a - b) for a, b in zip(pa, pv)], 4) == [1, 2, 3, 4]
+    assert torch.allclose(sel.deviation, T([abs(a - b) for a, b in zip(pa, pv)]).float())
+
+
 # --------------------------------------------------------------- config and retention
 def test_variants_load_from_config_and_name_their_keys():
     cfg = config_from_dict({"selection": {"policy": "mbs-pooled", "center": "one", "deviation": "log", "keep_ratio": 0.3}})
     assert isinstance(cfg.selection, MBSPooledSettings) and cfg.selection.keep_ratio == 0.3
     cfg = config_from_dict({"selection": {"policy": "mbs", "split": "one"}})
     assert cfg.selection.split == "one"
+    cfg = config_from_dict({"selection": {"policy": "mbs-gap", "keep_ratio": 0.7}})
+    assert isinstance(cfg.selection, MBSGapSettings) and cfg.selection.keep_ratio == 0.7
+    with pytest.raises(Exception, match="selection.center is not a setting of policy mbs-gap"):
+        config_from_dict({"selection": {"policy": "mbs-gap", "center": "one"}})
     with pytest.raises(Exception, match="selection.split is not a setting of policy mbs-pooled"):
         config_from_dict({"selection": {"policy": "mbs-pooled", "split": "one"}})
 

@@ -33,6 +33,7 @@ SELECTION: dict[str, str | type] = {
     "mbs": "edge_runtime.selection.mbs:MBSPolicy",
     "mbs-pooled": "edge_runtime.selection.mbs_pooled:MBSPooledPolicy",
     "mbs-class": "edge_runtime.selection.mbs_class:MBSClassPolicy",
+    "mbs-gap": "edge_runtime.selection.mbs_gap:MBSGapPolicy",
     "el2n": "edge_runtime.selection.el2n:EL2NPolicy",
     "grand": "edge_runtime.selection.grand:GraNdPolicy",
     "bmmal": "edge_runtime.selection.bmmal:BMMALPolicy",
