@@ -28,7 +28,7 @@ def test_help_explains_every_subcommand():
 
 
 def test_config_error_names_key_and_exits_2():
-    r = _run("-m", "edge_runtime.cli", "config", "--set", "selection.keep_ratio=2")
+    r = _run("-m", "edge_runtime.cli", "config", "--set", "selection.policy=mbs", "--set", "selection.keep_ratio=2")
     assert r.returncode == 2
     assert "selection.keep_ratio" in r.stderr
     assert "Traceback" not in r.stderr

@@ -20,8 +20,8 @@ def test_defaults_validate_and_match_default_yaml():
 @pytest.mark.parametrize(
     "data, key",
     [
-        ({"selection": {"keep_ratio": 1.5}}, "selection.keep_ratio"),
-        ({"selection": {"keep_ratio": 0}}, "selection.keep_ratio"),
+        ({"selection": {"policy": "mbs", "keep_ratio": 1.5}}, "selection.keep_ratio"),
+        ({"selection": {"policy": "mbs", "keep_ratio": 0}}, "selection.keep_ratio"),
         ({"buffer": {"max_items": 0}}, "buffer.max_items"),
         ({"prototypes": {"momentum": 1.0}}, "prototypes.momentum"),
         ({"training": {"lr": -1}}, "training.lr"),
@@ -38,7 +38,7 @@ def test_out_of_range_values_name_the_key(data, key):
 
 def test_unknown_keys_name_the_key():
     with pytest.raises(ConfigError) as err:
-        config_from_dict({"selection": {"keepratio": 0.3}, "bufer": {}})
+        config_from_dict({"selection": {"policy": "mbs", "keepratio": 0.3}, "bufer": {}})
     msg = str(err.value)
     assert "selection.keepratio is not a setting of policy mbs" in msg and "keep_ratio" in msg  # lists mbs's settings
     assert "bufer: unknown key" in msg
@@ -97,7 +97,7 @@ def test_unknown_policy_lists_the_choices():
 
 def test_yaml_file_and_overrides(tmp_path):
     f = tmp_path / "c.yaml"
-    f.write_text(yaml.safe_dump({"selection": {"keep_ratio": 0.3}, "buffer": {"max_items": 50}}))
+    f.write_text(yaml.safe_dump({"selection": {"policy": "mbs", "keep_ratio": 0.3}, "buffer": {"max_items": 50}}))
     cfg = load_config(f, ["buffer.retention=reservoir", "selection.keep_ratio=0.25"])
     assert cfg.selection.keep_ratio == 0.25
     assert cfg.buffer.max_items == 50
@@ -121,7 +121,7 @@ def test_bad_files_and_overrides_are_clear(tmp_path):
         load_config(None, ["buffer.max_items=many"])
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("**/*.yaml")), ids=lambda p: str(p.relative_to(ROOT / "configs")))
 def test_every_shipped_config_validates(path):
     cfg = load_config(path)
     assert cfg.selection.policy and cfg.replay.policy

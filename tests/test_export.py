@@ -36,7 +36,7 @@ TOL = 1e-4
 @pytest.fixture(scope="module")
 def trained(synthetic):
     """A learner trained on 1024 synthetic samples (32 micro-batches of 32), with its config."""
-    config = config_from_dict({"selection": {"keep_ratio": 1.0}})
+    config = config_from_dict({"selection": {"policy": "all"}})
     learner = Learner(config)
     samples = stream(synthetic, range(1024))
     for i in range(0, len(samples), 32):
@@ -217,7 +217,7 @@ def test_cli_export(trained, synthetic, tmp_path, capsys):
     learner, _ = trained
     ckpt = CheckpointManager(tmp_path).save({"learner": learner.state_dict()}, step=7)
     config_file = tmp_path / "node.yaml"
-    config_file.write_text("selection:\n  keep_ratio: 1.0\n")
+    config_file.write_text("selection:\n  policy: all\n")
     parser = argparse.ArgumentParser(prog="edge-node")
     sub = parser.add_subparsers(dest="command", required=True)
     add_export_parser(sub)

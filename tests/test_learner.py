@@ -24,7 +24,7 @@ def _feed(learner, samples, batch_size=32):
 
 def test_learns_synthetic_stream_above_chance(synthetic):
     samples = stream(synthetic, iid(synthetic.labels()[:3000], seed=1).indices)
-    learner = Learner(config_from_dict({"selection": {"keep_ratio": 0.5}}))
+    learner = Learner(config_from_dict({"selection": {"policy": "mbs", "keep_ratio": 0.5}}))
     hits = []
     for i in range(0, len(samples), 32):
         before = learner.metrics.prequential.correct
@@ -47,7 +47,7 @@ def test_verdicts_one_per_sample_and_counts_add_up(synthetic):
     for i in (10, 11, 12):
         samples[i].split = "eval"
     samples[20].label = None
-    learner = Learner(config_from_dict({"selection": {"keep_ratio": 0.5}, "buffer": {"max_items": 1000}}))
+    learner = Learner(config_from_dict({"selection": {"policy": "mbs", "keep_ratio": 0.5}, "buffer": {"max_items": 1000}}))
     verdicts = _feed(learner, samples)
     assert len(verdicts) == len(samples)
     assert verdicts[3] == "invalid:nan_inf"
@@ -68,13 +68,13 @@ def test_verdicts_one_per_sample_and_counts_add_up(synthetic):
 def test_buffer_histogram_follows_retention_policy(synthetic):
     order = class_incremental(synthetic.labels()[:2000], 2, seed=0)
     samples = stream(synthetic, order.indices)
-    balanced = Learner(config_from_dict({"buffer": {"max_items": 100, "retention": "class_balanced"}, "selection": {"keep_ratio": 1.0}}))
+    balanced = Learner(config_from_dict({"buffer": {"max_items": 100, "retention": "class_balanced"}, "selection": {"policy": "mbs", "keep_ratio": 1.0}}))
     _feed(balanced, samples)
     counts = balanced.buffer.class_counts()
     assert len(balanced.buffer) == 100 and len(counts) == 10
     assert max(counts.values()) - min(counts.values()) <= 1, counts
 
-    reservoir = Learner(config_from_dict({"buffer": {"max_items": 100, "retention": "reservoir"}, "selection": {"keep_ratio": 1.0}}))
+    reservoir = Learner(config_from_dict({"buffer": {"max_items": 100, "retention": "reservoir"}, "selection": {"policy": "mbs", "keep_ratio": 1.0}}))
     _feed(reservoir, samples)
     # Reservoir keeps a uniform sample of everything offered: per task, the expected share is the
     # task's share of offered samples (about 1/5); allow generous sampling noise.
@@ -90,7 +90,7 @@ def test_buffer_histogram_follows_retention_policy(synthetic):
 def test_state_dict_round_trip_gives_identical_next_step(synthetic, confidence):
     cfg = config_from_dict({
         "prototypes": {"confidence": confidence},
-        "selection": {"center": "running"},
+        "selection": {"policy": "mbs", "center": "running"},
         "buffer": {"max_items": 40, "retention": "mbs"},
         "training": {"teacher_every": 3},
     })

@@ -322,7 +322,7 @@ def test_every_policy_runs_through_observe_from_config(synthetic, section, name)
     if section == "selection" and name == "all":
         assert used == 192
     elif section == "selection" and name != "mbs":
-        assert used == 6 * math.floor(0.5 * 32)  # keep_ratio 0.5 of each batch
+        assert used == 6 * math.floor(cfg.selection.keep_ratio * 32)  # the policy's default keep_ratio of each batch
     assert learner.stats.updates == 6 and 0 < len(learner.buffer) <= 40
     state = learner.state_dict()
     clone = Learner(cfg)

@@ -6,14 +6,17 @@ from typing import Literal
 
 import torch
 
+from pydantic import Field
+
 from edge_runtime.selection.base import Selection, SelectionPolicy, StepContext
 from edge_runtime.selection.settings import SelectionSettings
 
 
 class AllSettings(SelectionSettings):
-    """``all`` has no settings of its own (it keeps everything)."""
+    """``all`` has no settings of its own (it keeps everything, so it trains on everything)."""
 
     policy: Literal["all"] = "all"
+    train_on: Literal["selected", "all"] = Field("all", description="the same either way: every row is selected")
 
 
 class KeepAllPolicy(SelectionPolicy):

@@ -48,7 +48,7 @@ REPLAY: dict[str, str | type] = {
 
 TABLES: dict[str, dict[str, str | type]] = {"selection": SELECTION, "replay": REPLAY}
 #: The policy a section gets when it names none.
-DEFAULT: dict[str, str] = {"selection": "mbs", "replay": "uniform"}
+DEFAULT: dict[str, str] = {"selection": "all", "replay": "uniform"}
 BASES: dict[str, type[PolicySettings]] = {"selection": SelectionSettings, "replay": ReplaySettings}
 
 
