@@ -175,7 +175,8 @@ class Learner:
         batch = self._to_device(collate(samples))
         # A replay policy whose plan cannot depend on this batch plans now, so that the first
         # update's replay rows share the prediction forward (one forward instead of two).
-        ahead = self._plan_replay() if self.replay.plans_ahead and self.config.training.fuse_forward else None
+        trains = any(x.label is not None and x.split != "eval" for x in samples)  # else no update: plan nothing
+        ahead = self._plan_replay() if trains and self.replay.plans_ahead and self.config.training.fuse_forward else None
         t1 = time.perf_counter()
         times.data += t1 - t0
         out, replayed = self._predict_and_record(batch, samples, ahead)
@@ -204,7 +205,7 @@ class Learner:
         self.model.train()
         replayed = None
         if ahead is not None and ahead.samples:
-            (out,), replayed = self._forward_fused([samples], ahead.samples)
+            out, replayed = self._forward_fused(samples, ahead.samples)
         else:
             with self._autocast():
                 out = self.model(*batch.inputs())
@@ -212,23 +213,18 @@ class Learner:
             self.metrics.update(batch.labels, out.logits.argmax(dim=1), batch.is_eval)
         return out, replayed
 
-    def _forward_fused(self, parts: list[list[Sample]], replay: list[Sample]) -> tuple[list[ModelOutput], Forwarded]:
-        """One forward with gradients of ``parts`` and then ``replay`` stacked as one batch.
+    def _forward_fused(self, incoming: list[Sample], replay: list[Sample]) -> tuple[ModelOutput, Forwarded]:
+        """One forward with gradients of ``incoming`` and then ``replay`` stacked as one batch.
 
-        Returns the outputs of each part and the replay rows' :class:`Forwarded`.  Exact per
+        Returns the incoming rows' outputs and the replay rows' :class:`Forwarded`.  Exact per
         sample: the encoders are padding-invariant and have no batch statistics (GroupNorm).
         """
-        sizes = [len(p) for p in parts]
-        b = self._to_device(collate([s for p in parts for s in p] + list(replay)))
+        n = len(incoming)
+        b = self._to_device(collate(list(incoming) + list(replay)))
         with self._autocast():
             out = self.model(*b.inputs())
-        bounds = [0]
-        for n in sizes:
-            bounds.append(bounds[-1] + n)
-        outs = [ModelOutput(*(t[lo:hi] for t in out)) for lo, hi in zip(bounds, bounds[1:])]
-        n = bounds[-1]
         rep = Forwarded(ModelOutput(*(t[n:] for t in out)), b.labels[n:], tuple(t[n:] for t in b.inputs()))
-        return outs, rep
+        return ModelOutput(*(t[:n] for t in out)), rep
 
     def _untrained_verdicts(self, batch: Batch, positions: list[int], verdicts: list[str]) -> torch.Tensor:
         """Verdicts of the rows nothing is learned from (eval, unlabelled); returns the labelled train rows."""
@@ -344,17 +340,16 @@ class Learner:
         with it (None: the replay rows get their own forward, or share one with the incoming rows
         when ``training.fuse_forward`` is on and both are trained on).
         """
-        fused: dict[str, Forwarded | None] = {}
+        fused: Forwarded | None = None
         if out is None and replayed is None and chosen.numel() and plan.samples and self.config.training.fuse_forward:
-            sub = [samples[i] for i in chosen.tolist()]
-            (inc_out,), replayed = self._forward_fused([sub], plan.samples)
-            fused["incoming"] = Forwarded(inc_out, batch.labels.index_select(0, chosen))
+            inc_out, replayed = self._forward_fused([samples[i] for i in chosen.tolist()], plan.samples)
+            fused = Forwarded(inc_out, batch.labels.index_select(0, chosen))
 
         def incoming() -> Forwarded | None:
             if not chosen.numel():
                 return None
-            if "incoming" in fused:
-                return fused["incoming"]
+            if fused is not None:
+                return fused
             if out is None:
                 sub_batch = batch.index(chosen)
                 with self._autocast():
