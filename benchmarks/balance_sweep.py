@@ -194,12 +194,14 @@ def plot(rows: list[dict], pairs: list[dict], out: Path) -> list[Path]:
         mine = [p for p in pairs if p["stream"] == stream]
         sizes = sorted({p["buffer_items"] for p in mine})
         variants = [v for v in VARIANTS if any(p["variant"] == v for p in mine)]
+        colours = plt.get_cmap("tab20").colors  # 12 variants: tab10 would repeat two colours
         for k, v in enumerate(variants):
             pts = sorted((p for p in mine if p["variant"] == v), key=lambda p: p["buffer_items"])
             x = np.array([sizes.index(p["buffer_items"]) for p in pts]) + (k - (len(variants) - 1) / 2) * 0.07
             m = np.array([100 * p["mean_diff"] for p in pts])
             err = np.array([[100 * (p["mean_diff"] - p["ci_low"]), 100 * (p["ci_high"] - p["mean_diff"])] for p in pts]).T
-            ax.errorbar(x, m, yerr=np.nan_to_num(err), marker="o", markersize=3, capsize=2, linewidth=1, label=v)
+            ax.errorbar(x, m, yerr=np.nan_to_num(err), marker="o", markersize=3, capsize=2, linewidth=1, label=v,
+                        color=colours[list(VARIANTS).index(v) % len(colours)])
         ax.axhline(0, color="black", linewidth=0.8)
         ax.set_xticks(range(len(sizes)), [str(s) for s in sizes])
         ax.set_xlabel("replay buffer size (items)")
