@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     cfg = sub.add_parser("config", help="validate a configuration and print it with defaults filled in", description="Validate a YAML configuration (and --set overrides) and print the resolved YAML.")
     _add_config_args(cfg)
-    from edge_runtime.export import add_export_parser
+    from edge_runtime.export_command import add_export_parser
 
     add_export_parser(sub)
     from edge_runtime.report import add_report_parser
@@ -169,7 +169,7 @@ def _cmd_keys(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from edge_runtime.export import run_export
+    from edge_runtime.export_command import run_export
     from edge_runtime.report import run_report
     from edge_runtime.status import run_status
 

@@ -16,16 +16,14 @@ batches are): the graph gathers each GRU's output at ``length - 1``.
 :func:`make_session` builds an :class:`onnxruntime.InferenceSession` with the providers in the
 order TensorRT, CUDA, CPU among those this onnxruntime build has (configurable), and
 :func:`verify_onnx` rejects a corrupt or truncated model with a :class:`ValueError` before a
-device swaps it in.  ``edge-node export`` is :func:`add_export_parser` + :func:`run_export`.
+device swaps it in.  The ``edge-node export`` command is in :mod:`edge_runtime.export_command`.
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 import io
 import os
-import sys
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
@@ -34,19 +32,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from edge_runtime.config import Config, ConfigError, ModelConfig, load_config
+from edge_runtime.config import Config, ModelConfig
+from edge_runtime.export_command import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 
 if TYPE_CHECKING:  # onnxruntime is imported lazily: the node imports this module for onnx_bytes only
     import onnxruntime
 
-DEFAULT_OPSET = 17
-"""Opset of exported models (see the module docstring for why 17)."""
-
-MIN_OPSET = 13
-"""Oldest opset that exports this model correctly (at 9 and 11 the GroupNorm graph is invalid)."""
-
-MAX_OPSET = 20
-"""Newest opset the TorchScript-based exporter of torch 2.x writes."""
 
 INPUT_NAMES = ("audio", "audio_lengths", "video", "video_lengths")
 OUTPUT_NAMES = ("logits", "audio_logits", "video_logits")
@@ -377,48 +368,14 @@ def _first_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {text[0] if text else ''}"
 
 
-# ---------------------------------------------------------------------------------------- CLI
+def max_difference_to_torch(model: nn.Module, path: str | Path, seed: int = 1) -> float:
+    """Largest absolute difference between the ONNX file at ``path`` (run on CPU) and ``model`` over all outputs.
 
-
-def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add ``export`` to ``edge-node``'s sub-command parsers (the action of ``add_subparsers()``)."""
-    p = subparsers.add_parser(
-        "export",
-        help="export a checkpoint's model to ONNX (fused + unimodal logits, dynamic batch and time axes)",
-        description="Load the model of a node checkpoint (a ckpt-*.pt file, or a state_dir / checkpoints folder: "
-        "its newest valid checkpoint), export its inference path to ONNX (inputs audio, audio_lengths, video, "
-        "video_lengths; outputs logits, audio_logits, video_logits; batch, time and frame-size axes dynamic), "
-        "check the file with onnxruntime and compare it with PyTorch on a random batch. Checkpoints hold no model "
-        "configuration: give the configuration the node ran with.",
-    )
-    p.add_argument("--checkpoint", metavar="FILE", required=True, help="checkpoint file, or a state_dir / checkpoints folder")
-    p.add_argument("--out", metavar="FILE", required=True, help="ONNX file to write, e.g. model.onnx")
-    p.add_argument("--config", metavar="FILE", help="YAML configuration the node ran with (default: built-in defaults, see configs/default.yaml)")
-    p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], help="override one setting, e.g. --set model.fusion=concat (repeatable)")
-    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, metavar="N", help=f"ONNX opset, {MIN_OPSET}..{MAX_OPSET} (default {DEFAULT_OPSET})")
-    return p
-
-
-def run_export(args: argparse.Namespace) -> int:
-    """``edge-node export``: 0 when written and checked, 1 when the checkpoint cannot be used, 2 on bad arguments."""
-    from edge_runtime.checkpoint import CheckpointError
-
-    try:
-        config = load_config(args.config, args.set)
-        model = load_checkpoint_model(args.checkpoint, config)
-        path = export_onnx(model, args.out, opset=args.opset)
-    except ConfigError as err:
-        print(f"edge-node export: {err}", file=sys.stderr)
-        return 2
-    except (CheckpointError, ValueError) as err:
-        print(f"edge-node export: {err}", file=sys.stderr)
-        return 1
+    The check ``edge-node export`` prints: a random batch of 3 (12 audio steps, 4 video frames).
+    """
     session = make_session(path, providers=["CPUExecutionProvider"])
-    inputs = example_inputs(model, batch=3, audio_steps=12, video_steps=4, seed=1)
+    inputs = example_inputs(model, batch=3, audio_steps=12, video_steps=4, seed=seed)
     got = predict(session, *inputs)
     with torch.no_grad():
         ref = _InferencePath(model)(*inputs)
-    diff = max(float(np.abs(got[name] - r.numpy()).max()) for name, r in zip(OUTPUT_NAMES, ref))
-    print(f"wrote {path} ({path.stat().st_size} bytes, opset {args.opset}); "
-          f"max abs difference to PyTorch on a random batch: {diff:.2e}")
-    return 0
+    return max(float(np.abs(got[name] - r.numpy()).max()) for name, r in zip(OUTPUT_NAMES, ref))

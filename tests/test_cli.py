@@ -34,6 +34,17 @@ def test_config_error_names_key_and_exits_2():
     assert "Traceback" not in r.stderr
 
 
+def test_parser_and_keys_do_not_import_torch(tmp_path):
+    """Building ``edge-node``'s parser (export's included) and running ``keys`` need no torch: quick to start."""
+    code = ("import sys; from edge_runtime.cli import main; "
+            f"rc = main(['keys', {str(tmp_path / 'certs')!r}]); "
+            "print('torch-loaded' if 'torch' in sys.modules else 'torch-free', rc)")
+    r = _run("-c", code)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == "torch-free 0"
+    assert (tmp_path / "certs" / "server.key_secret").is_file()
+
+
 def test_config_prints_resolved_yaml():
     r = _run("-m", "edge_runtime.cli", "config", "--config", "configs/default.yaml", "--set", "buffer.max_items=77")
     assert r.returncode == 0, r.stderr

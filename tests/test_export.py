@@ -13,20 +13,18 @@ from edge_runtime.batch import collate
 from edge_runtime.checkpoint import CheckpointError, CheckpointManager
 from edge_runtime.config import config_from_dict
 from edge_runtime.export import (
-    DEFAULT_OPSET,
     INPUT_NAMES,
     OUTPUT_NAMES,
     PROVIDER_ORDER,
-    add_export_parser,
     export_checkpoint,
     export_onnx,
     make_session,
     onnx_bytes,
     predict,
-    run_export,
     select_providers,
     verify_onnx,
 )
+from edge_runtime.export_command import DEFAULT_OPSET, add_export_parser, run_export
 from edge_runtime.learner import Learner
 from conftest import stream
 

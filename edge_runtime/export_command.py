@@ -1,0 +1,63 @@
+"""``edge-node export``: its argument parser, the opset bounds, and the command itself.
+
+Kept apart from :mod:`edge_runtime.export` so that building ``edge-node``'s parser (which every
+sub-command does, ``status`` and ``config`` included) does not import torch; :func:`run_export`
+imports it only when an export actually runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from edge_runtime.config import ConfigError, load_config
+
+DEFAULT_OPSET = 17
+"""Opset of exported models (see :mod:`edge_runtime.export` for why 17)."""
+
+MIN_OPSET = 13
+"""Oldest opset that exports this model correctly (at 9 and 11 the GroupNorm graph is invalid)."""
+
+MAX_OPSET = 20
+"""Newest opset the TorchScript-based exporter of torch 2.x writes."""
+
+
+def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``export`` to ``edge-node``'s sub-command parsers (the action of ``add_subparsers()``)."""
+    p = subparsers.add_parser(
+        "export",
+        help="export a checkpoint's model to ONNX (fused + unimodal logits, dynamic batch and time axes)",
+        description="Load the model of a node checkpoint (a ckpt-*.pt file, or a state_dir / checkpoints folder: "
+        "its newest valid checkpoint), export its inference path to ONNX (inputs audio, audio_lengths, video, "
+        "video_lengths; outputs logits, audio_logits, video_logits; batch, time and frame-size axes dynamic), "
+        "check the file with onnxruntime and compare it with PyTorch on a random batch. Checkpoints hold no model "
+        "configuration: give the configuration the node ran with.",
+    )
+    p.add_argument("--checkpoint", metavar="FILE", required=True, help="checkpoint file, or a state_dir / checkpoints folder")
+    p.add_argument("--out", metavar="FILE", required=True, help="ONNX file to write, e.g. model.onnx")
+    p.add_argument("--config", metavar="FILE", help="YAML configuration the node ran with (default: built-in defaults, see configs/default.yaml)")
+    p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], help="override one setting, e.g. --set model.fusion=concat (repeatable)")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, metavar="N", help=f"ONNX opset, {MIN_OPSET}..{MAX_OPSET} (default {DEFAULT_OPSET})")
+    return p
+
+
+def run_export(args: argparse.Namespace) -> int:
+    """``edge-node export``: 0 when written and checked, 1 when the checkpoint cannot be used, 2 on bad arguments."""
+    from edge_runtime.checkpoint import CheckpointError  # these import torch: only when an export runs
+    from edge_runtime.export import export_onnx, load_checkpoint_model, max_difference_to_torch
+
+    try:
+        config = load_config(args.config, args.set)
+        model = load_checkpoint_model(args.checkpoint, config)
+        path = export_onnx(model, args.out, opset=args.opset)
+    except ConfigError as err:
+        print(f"edge-node export: {err}", file=sys.stderr)
+        return 2
+    except (CheckpointError, ValueError) as err:
+        print(f"edge-node export: {err}", file=sys.stderr)
+        return 1
+    diff = max_difference_to_torch(model, path)
+    print(f"wrote {path} ({path.stat().st_size} bytes, opset {args.opset}); "
+          f"max abs difference to PyTorch on a random batch: {diff:.2e}")
+    return 0
