@@ -185,33 +185,52 @@ def winners(pairs: list[dict]) -> str:
     return "\n".join(lines)
 
 
+PANELS_PER_ROW = 4
+"""Stream panels per row of the figures (7 streams: two rows, the legend in the eighth cell)."""
+
+
+def _colour(plt, variant: str):
+    """The variant's colour in both figures: black for the reference, else its own tab20 colour (13 variants)."""
+    return "black" if variant == REFERENCE else plt.get_cmap("tab20").colors[list(VARIANTS).index(variant) % 20]
+
+
+def _legend(axes: list, used: int) -> None:
+    """One legend for all panels: in the first spare cell of the grid, else on the last panel."""
+    handles, labels = axes[0].get_legend_handles_labels()
+    for ax in axes[used:]:
+        ax.set_axis_off()
+    if len(axes) > used:
+        axes[used].legend(handles, labels, loc="center", fontsize=9, title="variant")
+    else:
+        axes[used - 1].legend(fontsize=6)
+
+
 def plot(rows: list[dict], pairs: list[dict], out: Path) -> list[Path]:
     """``paired_vs_buffer.png`` (differences with CIs, a panel per stream) and ``accuracy_vs_buffer.png``."""
     names = [s for s in streams() if any(p["stream"] == s for p in pairs)]
     written = []
-    plt, fig, axes = plt_figure(len(names), width=4.4, height=4.4)
+    plt, fig, axes = plt_figure(len(names), width=4.4, height=4.0, wrap=PANELS_PER_ROW, sharey=True)
     for ax, stream in zip(axes, names):
         mine = [p for p in pairs if p["stream"] == stream]
         sizes = sorted({p["buffer_items"] for p in mine})
         variants = [v for v in VARIANTS if any(p["variant"] == v for p in mine)]
-        colours = plt.get_cmap("tab20").colors  # 12 variants: tab10 would repeat two colours
         for k, v in enumerate(variants):
             pts = sorted((p for p in mine if p["variant"] == v), key=lambda p: p["buffer_items"])
             x = np.array([sizes.index(p["buffer_items"]) for p in pts]) + (k - (len(variants) - 1) / 2) * 0.07
             m = np.array([100 * p["mean_diff"] for p in pts])
             err = np.array([[100 * (p["mean_diff"] - p["ci_low"]), 100 * (p["ci_high"] - p["mean_diff"])] for p in pts]).T
             ax.errorbar(x, m, yerr=np.nan_to_num(err), marker="o", markersize=3, capsize=2, linewidth=1, label=v,
-                        color=colours[list(VARIANTS).index(v) % len(colours)])
+                        color=_colour(plt, v))
         ax.axhline(0, color="black", linewidth=0.8)
         ax.set_xticks(range(len(sizes)), [str(s) for s in sizes])
         ax.set_xlabel("replay buffer size (items)")
         ax.set_ylabel(f"accuracy - {REFERENCE} (points)")
         ax.set_title(stream, fontsize=10)
         ax.grid(alpha=0.3)
-    axes[-1].legend(fontsize=6)
+    _legend(axes, len(names))
     written.append(save_figure(plt, fig, out / "paired_vs_buffer.png", f"Paired difference to {REFERENCE} (same seed = same stream), mean and 95% CI over seeds"))
 
-    plt, fig, axes = plt_figure(len(names), width=4.4, height=4.4)
+    plt, fig, axes = plt_figure(len(names), width=4.4, height=4.0, wrap=PANELS_PER_ROW)
     for ax, stream in zip(axes, names):
         mine = [r for r in rows if r["stream"] == stream]
         sizes = sorted({int(r["buffer_items"]) for r in mine})
@@ -219,13 +238,13 @@ def plot(rows: list[dict], pairs: list[dict], out: Path) -> list[Path]:
             ms = [mean_ci(float(r["final_accuracy"]) for r in mine if r["variant"] == v and int(r["buffer_items"]) == s)[0] for s in sizes]
             if any(np.isfinite(ms)):
                 ax.plot(range(len(sizes)), 100 * np.array(ms), marker="o", markersize=3, label=v,
-                        linewidth=2.2 if v == REFERENCE else 1.0)
+                        linewidth=2.2 if v == REFERENCE else 1.0, color=_colour(plt, v))
         ax.set_xticks(range(len(sizes)), [str(s) for s in sizes])
         ax.set_xlabel("replay buffer size (items)")
         ax.set_ylabel("final accuracy (%)")
         ax.set_title(stream, fontsize=10)
         ax.grid(alpha=0.3)
-    axes[-1].legend(fontsize=6)
+    _legend(axes, len(names))
     written.append(save_figure(plt, fig, out / "accuracy_vs_buffer.png", "Final accuracy after one class-incremental pass (mean over seeds)"))
     return written
 

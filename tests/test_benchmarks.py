@@ -267,3 +267,24 @@ def test_balance_sweep_winners_and_goal_check():
     text = winners(bad + pooled)
     assert "**not met**" in text and "Closest: mbs-pooled" in text and "-2.0 [-3.0, -1.0]" in text and "(0 of 4 corrupted cells won)" in text
     assert "has not run the goal cells" in winners(bad[:2])
+
+
+def test_plot_grid_wraps_panels_and_puts_the_legend_in_a_spare_cell():
+    """Seven stream panels wrap four to a row; the eighth cell holds the one legend, the panels none."""
+    from benchmarks.balance_sweep import _legend
+    from benchmarks.common import plt_figure
+
+    plt, fig, axes = plt_figure(7, width=2, height=2, wrap=4, sharey=True)
+    try:
+        assert len(axes) == 8 and fig.get_size_inches().tolist() == [8.0, 4.0]
+        for ax in axes[:7]:
+            ax.plot([0, 1], [0, 1], label="cbrs")
+        _legend(axes, 7)
+        assert [ax.get_legend() is not None for ax in axes] == [False] * 7 + [True]
+        assert not axes[7].axison and all(ax.axison for ax in axes[:7])
+        assert [t.get_text() for t in axes[7].get_legend().get_texts()] == ["cbrs"]
+    finally:
+        plt.close(fig)
+    plt, fig, axes = plt_figure(3)  # without wrap: one row, as every other benchmark draws
+    assert len(axes) == 3 and fig.get_size_inches().tolist() == [6.4 * 3, 4.2]
+    plt.close(fig)
