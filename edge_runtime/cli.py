@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     cfg = sub.add_parser("config", help="validate a configuration and print it with defaults filled in", description="Validate a YAML configuration (and --set overrides) and print the resolved YAML.")
     _add_config_args(cfg)
-    from edge_runtime.export_command import add_export_parser
+    from edge_runtime.export_options import add_export_parser
 
     add_export_parser(sub)
     from edge_runtime.report import add_report_parser
@@ -149,6 +149,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return serve(config)
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from edge_runtime.export import run_export  # imports torch
+
+    return run_export(args)
+
+
 def _cmd_keys(args: argparse.Namespace) -> int:
     import shutil
 
@@ -169,11 +175,10 @@ def _cmd_keys(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from edge_runtime.export_command import run_export
     from edge_runtime.report import run_report
     from edge_runtime.status import run_status
 
-    commands = {"demo": _cmd_demo, "config": _cmd_config, "run": _cmd_run, "keys": _cmd_keys, "export": run_export,
+    commands = {"demo": _cmd_demo, "config": _cmd_config, "run": _cmd_run, "keys": _cmd_keys, "export": _cmd_export,
                 "status": run_status, "report": run_report}
     from edge_runtime.federation.commands import COMMANDS as federation_commands
 

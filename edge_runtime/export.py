@@ -16,14 +16,16 @@ batches are): the graph gathers each GRU's output at ``length - 1``.
 :func:`make_session` builds an :class:`onnxruntime.InferenceSession` with the providers in the
 order TensorRT, CUDA, CPU among those this onnxruntime build has (configurable), and
 :func:`verify_onnx` rejects a corrupt or truncated model with a :class:`ValueError` before a
-device swaps it in.  The ``edge-node export`` command is in :mod:`edge_runtime.export_command`.
+device swaps it in.  ``edge-node export`` is :func:`edge_runtime.export_options.add_export_parser` + :func:`run_export`.
 """
 
 from __future__ import annotations
 
 import copy
 import io
+import argparse
 import os
+import sys
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
@@ -32,8 +34,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from edge_runtime.config import Config, ModelConfig
-from edge_runtime.export_command import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
+from edge_runtime.config import Config, ConfigError, ModelConfig, load_config
+from edge_runtime.export_options import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 
 if TYPE_CHECKING:  # onnxruntime is imported lazily: the node imports this module for onnx_bytes only
     import onnxruntime
@@ -379,3 +381,23 @@ def max_difference_to_torch(model: nn.Module, path: str | Path, seed: int = 1) -
     with torch.no_grad():
         ref = _InferencePath(model)(*inputs)
     return max(float(np.abs(got[name] - r.numpy()).max()) for name, r in zip(OUTPUT_NAMES, ref))
+
+
+def run_export(args: argparse.Namespace) -> int:
+    """``edge-node export``: 0 when written and checked, 1 when the checkpoint cannot be used, 2 on bad arguments."""
+    from edge_runtime.checkpoint import CheckpointError
+
+    try:
+        config = load_config(args.config, args.set)
+        model = load_checkpoint_model(args.checkpoint, config)
+        path = export_onnx(model, args.out, opset=args.opset)
+    except ConfigError as err:
+        print(f"edge-node export: {err}", file=sys.stderr)
+        return 2
+    except (CheckpointError, ValueError) as err:
+        print(f"edge-node export: {err}", file=sys.stderr)
+        return 1
+    diff = max_difference_to_torch(model, path)
+    print(f"wrote {path} ({path.stat().st_size} bytes, opset {args.opset}); "
+          f"max abs difference to PyTorch on a random batch: {diff:.2e}")
+    return 0

@@ -184,7 +184,7 @@ def test_prometheus_scrapes_the_node(compose):
 
 def test_export_command_in_compose_comment_parses(compose):
     """The documented ``edge-node export`` line is accepted by the export sub-command's parser."""
-    from edge_runtime.export_command import add_export_parser
+    from edge_runtime.export_options import add_export_parser
 
     text = (DOCKER / "compose.yaml").read_text()
     comment = re.sub(r"\\\n#\s*", " ", text)

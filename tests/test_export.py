@@ -21,10 +21,11 @@ from edge_runtime.export import (
     make_session,
     onnx_bytes,
     predict,
+    run_export,
     select_providers,
     verify_onnx,
 )
-from edge_runtime.export_command import DEFAULT_OPSET, add_export_parser, run_export
+from edge_runtime.export_options import DEFAULT_OPSET, add_export_parser
 from edge_runtime.learner import Learner
 from conftest import stream
 

@@ -1,17 +1,14 @@
-"""``edge-node export``: its argument parser, the opset bounds, and the command itself.
+"""``edge-node export``'s arguments and the opset bounds they are checked against.
 
-Kept apart from :mod:`edge_runtime.export` so that building ``edge-node``'s parser (which every
-sub-command does, ``status`` and ``config`` included) does not import torch; :func:`run_export`
-imports it only when an export actually runs.
+Kept apart from :mod:`edge_runtime.export` (which imports torch, and runs the command:
+:func:`edge_runtime.export.run_export`) so that building ``edge-node``'s parser, which every
+sub-command does, ``status`` and ``keys`` included, does not import torch.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
-
-from edge_runtime.config import ConfigError, load_config
 
 DEFAULT_OPSET = 17
 """Opset of exported models (see :mod:`edge_runtime.export` for why 17)."""
@@ -40,24 +37,3 @@ def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], help="override one setting, e.g. --set model.fusion=concat (repeatable)")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, metavar="N", help=f"ONNX opset, {MIN_OPSET}..{MAX_OPSET} (default {DEFAULT_OPSET})")
     return p
-
-
-def run_export(args: argparse.Namespace) -> int:
-    """``edge-node export``: 0 when written and checked, 1 when the checkpoint cannot be used, 2 on bad arguments."""
-    from edge_runtime.checkpoint import CheckpointError  # these import torch: only when an export runs
-    from edge_runtime.export import export_onnx, load_checkpoint_model, max_difference_to_torch
-
-    try:
-        config = load_config(args.config, args.set)
-        model = load_checkpoint_model(args.checkpoint, config)
-        path = export_onnx(model, args.out, opset=args.opset)
-    except ConfigError as err:
-        print(f"edge-node export: {err}", file=sys.stderr)
-        return 2
-    except (CheckpointError, ValueError) as err:
-        print(f"edge-node export: {err}", file=sys.stderr)
-        return 1
-    diff = max_difference_to_torch(model, path)
-    print(f"wrote {path} ({path.stat().st_size} bytes, opset {args.opset}); "
-          f"max abs difference to PyTorch on a random batch: {diff:.2e}")
-    return 0
