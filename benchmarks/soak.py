@@ -16,6 +16,7 @@ import argparse
 import csv
 import multiprocessing as mp
 import sqlite3
+import sys
 import tempfile
 import threading
 import time
@@ -25,10 +26,12 @@ from typing import Any
 import numpy as np
 import zmq
 
-from benchmarks.ingest import NoopLearner, _rss_mib
-from edge_runtime import wire
-from edge_runtime.config import config_from_dict
-from edge_runtime.node import EdgeNode
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: benchmarks/ is not installed
+
+from benchmarks.ingest import NoopLearner, _rss_mib  # noqa: E402
+from edge_runtime import wire  # noqa: E402
+from edge_runtime.config import config_from_dict  # noqa: E402
+from edge_runtime.node import EdgeNode  # noqa: E402
 
 MARKS = (10_000, 100_000, 1_000_000)
 

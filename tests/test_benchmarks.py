@@ -12,10 +12,12 @@ import numpy as np
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
+SCRIPT_ENV = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+"""Scripts run as the README runs them, ``python benchmarks/NAME.py`` from the root with no PYTHONPATH."""
 
 
 def _run(script: str, out: Path, *extra: str) -> str:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = SCRIPT_ENV
     r = subprocess.run([sys.executable, f"benchmarks/{script}", "--quick", "--out", str(out), *extra],
                        capture_output=True, text=True, env=env, cwd=str(ROOT), timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -159,7 +161,7 @@ def test_sweeps_quick_on_cremad_and_ave_fixtures(tmp_path):
     _, rows = _columns(out / "results.csv")
     assert {r["strategy"] for r in rows} == {"el2n", "grand", "mbs", "random", "base"}
     assert max(int(r["kept"]) for r in rows) == 3  # BASE keeps the whole AVE fixture train split
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = SCRIPT_ENV
     r = subprocess.run([sys.executable, "benchmarks/buffer_sweep.py", "--quick", "--out", str(tmp_path / "x"), "--dataset", "ave"],
                        capture_output=True, text=True, env=env, cwd=str(ROOT), timeout=120)
     assert r.returncode == 2 and "--dataset ave needs --root DIR" in r.stderr
@@ -288,3 +290,16 @@ def test_plot_grid_wraps_panels_and_puts_the_legend_in_a_spare_cell():
     plt, fig, axes = plt_figure(3)  # without wrap: one row, as every other benchmark draws
     assert len(axes) == 3 and fig.get_size_inches().tolist() == [6.4 * 3, 4.2]
     plt.close(fig)
+
+
+def test_every_benchmark_command_in_the_readme_starts_as_written():
+    """Each ``.venv/bin/python benchmarks/NAME.py`` line of the README names a script that runs from the root
+    with no PYTHONPATH (``--help``: the imports and the argument parser, nothing measured)."""
+    import re
+
+    scripts = sorted(set(re.findall(r"^\.venv/bin/python (benchmarks/\w+\.py)", (ROOT / "README.md").read_text(), re.M)))
+    assert len(scripts) >= 10, scripts
+    for script in scripts:
+        r = subprocess.run([sys.executable, script, "--help"], capture_output=True, text=True, env=SCRIPT_ENV,
+                           cwd=str(ROOT), timeout=120)
+        assert r.returncode == 0 and "usage:" in r.stdout, f"{script}: {r.stderr[-800:]}"
