@@ -129,3 +129,17 @@ def test_every_shipped_config_validates(path):
         assert load_config(path, ["selection.policy=random"]).selection.policy == "random"
     else:  # a preset names its policy and that policy's own keys
         assert cfg.selection.policy == yaml.safe_load(path.read_text())["selection"]["policy"]
+
+
+@pytest.mark.parametrize("name", ["mbs-trim", "mbs-gap-trim"])
+def test_preset_selects_as_the_sweep_variant_it_names(name):
+    """A preset named after a balance-sweep variant admits exactly as that variant did in the sweep
+    (the variant's overrides over configs/avdigits.yaml, the sweep's base), so the README's numbers hold for it."""
+    from benchmarks.balance_sweep import VARIANTS
+    from edge_runtime.config import _merge
+
+    preset = load_config(ROOT / "configs" / "presets" / f"{name}.yaml")
+    base = yaml.safe_load((ROOT / "configs" / "avdigits.yaml").read_text())
+    swept = config_from_dict(_merge(base, VARIANTS[name]))
+    assert preset.selection.model_dump() == swept.selection.model_dump()
+    assert preset.buffer.retention == swept.buffer.retention
