@@ -226,7 +226,7 @@ def save_figure(plt, fig, path: Path, title: str | None = None, dpi: int = 85) -
 def plt_figure(ncols: int = 1, width: float = 6.4, height: float = 4.2, wrap: int | None = None, sharey: bool = False):
     """A figure of ``ncols`` panels, each ``width`` x ``height`` inches: ``(plt, fig, axes)``.
 
-    With ``wrap``, panels go ``wrap`` to a row; ``axes`` then lists every cell of the grid row by
+    Panels go ``wrap`` to a row (default: all in one); ``axes`` lists every cell of the grid row by
     row, so ``axes[ncols:]`` are the spare cells (for a legend, or ``set_axis_off()``).
     """
     import matplotlib
@@ -237,4 +237,4 @@ def plt_figure(ncols: int = 1, width: float = 6.4, height: float = 4.2, wrap: in
     cols = min(ncols, wrap) if wrap else ncols
     rows = -(-ncols // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False, sharey=sharey)
-    return plt, fig, list(axes.flat) if wrap else axes[0]
+    return plt, fig, list(axes.flat)

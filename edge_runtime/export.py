@@ -21,9 +21,9 @@ device swaps it in.  ``edge-node export`` is :func:`edge_runtime.export_options.
 
 from __future__ import annotations
 
+import argparse
 import copy
 import io
-import argparse
 import os
 import sys
 import warnings
@@ -370,19 +370,6 @@ def _first_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {text[0] if text else ''}"
 
 
-def max_difference_to_torch(model: nn.Module, path: str | Path, seed: int = 1) -> float:
-    """Largest absolute difference between the ONNX file at ``path`` (run on CPU) and ``model`` over all outputs.
-
-    The check ``edge-node export`` prints: a random batch of 3 (12 audio steps, 4 video frames).
-    """
-    session = make_session(path, providers=["CPUExecutionProvider"])
-    inputs = example_inputs(model, batch=3, audio_steps=12, video_steps=4, seed=seed)
-    got = predict(session, *inputs)
-    with torch.no_grad():
-        ref = _InferencePath(model)(*inputs)
-    return max(float(np.abs(got[name] - r.numpy()).max()) for name, r in zip(OUTPUT_NAMES, ref))
-
-
 def run_export(args: argparse.Namespace) -> int:
     """``edge-node export``: 0 when written and checked, 1 when the checkpoint cannot be used, 2 on bad arguments."""
     from edge_runtime.checkpoint import CheckpointError
@@ -397,7 +384,12 @@ def run_export(args: argparse.Namespace) -> int:
     except (CheckpointError, ValueError) as err:
         print(f"edge-node export: {err}", file=sys.stderr)
         return 1
-    diff = max_difference_to_torch(model, path)
+    session = make_session(path, providers=["CPUExecutionProvider"])
+    inputs = example_inputs(model, batch=3, audio_steps=12, video_steps=4, seed=1)
+    got = predict(session, *inputs)
+    with torch.no_grad():
+        ref = _InferencePath(model)(*inputs)
+    diff = max(float(np.abs(got[name] - r.numpy()).max()) for name, r in zip(OUTPUT_NAMES, ref))
     print(f"wrote {path} ({path.stat().st_size} bytes, opset {args.opset}); "
           f"max abs difference to PyTorch on a random batch: {diff:.2e}")
     return 0

@@ -17,9 +17,8 @@ SCRIPT_ENV = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
 
 
 def _run(script: str, out: Path, *extra: str) -> str:
-    env = SCRIPT_ENV
     r = subprocess.run([sys.executable, f"benchmarks/{script}", "--quick", "--out", str(out), *extra],
-                       capture_output=True, text=True, env=env, cwd=str(ROOT), timeout=300)
+                       capture_output=True, text=True, env=SCRIPT_ENV, cwd=str(ROOT), timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     return r.stdout
 
@@ -161,9 +160,8 @@ def test_sweeps_quick_on_cremad_and_ave_fixtures(tmp_path):
     _, rows = _columns(out / "results.csv")
     assert {r["strategy"] for r in rows} == {"el2n", "grand", "mbs", "random", "base"}
     assert max(int(r["kept"]) for r in rows) == 3  # BASE keeps the whole AVE fixture train split
-    env = SCRIPT_ENV
     r = subprocess.run([sys.executable, "benchmarks/buffer_sweep.py", "--quick", "--out", str(tmp_path / "x"), "--dataset", "ave"],
-                       capture_output=True, text=True, env=env, cwd=str(ROOT), timeout=120)
+                       capture_output=True, text=True, env=SCRIPT_ENV, cwd=str(ROOT), timeout=120)
     assert r.returncode == 2 and "--dataset ave needs --root DIR" in r.stderr
 
 
