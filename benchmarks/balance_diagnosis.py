@@ -50,8 +50,8 @@ class Recorder:
         self.last: tuple[np.ndarray, np.ndarray, np.ndarray, float, np.ndarray, np.ndarray] | None = None
 
     def select(self, ctx):
-        from edge_runtime.scoring.mbs import mbs
-        from edge_runtime.selection.mbs import batch_median
+        from edge_runtime.learning.policies.scoring.mbs import mbs
+        from edge_runtime.learning.policies.admission.mbs import batch_median
 
         out = self.policy.select(ctx)
         score = mbs(ctx.p_audio, ctx.p_video).detach().cpu().double()

@@ -45,6 +45,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import ResumableCSV, add_data_options, check_data_options, mean_ci, plt_figure, run_stream, run_sweep, save_figure  # noqa: E402
+from edge_runtime.core.names import BUFFER_BYTES, PREQUENTIAL_ACCURACY, SAMPLES_SEEN, UPDATES  # noqa: E402
 
 REFERENCE = "cbrs"
 ABS_LOG = {"center": "one", "deviation": "log"}
@@ -72,7 +73,7 @@ GOAL_NO_LOSS = [("clean", 100), ("clean", 200)]
 SIZES = "50,100,200,500"
 KEY = ["dataset", "stream", "variant", "buffer_items", "seed"]
 FIELDS = KEY + ["final_accuracy", "average_incremental_accuracy", "forgetting", "audio_only_accuracy", "visual_only_accuracy",
-                "prequential_accuracy", "buffer_bytes", "samples_seen", "updates", "seconds"]
+                PREQUENTIAL_ACCURACY, BUFFER_BYTES, SAMPLES_SEEN, UPDATES, "seconds"]
 PAIRED_FIELDS = ["dataset", "stream", "buffer_items", "variant", "seeds", "mean_diff", "ci_low", "ci_high", "verdict",
                  "variant_mean", "reference_mean"]
 

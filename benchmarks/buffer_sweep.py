@@ -39,6 +39,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import ResumableCSV, add_data_options, check_data_options, mean_ci, plt_figure, run_stream, run_sweep, save_figure  # noqa: E402
+from edge_runtime.core.names import BUFFER_BYTES, PREQUENTIAL_ACCURACY, SAMPLES_SEEN, UPDATES  # noqa: E402
 
 POLICIES: dict[str, dict] = {
     "reservoir": {"selection": {"policy": "all"}, "buffer": {"retention": "reservoir"}},
@@ -59,9 +60,9 @@ def _scenarios() -> tuple[str, ...]:
 
 SCENARIOS = _scenarios()
 HIGHLIGHT = ("mbs", "reservoir", "class-balanced")  # drawn solid with CI bands; the rest dashed
-FIELDS = ["dataset", "scenario", "policy", "buffer_items", "buffer_bytes", "seed", "final_accuracy",
+FIELDS = ["dataset", "scenario", "policy", "buffer_items", BUFFER_BYTES, "seed", "final_accuracy",
           "average_incremental_accuracy", "forgetting", "audio_only_accuracy", "visual_only_accuracy",
-          "prequential_accuracy", "samples_seen", "updates", "seconds"]
+          PREQUENTIAL_ACCURACY, SAMPLES_SEEN, UPDATES, "seconds"]
 KEY = ["dataset", "scenario", "policy", "buffer_items", "seed"]
 CURVE_FIELDS = KEY + ["samples", "accuracy"]
 EVAL_EVERY = 240
@@ -72,7 +73,7 @@ def preset(policy: str) -> dict:
 
 
 def known_policies() -> list[str]:
-    from edge_runtime.selection.registry import names
+    from edge_runtime.learning.policies.registry import names
 
     return list(POLICIES) + [n for n in names("selection") if n not in POLICIES and n != "all"]
 

@@ -9,6 +9,8 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from edge_runtime.core.names import PREQUENTIAL_ACCURACY, SAMPLES_SEEN, UPDATES
+
 
 class ResumableCSV:
     """Rows appended one at a time (flushed), keyed by ``key_fields``: rows already present are skipped."""
@@ -92,36 +94,33 @@ def mean_ci(values: Iterable[float], level: float = 0.95) -> tuple[float, float]
 
 
 def load_avdigits(seed: int = 0):
-    """(train, test) AV-Digits data sets (the README set-up installs the extra)."""
-    from device_sim.datasets.avdigits import AVDigits
+    """(train, test) AV-Digits data sets (the README's set-up installs the extra)."""
+    from device_sim.datasets import registry
 
-    return AVDigits("train", seed=seed), AVDigits("test", seed=seed)
+    return registry.build("avdigits", split="train", seed=seed), registry.build("avdigits", split="test", seed=seed)
 
 
-DATASETS = ("synthetic", "avdigits", "cremad", "ave")
 _LOADED: dict[tuple, tuple] = {}
 
 
 def load_data(dataset: str = "avdigits", root: str | None = None, split: str = "train", test_split: str = "test") -> tuple[Any, Any]:
-    """(train, test) through device-sim's loaders (:func:`device_sim.datasets.open_dataset`), cached per process.
+    """(train, test) of a registered data set (:meth:`device_sim.datasets.base.Dataset.train_test`), cached per process.
 
-    ``synthetic`` has no splits: its train and test sets are two differently seeded draws.  A
-    missing ``root`` or split raises ValueError naming what to pass.
+    ``root`` (a user's copy) goes to the data sets that declare ``--root``.  A data set without
+    splits (``synthetic``) decides itself what its held-out set is.  A missing ``root`` or split
+    raises ValueError naming what to pass.
     """
     key = (dataset, root, split, test_split)
     if key not in _LOADED:
         import warnings
 
-        from device_sim.datasets import open_dataset
-        from device_sim.datasets.media import MissingFilesWarning
+        from device_sim.datasets import registry
+        from device_sim.datasets.base import MissingFilesWarning
 
-        if dataset == "synthetic":
-            train, test = open_dataset("synthetic", seed=0, samples=2400), open_dataset("synthetic", seed=1, samples=600)
-        else:
-            with warnings.catch_warnings():  # a listed clip without media is reported by the loader, once
-                warnings.simplefilter("ignore", MissingFilesWarning)
-                train = open_dataset(dataset, root=root, split=split)
-                test = open_dataset(dataset, root=root, split=test_split)
+        cls = registry.dataset_class(dataset)
+        with warnings.catch_warnings():  # a listed clip without media is reported by the loader, once
+            warnings.simplefilter("ignore", MissingFilesWarning)
+            train, test = cls.train_test(split, test_split, **cls.option_values({"root": root}))
         if not len(train) or not len(test):
             raise ValueError(f"{dataset}: split {split!r} has {len(train)} samples and {test_split!r} {len(test)}; both must be non-empty")
         _LOADED[key] = (train, test)
@@ -129,17 +128,32 @@ def load_data(dataset: str = "avdigits", root: str | None = None, split: str = "
 
 
 def add_data_options(ap) -> None:
-    """``--dataset/--root/--split/--test-split`` of the streaming sweeps."""
-    ap.add_argument("--dataset", choices=DATASETS, default="avdigits", help="data set, read by device-sim's loaders (default avdigits)")
-    ap.add_argument("--root", default=None, help="folder of your copy of the data set (cremad, ave)")
+    """``--dataset/--root/--split/--test-split`` of the streaming sweeps (the data sets are device-sim's registered ones).
+
+    Of the options a data set declares, the sweeps take ``--root`` only: their jobs carry it to
+    the worker processes.
+    """
+    from device_sim.datasets import registry
+
+    takes_root = [name for option, users in registry.options() if option.flag == "--root" for name in users]
+    ap.add_argument("--dataset", choices=registry.names(), default="avdigits", help="data set, read by device-sim's loaders (default avdigits)")
+    ap.add_argument("--root", default=None, help=f"folder of your copy of the data set ({', '.join(takes_root)})")
     ap.add_argument("--split", default="train", help="split streamed for training (default train)")
     ap.add_argument("--test-split", default="test", help="split held out for evaluation (default test)")
 
 
 def check_data_options(ap, args) -> None:
     """Load the data once in the parent so that a bad --root/--split is one clear error, not a crash per worker."""
-    if args.dataset in ("cremad", "ave") and not args.root:
-        ap.error(f"--dataset {args.dataset} needs --root DIR (your copy of the data set; see README, 'Real data sets')")
+    from device_sim.datasets import registry
+
+    try:
+        cls = registry.dataset_class(args.dataset)
+    except (ValueError, ImportError) as err:
+        ap.error(f"--dataset {args.dataset}: {err}")
+    for option in cls.cli_options:
+        if option.required and getattr(args, option.dest, None) in (None, ""):
+            given = f"{option.flag} {option.metavar or option.dest.upper()}"
+            ap.error(f"--dataset {args.dataset} needs {given}" + (f" ({option.missing})" if option.missing else ""))
     try:
         load_data(args.dataset, args.root, args.split, args.test_split)
     except (ValueError, OSError) as err:
@@ -147,7 +161,7 @@ def check_data_options(ap, args) -> None:
 
 
 def run_stream(job: dict, probe: Callable[[Any, int, list], None] | None = None) -> tuple[dict, list[dict]]:
-    """One class-incremental pass of ``job["stream"]`` through a fresh :class:`~edge_runtime.learner.Learner`.
+    """One class-incremental pass of ``job["stream"]`` through a fresh :class:`~edge_runtime.learning.learner.Learner`.
 
     ``job``: ``dataset``, ``root``, ``split``, ``test_split``, ``stream`` (a name of
     :data:`device_sim.scenario.STREAMS`), ``seed`` (class order, corruption, model), ``buffer_items``,
@@ -164,9 +178,9 @@ def run_stream(job: dict, probe: Callable[[Any, int, list], None] | None = None)
     import yaml
 
     from device_sim.scenario import make_order, make_stream
-    from edge_runtime.config import _merge, config_from_dict, parse_overrides
-    from edge_runtime.evaluation import TaskAccuracy
-    from edge_runtime.learner import Learner
+    from edge_runtime.core.config import _merge, config_from_dict, parse_overrides
+    from edge_runtime.learning.evaluation import TaskAccuracy
+    from edge_runtime.learning.learner import Learner
 
     torch.set_num_threads(1)
     seed, size = int(job["seed"]), int(job["buffer_items"])
@@ -208,8 +222,8 @@ def run_stream(job: dict, probe: Callable[[Any, int, list], None] | None = None)
     row = {"buffer_bytes": summary["buffer_bytes"], "final_accuracy": final["accuracy"],
            "average_incremental_accuracy": tasks.average_incremental_accuracy, "forgetting": tasks.forgetting,
            "audio_only_accuracy": final["audio_accuracy"], "visual_only_accuracy": final["video_accuracy"],
-           "prequential_accuracy": summary["prequential_accuracy"], "samples_seen": summary["samples_seen"],
-           "updates": summary["updates"], "seconds": seconds}
+           PREQUENTIAL_ACCURACY: summary[PREQUENTIAL_ACCURACY], SAMPLES_SEEN: summary[SAMPLES_SEEN],
+           UPDATES: summary[UPDATES], "seconds": seconds}
     return row, curve
 
 

@@ -14,7 +14,7 @@ The learners run in this process, through the same code the daemons use for a ge
 (``edge_runtime.federation.node_link.learner_arrays`` / ``apply_global``, ``arrays.merge_prototypes``);
 the Flower processes (SuperLink, SuperNodes, ClientApps) are left out because they only move these
 arrays, and their overhead on this machine (seconds per round of polling and process start-up) is
-reported by ``tests/test_federation.py`` and the README instead. ``bytes_round`` is what a round
+reported by ``tests/federation/test_federation.py`` and docs/federation.md instead. ``bytes_round`` is what a round
 moves over Flower: each node's arrays up and the global arrays down.
 
     .venv/bin/python benchmarks/federation.py --out benchmarks/out/federation          # full (minutes)
@@ -65,8 +65,8 @@ def make_learner(config_path: str, overrides: list[str], seed: int):
     import torch
     import yaml
 
-    from edge_runtime.config import _merge, config_from_dict, parse_overrides
-    from edge_runtime.learner import Learner
+    from edge_runtime.core.config import _merge, config_from_dict, parse_overrides
+    from edge_runtime.learning.learner import Learner
 
     torch.set_num_threads(1)
     base = yaml.safe_load(Path(config_path).read_text()) if config_path else {}

@@ -48,8 +48,8 @@ from device_sim.client import ClientConfig, DeviceClient, run_many  # noqa: E402
 from device_sim.datasets.synthetic import SyntheticConfig, SyntheticDataset  # noqa: E402
 from device_sim.fleet import shard  # noqa: E402
 from device_sim.scenario import make_order  # noqa: E402
-from edge_runtime.config import config_from_dict  # noqa: E402
-from edge_runtime.demo import start_node, stop_node  # noqa: E402
+from edge_runtime.core.config import config_from_dict  # noqa: E402
+from edge_runtime.cli.demo import start_node, stop_node  # noqa: E402
 from edge_runtime.wire import schema_of  # noqa: E402
 
 #: The node's learner for this benchmark: the real learning step on a narrower model, a small buffer.

@@ -5,7 +5,7 @@ One run, two measurements on the same payload (CREMA-D sized: about 140 KB per s
 
 * raw: a PUSH socket in a child process sends N multipart messages (header + 2 tensor frames) to
   a PULL socket in this process, which receives them (``copy=False``) and does nothing else;
-* node: an in-process :class:`~edge_runtime.node.EdgeNode` with a no-op learner (every sample is
+* node: an in-process :class:`~edge_runtime.node.daemon.EdgeNode` with a no-op learner (every sample is
   decided ``trained``) and its real SQLite ledger; D devices in a child process (one DEALER each)
   send the same messages through the wire codec, keeping a credit window full and waiting for acks.
 
@@ -36,8 +36,9 @@ import numpy as np
 import zmq
 
 from edge_runtime import wire
-from edge_runtime.config import config_from_dict
-from edge_runtime.node import EdgeNode
+from edge_runtime.core.config import config_from_dict
+from edge_runtime.core.names import SAMPLES_SEEN
+from edge_runtime.node.daemon import EdgeNode
 
 AUDIO = (250, 40)
 VIDEO = (2, 3, 64, 64)
@@ -123,7 +124,7 @@ class NoopLearner:
         return ["trained"] * len(samples)
 
     def summary(self) -> dict[str, Any]:
-        return {"samples_seen": self.seen}
+        return {SAMPLES_SEEN: self.seen}
 
     def state_dict(self) -> dict[str, Any]:
         return {"seen": self.seen}

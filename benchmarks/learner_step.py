@@ -27,10 +27,10 @@ from tqdm import tqdm
 
 from device_sim.datasets.synthetic import SyntheticConfig, SyntheticDataset
 from device_sim.scenario import class_incremental
-from edge_runtime.batch import collate
-from edge_runtime.config import load_config
-from edge_runtime.learner import Learner, make_optimizer
-from edge_runtime.model import build_model
+from edge_runtime.learning.batch import collate
+from edge_runtime.core.config import load_config
+from edge_runtime.learning.learner import Learner, make_optimizer
+from edge_runtime.learning.model import build_model
 
 
 class PlainReplayLoop:

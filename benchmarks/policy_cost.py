@@ -23,9 +23,9 @@ from tqdm import tqdm
 
 from device_sim.datasets.synthetic import SyntheticDataset
 from device_sim.scenario import class_incremental
-from edge_runtime.batch import collate
-from edge_runtime.config import config_from_dict
-from edge_runtime.learner import Learner
+from edge_runtime.learning.batch import collate
+from edge_runtime.core.config import config_from_dict
+from edge_runtime.learning.learner import Learner
 
 #: (label, config overrides) of every policy the runtime ships.
 POLICIES: list[tuple[str, dict]] = [

@@ -4,7 +4,7 @@ For each seed: one model is pre-trained on the full training split and snapshot 
 ``--pretrain`` (default 5, 10, 15, 20 epochs); each snapshot scores every training sample with
 EL2N (keep smallest), GraNd (keep largest), MBS (Algorithm 1, median centre) and optionally BMMAL
 or any other registered admission policy, through the same ``build_policy(...).select`` as the
-stream (``edge_runtime/protocols/offline.py``); a fresh model is trained ``--epochs`` epochs on each
+stream (``edge_runtime/learning/offline.py``); a fresh model is trained ``--epochs`` epochs on each
 kept subset and evaluated on the test split.  Controls: BASE (all samples, the ``all`` policy) and
 RANDOM (the ``random`` policy: a seeded uniform subset of the same size).
 
@@ -47,7 +47,7 @@ KEY = ["seed", "pretrain_epochs", "strategy", "keep_ratio"]
 
 def scored() -> list[str]:
     """Score-based strategies: every registered admission policy but the controls."""
-    from edge_runtime.protocols.offline import CONTROLS, strategies
+    from edge_runtime.learning.offline import CONTROLS, strategies
 
     return [s for s in strategies() if s not in CONTROLS]
 
@@ -57,8 +57,8 @@ DEFAULT_RATIOS = "0.05,0.1,0.15,0.2,0.25,0.3,0.35,0.4,0.45,0.5"
 def run_seed(job: dict) -> list[dict]:
     import torch
 
-    from edge_runtime.config import load_config
-    from edge_runtime.protocols.offline import run_protocol
+    from edge_runtime.core.config import load_config
+    from edge_runtime.learning.offline import run_protocol
 
     torch.set_num_threads(1)
     train_ds, test_ds = load_data(job.get("dataset", "avdigits"), job.get("root"), job.get("split", "train"), job.get("test_split", "test"))

@@ -1,4 +1,4 @@
-"""Markdown tables of the committed benchmark results (the README's Results section is this output).
+"""Markdown tables of the committed benchmark results (docs/results.md's tables are this output).
 
 Usage: python benchmarks/report.py [--buffer docs/results/buffer_sweep] [--ratio docs/results/ratio_sweep]
 """

@@ -1,6 +1,6 @@
 """Soak: a long stream through the node with a no-op learner and the real SQLite ledger.
 
-An in-process :class:`~edge_runtime.node.EdgeNode` (no-op learner: every sample ``trained``; real
+An in-process :class:`~edge_runtime.node.daemon.EdgeNode` (no-op learner: every sample ``trained``; real
 ROUTER socket, real WAL ledger with compaction) is fed by D devices in child processes (one DEALER
 each, a full credit window, tiny samples so that the ledger, not the payload, is what is measured).
 At 10k, 100k and 1M decided samples (those within ``--samples``) and at the end, it prints the
@@ -30,8 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 
 from benchmarks.ingest import NoopLearner, _rss_mib  # noqa: E402
 from edge_runtime import wire  # noqa: E402
-from edge_runtime.config import config_from_dict  # noqa: E402
-from edge_runtime.node import EdgeNode  # noqa: E402
+from edge_runtime.core.config import config_from_dict  # noqa: E402
+from edge_runtime.node.daemon import EdgeNode  # noqa: E402
 
 MARKS = (10_000, 100_000, 1_000_000)
 

@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
     from benchmarks import ingest, learner_step, policy_cost
-    from edge_runtime.config import Config
+    from edge_runtime.core.config import Config
 
     torch.set_num_threads(min(2, torch.get_num_threads()))
     rows: list[tuple[str, float, str]] = []

@@ -14,9 +14,12 @@ import argparse
 import json
 import sys
 from collections import Counter
+from typing import Any
 
-from device_sim.datasets import DATASETS, availability, open_dataset
-from device_sim.scenario import CORRUPTIONS, SCENARIOS, STREAMS
+import numpy as np
+
+from device_sim.datasets import registry
+from device_sim.scenario import CORRUPTIONS, SCENARIOS, STREAMS, Corrupted, StreamOrder, assign_devices, make_order, make_stream
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,9 +31,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     ds = sub.add_parser("datasets", help="list the data sets available on this machine", description="List every data set and whether it can be replayed here.")
-    ds.add_argument("--root", default=None, help="folder of a CREMA-D or AVE copy to check")
+    ds.add_argument("--root", default=None, help="folder of your copy of a data set read from files, to check")
+    datasets = sorted(registry.names())
     ins = sub.add_parser("inspect", help="show shapes, labels and kinds of a data set's first samples", description="Print a JSON summary of the first N samples of a data set.")
-    ins.add_argument("name", choices=sorted(DATASETS), help="data set name")
+    ins.add_argument("name", choices=datasets, help="data set name")
     ins.add_argument("-n", type=int, default=200, help="samples to look at (default 200)")
     _data_options(ins)
     run = sub.add_parser("run", help="stream a data set from N simulated devices to an edge node",
@@ -43,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="follow the node's published ONNX models (its node.model_bind) and predict on this device's own "
                           "samples; the summary reports accuracy and latency per model version")
     run.add_argument("--device-prefix", default="uav", help="devices are named PREFIX-0, PREFIX-1, ...; give each fleet its own (default uav)")
-    run.add_argument("--dataset", choices=sorted(DATASETS), default="synthetic", help="data set (default synthetic)")
+    run.add_argument("--dataset", choices=datasets, default="synthetic", help="data set (default synthetic; `device-sim datasets` says which this machine can replay)")
     _data_options(run)
     run.add_argument("--scenario", choices=list(SCENARIOS), default="class-incremental", help="stream order (default class-incremental)")
     run.add_argument("--classes-per-task", type=int, default=2, help="classes per task, class-incremental (default 2)")
@@ -53,13 +57,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--corrupt-kind", choices=list(CORRUPTIONS), default="noise", help="noise | occlusion | drop | degrade (default noise)")
     run.add_argument("--corrupt-modality", choices=["audio", "video"], default="video", help="modality to corrupt (default video)")
     run.add_argument("--stream", choices=list(STREAMS), default=None,
-                     help="a named stream where modalities are unequal (corrupted-audio-25, weak-video, ...; README "
+                     help="a named stream where modalities are unequal (corrupted-audio-25, weak-video, ...; docs/datasets.md, "
                           "'Streams where modalities are unequal'); instead of --corrupt-*")
     run.add_argument("--class-skew", type=float, default=0.0,
                      help="0: classes spread evenly over devices; 1: each device sees only its own classes (default 0)")
     run.add_argument("--classes", default=None, metavar="LIST",
                      help="stream only these class ids, e.g. 0,1,2 (a box whose drones see a share of the classes; default: all)")
-    run.add_argument("--samples", type=int, default=None, help="samples in the stream over all devices (synthetic: its size; default 5000)")
+    run.add_argument("--samples", type=int, default=None,
+                     help="samples in the stream over all devices (a generated data set such as synthetic: its size, default 5000; "
+                          "a data set read from files: the stream is cut to this many)")
     run.add_argument("--rate", type=float, default=None, help="samples/s per device (default: as fast as credit allows)")
     run.add_argument("--jitter", type=float, default=0.0, help="+- fraction of random jitter on the send interval (default 0)")
     run.add_argument("--window", type=int, default=64, help="max unacknowledged samples per device, capped by the node's credit (default 64)")
@@ -78,24 +84,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _data_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--root", default=None, help="cremad / ave: folder of your copy (raw release or common preprocessing layout)")
-    p.add_argument("--split", choices=["train", "val", "test"], default="train", help="split to replay (default train)")
-    p.add_argument("--send", choices=["features", "raw"], default="features",
-                   help="cremad / ave: send model features, or raw waveform + frames that the node turns into the same features")
-    p.add_argument("--strict", action="store_true", help="cremad / ave: a listed clip with missing files is an error, not a warning")
-    p.add_argument("--config", default=None, help="YAML whose features: section sets MFCC / frame options (default: configs defaults)")
+    """``--split``, and the options the registered data sets declare (help prefixed with who takes them)."""
+    p.add_argument("--split", choices=registry.splits(), default="train", help="split to replay (default train)")
+    for option, users in registry.options():
+        p.add_argument(option.flag, help=f"{' / '.join(users)}: {option.help}", **option.argparse_kwargs())
 
 
-def _open(args: argparse.Namespace, name: str) -> object:
+def _open(args: argparse.Namespace, name: str) -> Any:
     """The data set of the command line, or SystemExit(2) with the reason."""
-    options: dict = {}
-    if name in ("cremad", "ave"):
-        from edge_runtime.config import load_config
-
-        options["features"] = load_config(args.config).features
     try:
-        return open_dataset(name, root=args.root, split=args.split, seed=getattr(args, "seed", 0), samples=getattr(args, "samples", None),
-                            send=args.send, strict=args.strict, **options)
+        return registry.build_from(name, vars(args))
     except (ValueError, FileNotFoundError) as err:
         print(f"device-sim: {err}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -103,8 +101,6 @@ def _open(args: argparse.Namespace, name: str) -> object:
 
 def _only_classes(labels, indices, task_of, spec: str):
     """Keep the stream positions whose label is in the comma-separated ``spec`` (--classes)."""
-    import numpy as np
-
     try:
         wanted = sorted({int(c) for c in spec.split(",") if c.strip()})
     except ValueError:
@@ -115,6 +111,28 @@ def _only_classes(labels, indices, task_of, spec: str):
     return indices[keep], task_of[keep]
 
 
+def fleet_data(args: argparse.Namespace) -> tuple[Any, StreamOrder, np.ndarray]:
+    """What ``run`` streams: the data set (corrupted as asked), the stream order, and each position's device.
+
+    Raises ValueError (or FileNotFoundError) naming the option to change.
+    """
+    dataset = registry.build_from(args.dataset, vars(args))
+    if args.stream and args.corrupt_fraction:
+        raise ValueError("--stream and --corrupt-fraction both corrupt the stream: give one of them")
+    if args.stream:
+        dataset = make_stream(args.stream, dataset, seed=args.seed)[0]
+    if args.corrupt_fraction:
+        dataset = Corrupted(dataset, args.corrupt_fraction, args.corrupt_kind, args.corrupt_modality, seed=args.seed)
+    order = make_order(args.scenario, dataset.labels(), seed=args.seed, classes_per_task=args.classes_per_task,
+                       blur=args.blur, drift_width=args.drift_width)
+    if args.samples is not None:  # a generated data set already has exactly --samples (every order is a permutation)
+        order.indices, order.task_of = order.indices[: args.samples], order.task_of[: args.samples]
+    if args.classes:
+        order.indices, order.task_of = _only_classes(dataset.labels(), order.indices, order.task_of, args.classes)
+    owner = assign_devices(dataset.labels()[order.indices], args.devices, args.class_skew, seed=args.seed)
+    return dataset, order, owner
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -122,7 +140,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     from device_sim.client import ClientConfig
     from device_sim.fleet import run_fleet
-    from device_sim.scenario import Corrupted, assign_devices, make_order, make_stream
 
     for name in ("devices", "window", "classes_per_task"):
         if getattr(args, name) < 1:
@@ -136,22 +153,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.samples is not None and args.samples < 1:
         print(f"device-sim: --samples must be at least 1 (got {args.samples})", file=sys.stderr)
         return 2
-    dataset = _open(args, args.dataset)
     try:
-        if args.stream and args.corrupt_fraction:
-            raise ValueError("--stream and --corrupt-fraction both corrupt the stream: give one of them")
-        if args.stream:
-            dataset = make_stream(args.stream, dataset, seed=args.seed)[0]
-        if args.corrupt_fraction:
-            dataset = Corrupted(dataset, args.corrupt_fraction, args.corrupt_kind, args.corrupt_modality, seed=args.seed)
-        order = make_order(args.scenario, dataset.labels(), seed=args.seed, classes_per_task=args.classes_per_task,
-                           blur=args.blur, drift_width=args.drift_width)
-        if args.samples is not None and args.dataset != "synthetic":
-            order.indices, order.task_of = order.indices[: args.samples], order.task_of[: args.samples]
-        if args.classes:
-            order.indices, order.task_of = _only_classes(dataset.labels(), order.indices, order.task_of, args.classes)
-        owner = assign_devices(dataset.labels()[order.indices], args.devices, args.class_skew, seed=args.seed)
-    except ValueError as err:
+        dataset, order, owner = fleet_data(args)
+    except (ValueError, FileNotFoundError) as err:
         print(f"device-sim: {err}", file=sys.stderr)
         return 2
     curve: dict = {}
@@ -203,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "run":
         return _cmd_run(args)
     if args.command == "datasets":
-        for name, (ok, why) in availability(args.root).items():
+        for name, (ok, why) in registry.availability(args.root).items():
             print(f"{name}: {'available' if ok else 'not available'} ({why})")
         return 0
     if args.n < 1:

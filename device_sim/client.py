@@ -30,7 +30,7 @@ from typing import Any, Iterable, Iterator, Mapping
 import zmq
 
 from edge_runtime import wire
-from edge_runtime.sample import Sample
+from edge_runtime.core.sample import Sample
 from edge_runtime.wire import TensorSpec
 
 RETRYABLE = frozenset({"no_hello", "no_credit", "busy", "shutting_down"})

@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from device_sim.client import ClientConfig, DeviceClient, DeviceSummary, run_many
 from device_sim.scenario import StreamOrder
-from edge_runtime.sample import Sample
+from edge_runtime.core.sample import Sample
 from edge_runtime.wire import schema_of
 
 

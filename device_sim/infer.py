@@ -2,7 +2,7 @@
 
 A :class:`ModelFollower` subscribes to the node's model endpoint (``device-sim run --infer
 ENDPOINT``), checks every model it receives (sha256 of the payload, then
-:func:`edge_runtime.export.verify_onnx`) and swaps it in only when it is sound: a corrupt model is
+:func:`edge_runtime.export.onnx.verify_onnx`) and swaps it in only when it is sound: a corrupt model is
 refused, the previous one stays in use, and the refusal is recorded in the summary.  Before a
 sample is sent, :meth:`ModelFollower.observe` predicts it with the current model and records
 accuracy and latency under that model's version.
@@ -20,7 +20,7 @@ import msgpack
 import numpy as np
 import zmq
 
-from edge_runtime.sample import Sample
+from edge_runtime.core.sample import Sample
 
 
 @dataclass
@@ -73,7 +73,7 @@ class ModelFollower:
             sock.close(0)
 
     def _receive(self, frames: list[bytes]) -> None:
-        from edge_runtime.export import make_session, verify_onnx
+        from edge_runtime.export.onnx import make_session, verify_onnx
 
         try:
             header = msgpack.unpackb(frames[1], raw=False)
@@ -105,7 +105,7 @@ class ModelFollower:
 
     def observe(self, sample: Sample) -> None:
         """Predict ``sample`` with the current model (if any) and count it under that version."""
-        from edge_runtime.export import predict
+        from edge_runtime.export.onnx import predict
 
         with self._lock:
             session, version = self._session, self.version

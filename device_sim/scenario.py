@@ -12,7 +12,7 @@ from typing import Iterator, Protocol
 
 import numpy as np
 
-from edge_runtime.sample import Sample
+from edge_runtime.core.sample import Sample
 
 
 class IndexedDataset(Protocol):
@@ -144,7 +144,7 @@ def eval_mask(n: int, every: int | None) -> np.ndarray:
 
 CORRUPTIONS = ("noise", "occlusion", "drop", "degrade")
 #: ``degrade``'s noise (times the tensor's std) per modality, calibrated on AV-Digits so that the
-#: degraded modality's unimodal accuracy falls to about 50-60 % (README, "Streams where modalities
+#: degraded modality's unimodal accuracy falls to about 50-60 % (docs/datasets.md, "Streams where modalities
 #: are unequal"); other kinds default to 2.0.
 DEGRADE_STRENGTH = {"video": 1.0, "audio": 1.0}
 #: ``degrade``'s block size: video frames are averaged over blocks of this many pixels per side,

@@ -16,13 +16,3 @@ def synthetic():
     from device_sim.datasets.synthetic import SyntheticConfig, SyntheticDataset
 
     return SyntheticDataset(SyntheticConfig(size=4000, seed=0))
-
-
-def stream(dataset, order, device="test"):
-    """Materialise the samples of ``order`` (indices) with consecutive seq numbers."""
-    out = []
-    for seq, i in enumerate(order):
-        s = dataset.sample(int(i))
-        s.device, s.seq = device, seq
-        out.append(s)
-    return out

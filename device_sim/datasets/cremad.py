@@ -33,7 +33,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 
@@ -44,7 +44,7 @@ from device_sim.datasets.media import (
     list_jpeg_frames,
     load_jpeg_frames,
 )
-from edge_runtime.features import FeatureConfig, read_wav
+from edge_runtime.core.config import FeatureConfig
 
 EMOTIONS: tuple[str, ...] = ("NEU", "HAP", "SAD", "FEA", "DIS", "ANG")
 """Class names in label order: NEU=0, HAP=1, SAD=2, FEA=3, DIS=4, ANG=5."""
@@ -195,7 +195,13 @@ class CremaD(ClipDataset):
 
     name = "cremad"
     title = "CREMA-D"
+    splits: ClassVar[tuple[str, ...]] = ("train", "test")
     num_classes = len(EMOTIONS)
+
+    @classmethod
+    def available(cls, root: str | None = None) -> tuple[bool, str]:
+        """Whether a CREMA-D copy is at ``root`` (nothing is decoded)."""
+        return available(root)
 
     def __init__(
         self,
@@ -304,6 +310,8 @@ class CremaD(ClipDataset):
     # ------------------------------------------------------------------ interface
     def load(self, index: int) -> tuple[np.ndarray, int, np.ndarray]:
         """Decode clip ``index``: ``(waveform float32, sample rate, frames uint8 (T, H, W, 3))``."""
+        from edge_runtime.core.features import read_wav
+
         clip = self._clips[index]
         wave, sr = read_wav(clip.audio)
         if self.layout == "raw":

@@ -3,8 +3,9 @@
 * :func:`list_jpeg_frames` / :func:`load_jpeg_frames`: the frames of a folder such as
   ``Image-01-FPS/{clip}/00000.jpg, 00001.jpg, ...``, sorted by file name, as uint8 ``(T, H, W, 3)``
   RGB.
-* :func:`report_missing`, :func:`media_tensors`, :func:`read_split_lines`: shared by the CREMA-D
-  and AVE readers (one warning for missing files, the tensors to send, split-file lines).
+* :class:`ClipDataset`, :func:`report_missing`, :func:`media_tensors`, :func:`read_split_lines`:
+  shared by the CREMA-D and AVE readers (their common interface and command-line options, one
+  warning for missing files, the tensors to send, split-file lines).
 * :func:`decode_video`: an FLV or MP4 file decoded with PyAV into a float32 mono waveform (channels
   averaged) with its sample rate, and uint8 RGB frames sampled at ``fps`` frames per second
   (default 1, as the common preprocessing extracts them), optionally cut to ``[start_s, end_s)``.
@@ -20,12 +21,13 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, ClassVar, Iterator
 
 import numpy as np
 
-from edge_runtime.sample import Sample
-from edge_runtime.features import AUDIO, VIDEO, FeatureConfig, audio_features, frame_features, raw_tensors
+from device_sim.datasets.base import Dataset, MissingFilesWarning, Option
+from edge_runtime.core.config import FeatureConfig, load_config
+from edge_runtime.core.sample import Sample
 
 JPEG_SUFFIXES = (".jpg", ".jpeg")
 
@@ -214,10 +216,6 @@ def decode_video(
 # ---------------------------------------------------------------------------------------------
 
 
-class MissingFilesWarning(UserWarning):
-    """Listed clips whose media files are missing (or empty) were dropped from a data set."""
-
-
 def choose_layout(title: str, root: Path, layout: str, raw_missing: list[str], pre_missing: list[str], expected: str) -> str:
     """``"preprocessed"`` or ``"raw"`` for a root lacking ``raw_missing`` / ``pre_missing`` parts.
 
@@ -270,9 +268,11 @@ def media_tensors(
 
     Features are ``{"audio": (T, F), "video": (T, C, S, S)}`` float32; raw tensors are
     ``{"waveform": float32 at cfg.sample_rate, "frames": uint8 (T, H, W, 3)}`` (see
-    :mod:`edge_runtime.features`).  A clip without audio (``sample_rate == 0``) gets an empty
+    :mod:`edge_runtime.core.features`).  A clip without audio (``sample_rate == 0``) gets an empty
     waveform at ``cfg.sample_rate``.
     """
+    from edge_runtime.core.features import AUDIO, VIDEO, audio_features, frame_features, raw_tensors  # torch: only when a clip is decoded
+
     sr = int(sample_rate) if sample_rate else cfg.sample_rate
     if send == "raw":
         return raw_tensors(wave, frames, cfg, sr=sr)
@@ -291,6 +291,8 @@ def read_split_lines(path: Path) -> list[tuple[int, str]]:
 
 
 __all__ = [
+    "CONFIG_OPTION",
+    "ClipDataset",
     "DecodedMedia",
     "JPEG_SUFFIXES",
     "MissingFilesWarning",
@@ -300,19 +302,52 @@ __all__ = [
     "media_tensors",
     "read_split_lines",
     "report_missing",
+    "ROOT_OPTION",
+    "SEND_OPTION",
+    "STRICT_OPTION",
 ]
 
 
-class ClipDataset:
+#: ``--root DIR``: the folder of the user's copy of a data set (required).
+ROOT_OPTION = Option("--root", "folder of your copy (raw release or common preprocessing layout)", metavar="DIR",
+                     required=True, missing="point it at your copy of the data set (see docs/datasets.md, 'Real data sets')")
+#: ``--send``: what a device sends for a clip.
+SEND_OPTION = Option("--send", "send model features, or raw waveform + frames that the node turns into the same features",
+                     default="features", choices=("features", "raw"))
+#: ``--strict``: a listed clip without its files stops the run.
+STRICT_OPTION = Option("--strict", "a listed clip with missing files is an error, not a warning", switch=True)
+#: ``--config``: where the feature options come from.
+CONFIG_OPTION = Option("--config", "YAML whose features: section sets MFCC / frame options (default: configs defaults)")
+
+
+class ClipDataset(Dataset):
     """Shared behaviour of the folder-backed data sets: lazy per-clip decoding into samples.
 
-    Subclasses set ``name``, ``title`` (for messages), ``self._clips`` (objects with ``label`` and
-    ``name``), ``self._labels``, ``self.split``, ``self.features``, ``self.send`` and implement
-    ``load(index) -> (waveform, sample rate, frames uint8 (T, H, W, 3))``.
+    Subclasses set ``name``, ``title`` (for messages), ``splits``, ``self._clips`` (objects with
+    ``label`` and ``name``), ``self._labels``, ``self.split``, ``self.features``, ``self.send``,
+    ``num_classes``, and implement ``load(index) -> (waveform, sample rate, frames uint8 (T, H, W, 3))``.
+    Their constructor takes ``(root, split=, features=, send=, strict=, seed=, ...)``.
     """
 
     name = "clips"
     title = "clips"
+    cli_options: ClassVar[tuple[Option, ...]] = (ROOT_OPTION, SEND_OPTION, STRICT_OPTION, CONFIG_OPTION)
+
+    @classmethod
+    def from_options(cls, *, split: str = "train", seed: int = 0, samples: int | None = None, root: str | None = None,
+                     config: str | None = None, **options: Any) -> ClipDataset:
+        """The clips of ``split`` in the copy at ``root`` (required).
+
+        ``config``: a YAML file whose ``features:`` section gives the feature options (instead of
+        ``features=``; neither: the defaults).  ``samples`` is ignored (the caller cuts the stream);
+        other keywords (``send``, ``strict``, ``layout``, ...) go to the constructor.
+        """
+        cls.check_required({"root": root})
+        if config is not None:
+            if "features" in options:
+                raise ValueError(f"{cls.name}: give config or features, not both")
+            options["features"] = load_config(config).features
+        return cls(root, split=split, seed=seed, **options)  # type: ignore[call-arg]
 
     def __len__(self) -> int:
         return len(self._clips)

@@ -20,12 +20,13 @@ same distribution.  Labels are exactly balanced within every block of ``num_clas
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Any, ClassVar, Iterator
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from edge_runtime.sample import Sample
+from device_sim.datasets.base import Dataset
+from edge_runtime.core.sample import Sample
 
 KINDS = ("balanced", "audio", "video")
 _TEMPLATE_TAG = 0x5EED7E
@@ -89,10 +90,14 @@ class SyntheticConfig(BaseModel):
         return value
 
 
-class SyntheticDataset:
+class SyntheticDataset(Dataset):
     """Procedural audio-visual classes with per-sample, per-modality informativeness."""
 
     name = "synthetic"
+    title = "synthetic"
+    splits: ClassVar[tuple[str, ...]] = ()  # one generated stream; test_set() draws held-out samples
+    #: The benchmarks' (train, test) pair: sizes of the stream (seed 0) and of the held-out draw (seed 1).
+    TRAIN_TEST_SIZES: ClassVar[tuple[int, int]] = (2400, 600)
 
     def __init__(self, cfg: SyntheticConfig | None = None, **overrides: object) -> None:
         """Build the class templates of ``cfg`` (or of ``SyntheticConfig(**overrides)``)."""
@@ -107,6 +112,34 @@ class SyntheticDataset:
         self._video = self._make_video_templates(rng)
         self._audio_cache: dict[int, np.ndarray] = {}
         self._labels = self._label_range(0, cfg.size)
+
+    @property
+    def num_classes(self) -> int:  # type: ignore[override]
+        """Number of classes (``cfg.num_classes``)."""
+        return self.cfg.num_classes
+
+    @classmethod
+    def from_options(cls, *, split: str = "train", seed: int = 0, samples: int | None = None, **options: Any) -> SyntheticDataset:
+        """``samples`` (when given) is the stream's size; ``split`` is ignored (there are no splits);
+        other keywords are :class:`SyntheticConfig` fields."""
+        return cls(**({"size": samples} if samples else {}), seed=seed, **options)
+
+    @classmethod
+    def train_test(cls, train_split: str = "train", test_split: str = "test", **options: Any) -> tuple[SyntheticDataset, SyntheticDataset]:
+        """Two differently seeded draws (seed 0 and seed 1) of :data:`TRAIN_TEST_SIZES` samples.
+
+        The splits, and ``seed`` / ``samples`` among ``options``, are ignored.  The seed also draws
+        the class templates, so the two draws do not share them (:meth:`test_set` is the held-out
+        set of the same templates).
+        """
+        options = {k: v for k, v in options.items() if k not in ("seed", "samples")}
+        train, test = cls.TRAIN_TEST_SIZES
+        return cls.from_options(seed=0, samples=train, **options), cls.from_options(seed=1, samples=test, **options)
+
+    @classmethod
+    def available(cls, root: str | None = None) -> tuple[bool, str]:
+        """Always: the data set is generated."""
+        return True, "embedded, generated on the fly"
 
     # ------------------------------------------------------------------ templates
     def _make_audio_params(self, rng: np.random.Generator) -> None:

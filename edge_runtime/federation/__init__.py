@@ -1,4 +1,4 @@
-"""Federation of edge nodes on Flower (issue 12; README "Federation").
+"""Federation of edge nodes on Flower (docs/federation.md).
 
 * :mod:`.arrays` - naming, checking and merging of the shared arrays (numpy only);
 * :mod:`.node_link` - the node side: the control channel served beside the learner thread (torch);

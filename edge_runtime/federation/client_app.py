@@ -24,7 +24,7 @@ import time
 from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from edge_runtime.control import ControlClient, ControlError
+from edge_runtime.federation.control import ControlClient, ControlError
 from edge_runtime.federation.arrays import split
 
 app = ClientApp()

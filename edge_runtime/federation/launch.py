@@ -1,6 +1,6 @@
 """Start Flower 1.42's processes on loopback for a federation of edge nodes (``edge-node federate``).
 
-Exactly the command lines of the README's "Federation" section, with free ports and an isolated
+Exactly the command lines of docs/federation.md, "Running it by hand", with free ports and an isolated
 ``FLWR_HOME`` (Flower's CLI configuration, ``config.toml``, and its app cache):
 
 * SuperLink: ``flower-superlink --insecure --isolation subprocess --disable-runtime-dependency-installation

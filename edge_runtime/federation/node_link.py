@@ -1,7 +1,7 @@
 """The node side of federation: a control channel served beside the learner thread.
 
 ``EdgeNode`` owns one :class:`FederationLink` when ``federation.enabled`` is true. The control
-thread (``edge_runtime.control.ControlServer``) answers ``status`` itself and hands ``get`` and
+thread (``edge_runtime.federation.control.ControlServer``) answers ``status`` itself and hands ``get`` and
 ``put`` to the learner thread, which serves them in :meth:`FederationLink.service` between two
 micro-batches (never inside one) and only then replies. A ``put`` is checked against the model
 (names, dtypes, shapes, finite values) before it is queued: a mismatch is refused with an error
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import time
 from collections import deque
@@ -30,8 +29,9 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import torch
 
-from edge_runtime.config import FederationConfig
-from edge_runtime.control import ControlError, ControlServer
+from edge_runtime.core.atomic import atomic_write_json
+from edge_runtime.core.config import FederationConfig
+from edge_runtime.federation.control import ControlError, ControlServer
 from edge_runtime.federation.arrays import COUNTS, MODEL_PREFIX, PROTO_PREFIX, Spec, mismatch, spec_of
 
 log = logging.getLogger("edge_runtime.federation")
@@ -138,10 +138,9 @@ class FederationLink:
                 self.counts = counts
 
     def _save(self) -> None:
-        tmp = self.state_path.with_name(".federation.json.tmp")
-        tmp.write_text(json.dumps({"round": self.round, "samples_total": self.samples_total,
-                                   "samples_since_round": self.samples_since_round, "counts": self.counts.tolist()}))
-        os.replace(tmp, self.state_path)
+        atomic_write_json(self.state_path, {"round": self.round, "samples_total": self.samples_total,
+                                            "samples_since_round": self.samples_since_round,
+                                            "counts": self.counts.tolist()}, indent=None)
         self._last_save = time.monotonic()
 
     # ------------------------------------------------------------------ control thread

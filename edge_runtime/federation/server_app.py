@@ -25,7 +25,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx
 
-from edge_runtime.config import Config, FederationConfig, load_config
+from edge_runtime.core.config import Config, FederationConfig, load_config
 from edge_runtime.federation.arrays import merge_prototypes, nbytes
 from edge_runtime.federation.client_app import PROTOTYPES_KEY
 
@@ -130,7 +130,7 @@ def initial_arrays(config: Config) -> dict[str, np.ndarray]:
     """The model every node starts from (same seed, same architecture), as named arrays."""
     import torch
 
-    from edge_runtime.model import build_model
+    from edge_runtime.learning.model import build_model
 
     torch.manual_seed(config.training.seed)
     model = build_model(config.model)

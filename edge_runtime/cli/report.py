@@ -1,0 +1,27 @@
+"""``edge-node report``: its arguments and the command (the plots and the page are :mod:`edge_runtime.ops.report`)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from edge_runtime.ops.report import write_report
+
+
+def add_report_parser(sub: Any) -> None:
+    """Add ``report`` to ``edge-node``'s sub-command parsers (the action of ``add_subparsers()``)."""
+    p = sub.add_parser(
+        "report", help="PNG plots + one HTML page of a node's learning history",
+        description="Read STATE_DIR/history.csv (a row every node.history_every_s while the node runs) and write "
+        "accuracy.png, buffer.png, verdicts.png, latency.png and index.html (the plots with their numbers) to --out.")
+    p.add_argument("state_dir", metavar="STATE_DIR", help="the node's node.state_dir")
+    p.add_argument("--out", metavar="DIR", default=None, help="folder for the report (default: STATE_DIR/report)")
+
+
+def run_report(args: argparse.Namespace) -> int:
+    """The sub-command: write the report, print where; exit 0 (2 via ``edge-node``'s handler when the history is missing)."""
+    out = Path(args.out) if args.out else Path(args.state_dir) / "report"
+    page = write_report(Path(args.state_dir), out)
+    print(f"report written to {page}")
+    return 0

@@ -1,0 +1,302 @@
+"""Every setting of edge-runtime as pydantic models.
+
+YAML files in ``configs/`` load into :class:`Config`.  Unknown keys and out-of-range values
+are rejected with a :class:`ConfigError` whose message names the dotted key, the offending
+value and what is allowed, e.g. ``selection.keep_ratio: must be <= 1 (got 1.5)``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, ValidationInfo, field_validator, model_validator
+
+from edge_runtime.core.policy_settings import ReplaySettings, SelectionSettings, parse_settings
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or out of range; the message names the key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    """Encoders and fusion of :class:`edge_runtime.learning.model.MultimodalNet`."""
+
+    num_classes: int = Field(10, ge=2, le=100_000)
+    audio_features: int = Field(13, ge=1, description="feature bins per audio frame (MFCC or mel)")
+    audio_channels: int = Field(64, ge=1, description="channels of the audio conv front-end")
+    visual_backbone: Literal["tiny", "mobilenet_v2"] = "tiny"
+    visual_channels: int = Field(1, ge=1, le=4, description="colour channels of a frame")
+    mobilenet_width: float = Field(1.0, gt=0.0, le=2.0, description="MobileNetV2 width multiplier")
+    tiny_channels: int = Field(16, ge=1, description="width of the tiny per-frame CNN")
+    embed_dim: int = Field(64, ge=2, description="size of z_a and z_v")
+    fusion: Literal["sum", "concat", "film", "gated"] = "sum"
+
+
+class FeatureConfig(_Section):
+    """How raw audio and frames become the tensors the model sees (shared by device and node)."""
+
+    sample_rate: int = Field(16000, ge=1000, description="audio is resampled to this rate (Hz)")
+    audio: Literal["mfcc", "logmel"] = Field("mfcc", description="audio feature kind")
+    n_mfcc: int = Field(13, ge=1, description="MFCC coefficients per frame (audio='mfcc')")
+    n_mels: int = Field(40, ge=1, description="mel bands (audio='logmel'; also the MFCC filterbank)")
+    win_ms: float = Field(25.0, gt=0.0, description="analysis window length (ms)")
+    hop_ms: float = Field(10.0, gt=0.0, description="hop between audio frames (ms)")
+    max_audio_frames: int = Field(300, ge=1, description="longer clips are truncated to their first frames")
+    image_size: int = Field(32, ge=1, description="frames are resized to image_size x image_size")
+    channels: Literal[1, 3] = Field(1, description="1: grayscale (luminance), 3: RGB")
+    max_video_frames: int = Field(8, ge=1, description="at most this many evenly spaced frames are kept")
+
+    @property
+    def audio_dim(self) -> int:
+        """Feature bins per audio frame: ``n_mfcc`` for MFCC, ``n_mels`` for log-mel."""
+        return self.n_mfcc if self.audio == "mfcc" else self.n_mels
+
+
+class PrototypeConfig(_Section):
+    """EMA class prototypes per modality (the learning step, step 2 (docs/design.md))."""
+
+    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="a in c <- a*c + (1-a)*z")
+    confidence: Literal["prototype", "linear"] = "prototype"
+
+
+class BufferConfig(_Section):
+    """Bounded replay buffer (the learning step, steps 5-6 (docs/design.md))."""
+
+    max_items: int = Field(200, ge=1)
+    max_bytes: int = Field(64 * 2**20, ge=1, description="upper bound on stored tensor bytes")
+    retention: Literal["reservoir", "class_balanced", "mbs"] = "class_balanced"
+    replay_batch_size: int = Field(32, ge=0, description="replayed samples per update; 0 disables replay")
+
+
+class TrainingConfig(_Section):
+    """Losses, optimiser and teacher snapshot policy (the learning step, steps 5-6 (docs/design.md))."""
+
+    optimizer: Literal["sgd", "adam"] = "adam"
+    lr: float = Field(1e-3, gt=0.0, le=10.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD momentum")
+    weight_decay: float = Field(0.0, ge=0.0)
+    grad_clip: float | None = Field(5.0, gt=0.0)
+    asymmetric_ce: bool = Field(True, description="ER-ACE: incoming CE restricted to the batch's classes")
+    unimodal_loss_weight: float = Field(0.0, ge=0.0, description="extra CE on the unimodal heads")
+    kd_lambda: float = Field(1.0, ge=0.0, description="weight of the KD term on replay")
+    kd_temperature: float = Field(2.0, gt=0.0)
+    teacher_every: int | None = Field(200, ge=1, description="refresh the teacher every N updates (None: never)")
+    teacher_on_new_class: bool = True
+    replay_steps: int = Field(1, ge=1, le=64, description="optimiser steps per micro-batch")
+    fuse_forward: bool = Field(True, description="one forward for the incoming and replayed rows of an update (exact for models "
+                                                 "without batch statistics, like the built-in one; turn off for a model with BatchNorm)")
+    amp: Literal["off", "auto", "bf16", "fp16"] = Field(
+        "off", description="mixed precision on CUDA (auto: bf16 where supported, else fp16); CPU always runs float32")
+    teacher_dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="precision of the frozen KD teacher (half precision halves its memory on a GPU)")
+    seed: int = 0
+
+
+class CurveConfig(_Section):
+    """CurveZMQ encryption and authentication of devices (``edge-node keys DIR`` makes the files)."""
+
+    enabled: bool = False
+    server_secret_key: str | None = Field(None, description="the node's secret certificate (server.key_secret)")
+    allowed_keys_dir: str | None = Field(None, description="folder of device public certificates (*.key) allowed to connect")
+    reload_s: float = Field(2.0, gt=0.0, description="allowed_keys_dir is re-read this often: a removed key opens no new connection after it")
+
+
+class NodeConfig(_Section):
+    """The ``edge-node run`` daemon: socket, flow control, micro-batching, durability, metrics."""
+
+    bind: str = Field("tcp://127.0.0.1:5555", description="ZeroMQ endpoint of the ROUTER socket")
+    state_dir: str = Field("edge-state", description="SQLite store, ledger and checkpoints live here")
+    credit: int = Field(32, ge=1, le=4096, description="per-device window of unacknowledged samples")
+    queue_max: int = Field(1024, ge=1, description="samples waiting for the learner (bounded ingest queue)")
+    batch_size: int = Field(32, ge=1, description="micro-batch size handed to the learner")
+    batch_window_ms: float = Field(50.0, ge=0.0, description="learn a smaller batch when it has waited this long")
+    max_message_bytes: int = Field(16 * 2**20, ge=1024, description="MAXMSGSIZE of the socket and the wire limit")
+    heartbeat_ivl_ms: int = Field(1000, ge=0, description="ZMTP heartbeat interval (0: off)")
+    heartbeat_timeout_ms: int = Field(5000, ge=0)
+    checkpoint_every_s: float = Field(30.0, gt=0.0, description="seconds between periodic checkpoints")
+    checkpoint_keep: int = Field(3, ge=1, description="checkpoints kept (the newest valid one is restored)")
+    sqlite_synchronous: Literal["NORMAL", "FULL"] = Field(
+        "NORMAL", description="NORMAL survives a crash of the process; FULL also a power loss (slower)")
+    metrics_port: int | None = Field(None, ge=0, le=65535, description="Prometheus endpoint port (None: off, 0: any free port)")
+    metrics_host: str = "127.0.0.1"
+    log_format: Literal["json", "text"] = "json"
+    curve: CurveConfig = CurveConfig()
+    model_bind: str | None = Field(None, description="PUB endpoint for ONNX models to devices, e.g. tcp://127.0.0.1:5556 (None: off)")
+    model_every: int = Field(50, ge=1, description="publish a new model version every N learner updates")
+    model_resend_s: float = Field(2.0, gt=0.0, description="re-send the newest model this often, for late subscribers")
+    status_every_s: float = Field(1.0, gt=0.0, description="rewrite state_dir/status.json (what edge-node status reads) this often")
+    history_every_s: float | None = Field(
+        10.0, gt=0.0, description="append a row to state_dir/history.csv (what edge-node report plots) this often (None: off)")
+    # Bounded cost per sample (None: the matching features.* value)
+    max_audio_frames: int | None = Field(None, ge=1, description="audio frames (axis 0) per sample (None: features.max_audio_frames)")
+    max_video_frames: int | None = Field(None, ge=1, description="video frames (axis 0) per sample (None: features.max_video_frames)")
+    max_frame_size: int | None = Field(None, ge=1, description="largest frame height and width (None: features.image_size)")
+    frame_size: tuple[int, int] | None = Field(
+        None, description="[height, width] every feature frame must have (None: pinned by the first device or by the stored buffer)")
+    max_waveform_seconds: float = Field(30.0, gt=0.0, description="raw media: longest waveform, at features.sample_rate")
+    max_raw_frames: int = Field(300, ge=1, description="raw media: most frames per sample")
+    max_raw_frame_size: int = Field(1920, ge=1, description="raw media: largest frame height and width")
+    queue_max_bytes: int = Field(256 * 2**20, ge=1024, description="bytes of samples waiting for the learner (with queue_max)")
+    # Bounded state
+    max_seq_gap: int = Field(4096, ge=1, description="a seq this far above the device's first undecided seq is refused (seq_gap)")
+    device_idle_s: float = Field(600.0, gt=0.0, description="per-device state is freed after this long without a message (and on bye)")
+    ledger_retention: int = Field(10_000, ge=0, description="verdict rows kept per device below its next_seq (older ones are compacted)")
+    evictions_keep: int = Field(10_000, ge=0, description="rows of the buffer's evictions log kept (the newest)")
+    router_handover: bool = Field(
+        False, description="ZMQ_ROUTER_HANDOVER: a new connection takes a routing id from a live one (see docs/operations.md, device identity)")
+
+    @field_validator("frame_size")
+    @classmethod
+    def _frame_size(cls, value: tuple[int, int] | None) -> tuple[int, int] | None:
+        if value is not None and min(value) < 1:
+            raise ValueError(f"must be [height, width] with both >= 1 (got {list(value)})")
+        return value
+
+    @model_validator(mode="after")
+    def _windows(self) -> "NodeConfig":
+        if self.max_seq_gap < self.credit:
+            raise ValueError(f"node.max_seq_gap ({self.max_seq_gap}) must be >= node.credit ({self.credit}): "
+                             "a full credit window must fit in the seq window")
+        return self
+
+
+class Config(_Section):
+    """The whole configuration of a learner (and of the node that hosts it)."""
+
+    model: ModelConfig = ModelConfig()
+    prototypes: PrototypeConfig = PrototypeConfig()
+    selection: SerializeAsAny[SelectionSettings] = Field(
+        default_factory=lambda: parse_settings("selection", {}), description="admission policy and its settings (the learning step, steps 3-4 (docs/design.md))")
+    buffer: BufferConfig = BufferConfig()
+    replay: SerializeAsAny[ReplaySettings] = Field(
+        default_factory=lambda: parse_settings("replay", {}), description="replay policy and its settings (the learning step, step 6 (docs/design.md))")
+    training: TrainingConfig = TrainingConfig()
+    node: NodeConfig = NodeConfig()
+    features: FeatureConfig = FeatureConfig()
+    federation: FederationConfig = Field(default_factory=lambda: FederationConfig())  # defined at the end of this file
+    device: str = Field("cpu", description="auto | cpu | cuda | cuda:N")
+    num_threads: int | None = Field(None, ge=1, description="torch CPU threads (None: torch default)")
+
+    @field_validator("selection", "replay", mode="before")
+    @classmethod
+    def _policy_settings(cls, value: Any, info: ValidationInfo) -> Any:
+        """The settings model of the policy the section names (see :mod:`edge_runtime.core.policy_settings`)."""
+        return parse_settings(info.field_name, value)
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
+            raise ValueError(f"must be auto, cpu, cuda or cuda:N (got {value!r})")
+        return value
+
+
+def _format(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "<root>"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key; check the spelling against configs/default.yaml"
+        elif e["type"] == "not_a_setting":  # a key the section's policy does not have
+            lines.append(f"{key} {msg}")
+            continue
+        elif "input" in e and not isinstance(e["input"], dict):
+            msg = f"{msg} (got {e['input']!r})"
+        lines.append(f"{key}: {msg}")
+    return f"invalid configuration in {source}:\n  " + "\n  ".join(lines)
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    node = tree
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{dotted}: {part!r} is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, Any]:
+    """Turn ``["selection.keep_ratio=0.3", ...]`` into a nested dict; values are parsed as YAML."""
+    tree: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. selection.keep_ratio=0.3")
+        _set_dotted(tree, key.strip(), yaml.safe_load(raw))
+    return tree
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def config_from_dict(data: dict[str, Any] | None, source: str = "<dict>") -> Config:
+    """Validate a nested dict into a :class:`Config`; errors name the dotted key."""
+    try:
+        return Config.model_validate(data or {})
+    except ValidationError as err:
+        raise ConfigError(_format(err, source)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML file (or the defaults when ``path`` is None) and apply ``KEY=VALUE`` overrides."""
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        try:
+            text = Path(path).read_text()
+        except OSError as err:
+            raise ConfigError(f"cannot read config file {path}: {err.strerror}") from None
+        except UnicodeDecodeError as err:
+            raise ConfigError(f"config file {path} is not UTF-8 text (byte {err.start} is 0x{err.object[err.start]:02x}); "
+                              "save it as UTF-8") from None
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path} is not valid YAML: {err}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections (model, selection, ...)")
+    return config_from_dict(_merge(data, parse_overrides(overrides)), source)
+
+
+# --------------------------------------------------------------------------- federation (issue 12)
+class FederationConfig(_Section):
+    """Several edge nodes learning as one on Flower (``edge_runtime/federation/``, docs/federation.md).
+
+    The node only needs ``enabled`` and ``control_bind`` (its local control channel); the other keys
+    are read by the Flower ServerApp and ClientApp.
+    """
+
+    enabled: bool = Field(False, description="start the local control channel (get / put of weights and prototypes)")
+    control_bind: str | None = Field(
+        None, description="ZeroMQ endpoint of the control channel, ipc:// or tcp://127.0.0.1:PORT (None: ipc://<node.state_dir>/control.ipc)")
+    rounds: int = Field(3, ge=1, le=100_000, description="federated rounds the ServerApp runs")
+    samples_per_round: int = Field(200, ge=0, description="a node answers a round after learning this many samples since the last merge ...")
+    round_interval_s: float = Field(30.0, gt=0.0, description="... or after this many seconds, whichever comes first")
+    strategy: Literal["fedavg", "fedprox", "fedadam"] = Field("fedavg", description="flwr strategy; weights averaged by samples learned since the last round")
+    proximal_mu: float = Field(0.01, ge=0.0, description="fedprox: pull of the local weights towards the round's global weights")
+    server_lr: float = Field(0.1, gt=0.0, description="fedadam: server learning rate (eta)")
+    server_tau: float = Field(1e-3, gt=0.0, description="fedadam: adaptivity (tau)")
+    min_nodes: int = Field(2, ge=1, description="nodes needed to start a round and to aggregate it (flwr min_available/min_train)")
+    round_timeout_s: float = Field(120.0, gt=0.0, description="a round waits this long for replies, then aggregates what came (or keeps the old global model)")
+    control_timeout_s: float = Field(5.0, gt=0.0, description="the ClientApp gives up on a node that does not answer within this")
+
+
+Config.model_rebuild()  # resolves Config.federation, defined above Config in name only

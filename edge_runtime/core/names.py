@@ -1,0 +1,20 @@
+"""Names shared across layers, defined once: the stream metrics a learner reports and every view shows.
+
+The learner's summary, ``history.csv``, ``status.json``, the report and the benchmarks' CSVs all use
+these keys; a view imports the name instead of spelling it.
+"""
+
+from __future__ import annotations
+
+#: Accuracy of predictions made before learning from the sample (river's prequential evaluation).
+PREQUENTIAL_ACCURACY = "prequential_accuracy"
+#: Accuracy on the streamed ``split: eval`` samples (predicted, never learned from).
+EVAL_ACCURACY = "eval_accuracy"
+#: Samples the learner has seen (train and eval).
+SAMPLES_SEEN = "samples_seen"
+#: Optimiser updates made.
+UPDATES = "updates"
+#: Samples held by the replay buffer.
+BUFFER_ITEMS = "buffer_items"
+#: Bytes the replay buffer's samples take.
+BUFFER_BYTES = "buffer_bytes"

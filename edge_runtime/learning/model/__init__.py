@@ -1,0 +1,5 @@
+"""Multimodal (audio + video) network: encoders, fusion heads and :class:`MultimodalNet`."""
+
+from edge_runtime.learning.model.net import ModelOutput, MultimodalNet, build_model
+
+__all__ = ["ModelOutput", "MultimodalNet", "build_model"]

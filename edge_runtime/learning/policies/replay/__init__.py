@@ -1,0 +1,1 @@
+"""Replay policies: how each update's replay batch is drawn from the buffer (one file each)."""

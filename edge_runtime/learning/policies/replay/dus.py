@@ -1,0 +1,62 @@
+"""DUS replay ("Rebalanced Multimodal Learning with Data-aware Unimodal Sampling"; our reading, see below).
+
+Each step the :class:`~edge_runtime.learning.policies.scoring.discrepancy.CumulativeDiscrepancy` folds in the
+batch's mean per-modality confidences, ``D_t = gamma D_{t-1} + (mean p_a - mean p_v)``.  Each
+update replays the usual uniform batch plus ``n_t = round(n_max * (1 - gamma) |D_t|)`` extra buffer
+samples of the weaker modality (video when ``D_t > 0``), which DUS's own loss term passes through
+that modality's unimodal head only (cross-entropy weighted by ``replay.weight``), so the lagging
+encoder gets more gradient.  The paper's PPO-driven variant is not implemented.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+
+from edge_runtime.core.policy_settings import DUSSettings
+from edge_runtime.learning.policies.scoring.discrepancy import CumulativeDiscrepancy
+from edge_runtime.learning.policies.base import Forward, ReplayPlan, ReplayPolicy, StepContext, UpdateStep
+
+
+class DUSReplay(ReplayPolicy):
+    """Uniform replay plus ``{weaker modality: extra samples}`` in the plan's ``extra``, for :meth:`loss`."""
+
+    Settings = DUSSettings
+
+    def __init__(self, cfg: DUSSettings, replay_batch_size: int, seed: int = 0) -> None:
+        self.cfg = cfg
+        self.n_max = replay_batch_size if cfg.max_extra is None else cfg.max_extra
+        self.monitor = CumulativeDiscrepancy(cfg.gamma)
+
+    def observe(self, ctx: StepContext) -> None:
+        self.monitor.update(ctx.p_audio, ctx.p_video)
+
+    def plan(self, buffer, n: int, forward: Forward) -> ReplayPlan:
+        if not len(buffer):
+            return ReplayPlan([])
+        samples = buffer.sample(n) if n > 0 else []
+        extra = self.monitor.quantity(self.n_max, self.cfg.epsilon)
+        weak = self.monitor.weaker
+        if extra and weak is not None:
+            return ReplayPlan(samples, {weak: buffer.sample(extra)})
+        return ReplayPlan(samples)
+
+    def loss(self, step: UpdateStep) -> torch.Tensor | None:
+        """``weight * CE`` of the planned extra samples through the weaker modality's unimodal head only."""
+        total = None
+        for modality, extra in (step.plan.extra or {}).items():
+            if extra:
+                out, labels = step.forward(extra)
+                head = out.audio_logits if modality == "audio" else out.video_logits
+                term = self.cfg.weight * F.cross_entropy(head.float(), labels)
+                total = term if total is None else total + term
+        return total
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"monitor": self.monitor.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if "monitor" in state:
+            self.monitor.load_state_dict(state["monitor"])

@@ -1,5 +1,0 @@
-"""Multimodal (audio + video) network: encoders, fusion heads and :class:`MultimodalNet`."""
-
-from edge_runtime.model.net import ModelOutput, MultimodalNet, build_model
-
-__all__ = ["ModelOutput", "MultimodalNet", "build_model"]

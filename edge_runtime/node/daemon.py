@@ -1,0 +1,277 @@
+"""``EdgeNode``: the daemon of the edge box, speaking the wire protocol v1 (docs/protocol.md).
+
+Two threads and one rule each:
+
+* the IO thread (the caller of :meth:`EdgeNode.run`) owns the ROUTER socket: it decodes and
+  validates messages, answers hellos and pings, de-duplicates by (device, seq), enforces each
+  device's credit window and the bounded ingest queue, and sends the acks the learner thread
+  hands back (:mod:`edge_runtime.node.sessions`);
+* the learner thread takes micro-batches from the queue (by size, or after a time window), calls
+  ``Learner.observe``, records every verdict in the SQLite ledger in the same transaction as the
+  buffer's admissions and evictions, commits, and only then hands the acks to the IO thread
+  (:mod:`edge_runtime.node.worker`). It also writes the periodic and final checkpoints.
+
+An ``admitted`` ack therefore always follows the commit of the sample, and a resent seq is
+answered from the ledger with its first verdict and never learned from twice. The node knows
+nothing about losses: it uses the learner only through :class:`~edge_runtime.node.worker.LearnerLike`.
+
+Nothing a device sends may stop the node: every sample is checked against the model's input
+contract (:mod:`edge_runtime.core.validation`) before it is queued (the finiteness scan runs on the
+learner thread), frames have one size per node (:mod:`edge_runtime.node.schema`), and a
+micro-batch that still raises in the learner is decided sample by sample. A hello is required on
+every new connection; with CURVE (:mod:`edge_runtime.node.security`) a device id belongs to the
+key that first registered it. Per-device state is freed on bye and after ``node.device_idle_s``;
+the ledger is compacted below ``next_seq - ledger_retention``.
+
+This module builds the parts, restores the learner, and runs the IO thread's poll loop.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import zmq
+
+from edge_runtime.core.atomic import atomic_write_text
+from edge_runtime.core.config import Config, NodeConfig
+from edge_runtime.core.names import BUFFER_ITEMS
+from edge_runtime.learning.buffer.sqlite import SqliteStore
+from edge_runtime.learning.checkpoint import CheckpointError, CheckpointManager
+from edge_runtime.node.handoff import Handoff
+from edge_runtime.node.ledger import Ledger
+from edge_runtime.node.logs import NODE_LOGGER, setup_logging
+from edge_runtime.node.schema import SchemaNegotiator, stored_frame_size
+from edge_runtime.node.security import secure_socket
+from edge_runtime.node.sessions import Sessions
+from edge_runtime.node.startup import StartupError, metrics_port_message
+from edge_runtime.node.worker import LearnerLike, LearnerWorker
+from edge_runtime.ops.metrics import NodeMetrics
+from edge_runtime.ops.observe import NodeObserver
+
+if TYPE_CHECKING:
+    from edge_runtime.node.publish import ModelPublisher
+
+__all__ = ["EdgeNode", "LearnerLike", "serve"]
+
+log = logging.getLogger(NODE_LOGGER)
+
+RECV_BURST = 256  # messages read before the IO thread looks at acks again
+
+
+class EdgeNode:
+    """A ROUTER endpoint feeding one learner; see the module docstring for the threads."""
+
+    def __init__(self, config: Config, learner: LearnerLike | None = None) -> None:
+        self.config = config
+        nc: NodeConfig = config.node
+        self.nc = nc
+        self.state_dir = Path(nc.state_dir)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.store = SqliteStore(self.state_dir / "state.db", synchronous=nc.sqlite_synchronous)
+        self.ledger = Ledger(self.store)
+        # Frames of one size only: every micro-batch and every replay batch must stack. The size is
+        # node.frame_size, else the one the stored buffer holds, else the first device's.
+        frame_size = tuple(nc.frame_size) if nc.frame_size else stored_frame_size(self.store)
+        self.schema = SchemaNegotiator(config, frame_size)  # type: ignore[arg-type]
+        if self.schema.frame_size is not None:
+            self.store.evict_unfit(self.schema.stored_problem)
+        if learner is None:
+            from edge_runtime.learning.learner import Learner  # torch import only when a real learner is needed
+
+            learner = Learner(config, store=self.store)
+        self.learner = learner
+        self.checkpoints = CheckpointManager(self.state_dir / "checkpoints", keep=nc.checkpoint_keep)
+        self.metrics = NodeMetrics()
+        self.observer = NodeObserver(self.state_dir, self.metrics, config.model.num_classes, nc.status_every_s, nc.history_every_s)
+        self._restore()
+        self._stop = threading.Event()
+        self._handoff = Handoff(nc.batch_size, nc.batch_window_ms / 1000.0, nc.queue_max, nc.queue_max_bytes)
+        self._federation = None
+        if config.federation.enabled:  # a local control channel; the logic is in edge_runtime.federation.node_link
+            from edge_runtime.federation.node_link import FederationLink
+
+            self._federation = FederationLink(self.learner, self.state_dir, config.federation, self._handoff.wake,
+                                              self.checkpoint, config.training.lr)
+            link = self._federation
+            self.metrics.add_federation(lambda: link.round, lambda: link.samples_since_round, lambda: link.round_at)
+        self._worker = LearnerWorker(config, self.learner, self.store, self.ledger, self.checkpoints, self.metrics,
+                                     self.observer, self._handoff, self._stop, self._federation)
+        self._sessions = Sessions(nc, config.model.num_classes, self.metrics, self.schema, self._handoff, self.observer.arrivals)
+        self.endpoint: str | None = None
+        self.metrics_port: int | None = None
+        handoff = self._handoff
+        self.metrics.queue_bytes.set_function(lambda: handoff.queued_bytes)  # read when scraped, no per-sample cost
+        self.metrics.queue_depth.set_function(lambda: len(handoff.queue))  # the same: exact whenever it is read
+        self.metrics.devices.set_function(self._sessions.connected)
+
+    @property
+    def decided_total(self) -> int:
+        """Samples decided since this node started (duplicates of decided seqs not counted)."""
+        return self._worker.decided_total
+
+    # ------------------------------------------------------------------ restore / checkpoint
+    def _restore(self) -> None:
+        """Load the newest valid checkpoint into the learner, else rebuild its replay buffer from the store."""
+        loaded = self.checkpoints.load_latest()
+        if loaded is not None:
+            state, path = loaded
+            try:
+                self.learner.load_state_dict(state["learner"])
+            except Exception as err:
+                raise CheckpointError(
+                    f"checkpoint {path} does not fit this configuration ({err}); use the configuration it was "
+                    f"written with, or move {self.state_dir} aside to start fresh") from err
+            log.info("restored checkpoint", extra={"event": "restored", "path": str(path)})
+        elif len(self.store):
+            items = self.learner.restore_from_store()
+            log.info("no checkpoint; replay buffer rebuilt from the store", extra={"event": "restored_store", BUFFER_ITEMS: items})
+
+    def checkpoint(self) -> Path:
+        """Write a checkpoint of the learner (call from the learner thread, or when it is stopped)."""
+        return self._worker.checkpoint()
+
+    # ------------------------------------------------------------------ socket
+    def _make_socket(self, ctx: zmq.Context) -> zmq.Socket:
+        """The ROUTER socket, bound to ``node.bind`` (a CURVE server when ``node.curve.enabled``)."""
+        nc = self.nc
+        sock = ctx.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        # Off (default): libzmq parks a second connection with a routing id in use until the first
+        # is gone (closed, or silent past the heartbeat timeout). See docs/operations.md, "Device identity".
+        sock.setsockopt(zmq.ROUTER_HANDOVER, int(nc.router_handover))
+        sock.setsockopt(zmq.MAXMSGSIZE, nc.max_message_bytes)
+        sock.setsockopt(zmq.LINGER, 1000)
+        sock.setsockopt(zmq.SNDHWM, 10_000)
+        sock.setsockopt(zmq.RCVHWM, 10_000)
+        if nc.heartbeat_ivl_ms:
+            sock.setsockopt(zmq.HEARTBEAT_IVL, nc.heartbeat_ivl_ms)
+            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, nc.heartbeat_timeout_ms)
+            sock.setsockopt(zmq.HEARTBEAT_TTL, nc.heartbeat_timeout_ms)
+        if nc.curve.enabled:
+            self._sessions.curve = secure_socket(ctx, sock, nc.curve, time.monotonic())
+        bind = nc.bind
+        try:
+            sock.bind(bind)
+        except zmq.ZMQError as err:
+            sock.close(0)
+            raise ValueError(f"node.bind: cannot bind {bind} ({err}); pick a free port or tcp://127.0.0.1:* for any") from None
+        self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        return sock
+
+    # ------------------------------------------------------------------ run
+    def request_stop(self, *_: Any) -> None:
+        """Stop taking new samples, decide what is queued, checkpoint, return from :meth:`run` (signal-safe)."""
+        self._stop.set()
+
+    def run(self, ready: threading.Event | None = None) -> dict[str, Any]:
+        """Serve until :meth:`request_stop`; returns the final summary (also written to state_dir/summary.json)."""
+        ctx = zmq.Context()
+        sock = self._make_socket(ctx)
+        wake_rx = ctx.socket(zmq.PULL)
+        wake_addr = f"inproc://edge-node-wake-{id(self)}"
+        wake_rx.bind(wake_addr)
+        if self.nc.metrics_port is not None:
+            try:
+                self.metrics_port = self.metrics.serve(self.nc.metrics_port, self.nc.metrics_host)
+            except OSError as err:  # taken since the start-up check (edge_runtime.node.startup)
+                wake_rx.close(0)
+                sock.close(0)
+                ctx.term()
+                raise StartupError(metrics_port_message(self.nc.metrics_host, self.nc.metrics_port, err)) from None
+        publisher: ModelPublisher | None = None
+        if self.nc.model_bind:
+            from edge_runtime.node.publish import ModelPublisher
+
+            publisher = ModelPublisher(ctx, self.nc.model_bind, self.nc.model_every, self.nc.model_resend_s)
+        info = {"endpoint": self.endpoint, "metrics_port": self.metrics_port, "pid": os.getpid(),
+                "model_endpoint": publisher.endpoint if publisher else None,
+                "control_endpoint": self._federation.start() if self._federation else None}
+        atomic_write_text(self.state_dir / "node.json", json.dumps(info))
+        log.info("listening", extra={"event": "listening", **info})
+        worker = self._worker
+        self.observer.start(info, known_devices=lambda: worker.known_devices)
+        reader = self.ledger.reader()
+        thread = threading.Thread(target=worker.run, args=(ctx, wake_addr, publisher), name="learner", daemon=True)
+        thread.start()
+        if ready is not None:
+            ready.set()
+        sessions = self._sessions
+        # Connection events (socket fds): a message's fd names its connection, and a closed fd may be
+        # reused by the next connection, so a disconnect ends the hello done on that fd. (The event
+        # is queued long before a new connection on the same fd can finish its handshake and hello.)
+        monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(wake_rx, zmq.POLLIN)
+        poller.register(monitor, zmq.POLLIN)
+        next_sweep = time.monotonic() + 1.0
+        try:
+            while True:
+                if self._stop.is_set() and not self._handoff.draining:
+                    self._handoff.drain()
+                    log.info("stopping: deciding queued samples", extra={"event": "draining", "queued": len(self._handoff.queue)})
+                if self._handoff.draining and not thread.is_alive():
+                    break
+                events = dict(poller.poll(100))
+                if wake_rx in events:
+                    while True:
+                        try:
+                            wake_rx.recv(zmq.NOBLOCK)
+                        except zmq.Again:
+                            break
+                sessions.send_acks(sock)
+                sessions.connection_events(monitor)
+                if sock in events:
+                    for i in range(RECV_BURST):
+                        try:
+                            frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                        except zmq.Again:
+                            break
+                        if i % 16 == 15:
+                            sessions.connection_events(monitor)
+                        sessions.handle(sock, reader, frames)
+                now = time.monotonic()
+                if now >= next_sweep:
+                    sessions.sweep_idle(now)
+                    next_sweep = now + 1.0
+                if sessions.curve is not None:
+                    sessions.curve.maybe_reload(now)
+            sessions.send_acks(sock)
+        finally:
+            thread.join(timeout=60)
+            self.observer.stop()
+            reader.close()
+            sock.disable_monitor()
+            monitor.close(0)
+            wake_rx.close(0)
+            sock.close(linger=1000)
+            if sessions.curve is not None:
+                sessions.curve.stop()
+            ctx.term()
+            self.metrics.close()
+            if self._federation is not None:
+                self._federation.stop()
+        if worker.error is not None:
+            raise RuntimeError("the learner thread failed; see the log") from worker.error
+        summary = {**self.learner.summary(), "decided": worker.decided_total, "endpoint": self.endpoint}
+        atomic_write_text(self.state_dir / "summary.json", json.dumps(summary, indent=2, default=str))
+        self.store.close()
+        log.info("stopped", extra={"event": "stopped", "decided": worker.decided_total})
+        return summary
+
+
+def serve(config: Config) -> int:
+    """``edge-node run``: serve until SIGTERM / SIGINT, then drain, checkpoint and exit 0."""
+    setup_logging(config.node.log_format)
+    node = EdgeNode(config)
+    signal.signal(signal.SIGTERM, node.request_stop)
+    signal.signal(signal.SIGINT, node.request_stop)
+    node.run()
+    return 0

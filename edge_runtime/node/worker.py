@@ -1,0 +1,245 @@
+"""The learner thread: micro-batch after micro-batch, decide, commit, then hand the acks to the IO thread.
+
+For each micro-batch it answers seqs decided before a restart from the ledger (never relearned),
+runs the finiteness check and, for raw media, the feature computation, calls
+``Learner.observe``, records every verdict in the SQLite ledger in the same transaction as the
+replay buffer's admissions and evictions, commits, and only then appends the acks to the
+:class:`~edge_runtime.node.handoff.Handoff` outbox, so an ``admitted`` ack always follows the commit
+of its sample. A micro-batch that raises in the learner is decided sample by sample, so only a
+culprit is refused. Between micro-batches it serves federation requests, publishes the model
+and writes the periodic checkpoint; the final one when the node stops.
+
+The learner is used only through :class:`LearnerLike`: the node knows nothing about losses.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, Sequence
+
+import zmq
+
+from edge_runtime.core import validation
+from edge_runtime.core.config import Config
+from edge_runtime.core.features import to_features
+from edge_runtime.core.names import BUFFER_BYTES, BUFFER_ITEMS, EVAL_ACCURACY, PREQUENTIAL_ACCURACY, SAMPLES_SEEN
+from edge_runtime.core.sample import Sample
+from edge_runtime.learning.checkpoint import CheckpointManager
+from edge_runtime.node.handoff import Handoff, Item
+from edge_runtime.node.ledger import DECIDED, Ledger
+from edge_runtime.node.logs import NODE_LOGGER
+from edge_runtime.node.sessions import SeqTracker
+from edge_runtime.ops.metrics import NodeMetrics
+from edge_runtime.ops.observe import NodeObserver
+
+if TYPE_CHECKING:
+    from edge_runtime.federation.node_link import FederationLink
+    from edge_runtime.learning.buffer.sqlite import SqliteStore
+    from edge_runtime.node.publish import ModelPublisher
+
+log = logging.getLogger(NODE_LOGGER)
+
+#: What the learner thread sends the IO thread after each committed micro-batch: "acks are ready".
+WAKE = b"w"
+
+
+class LearnerLike(Protocol):
+    """What the node needs from a learner (``edge_runtime.learning.learner.Learner``, or a no-op one in benchmarks).
+
+    The node uses nothing else: ``export_model`` and ``updates`` feed the model publisher,
+    ``restore_from_store`` rebuilds the replay buffer from the durable store when no checkpoint exists.
+    """
+
+    def observe(self, samples: Sequence[Sample]) -> list[str]: ...
+    def summary(self) -> dict[str, Any]: ...
+    def state_dict(self) -> dict[str, Any]: ...
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+    def export_model(self) -> Any: ...
+    def restore_from_store(self) -> int: ...
+
+    @property
+    def updates(self) -> int: ...
+
+
+def learned(it: Item) -> bool:
+    """A labelled training sample the learner decided (federation counts these per class)."""
+    return (it.sample is not None and it.sample.label is not None and it.sample.split == "train"
+            and it.verdict is not None and not it.verdict.startswith("invalid:"))
+
+
+class LearnerWorker:
+    """The learner thread's state: decided seqs of active devices, the decided count, the checkpoints."""
+
+    def __init__(self, config: Config, learner: LearnerLike, store: "SqliteStore", ledger: Ledger,
+                 checkpoints: CheckpointManager, metrics: NodeMetrics, observer: NodeObserver, handoff: Handoff,
+                 stop: threading.Event, federation: "FederationLink | None" = None) -> None:
+        self.config = config
+        self.nc = config.node
+        self.learner = learner
+        self.store = store
+        self.ledger = ledger
+        self.checkpoints = checkpoints
+        self.metrics = metrics
+        self.observer = observer
+        self.handoff = handoff
+        self._stop = stop
+        self.federation = federation
+        self.decided_total = 0
+        self.error: BaseException | None = None  # set when the thread failed (a bug, not bad input)
+        self.known_devices = len(ledger.next_seqs())  # devices with a ledger row (for edge-node status)
+        self._trackers: dict[str, SeqTracker] = {}
+        self._last_checkpoint = time.monotonic()
+
+    def checkpoint(self) -> Path:
+        """Write a checkpoint of the learner (call from the learner thread, or when it is stopped)."""
+        summary = self.learner.summary()
+        path = self.checkpoints.save({"learner": self.learner.state_dict(), "node": {"decided": self.decided_total}},
+                                     step=int(summary.get(SAMPLES_SEEN, 0)))
+        self.metrics.checkpoints.inc()
+        self.observer.on_checkpoint(path)
+        log.info("checkpoint written", extra={"event": "checkpoint", "path": str(path)})
+        return path
+
+    def run(self, ctx: zmq.Context, wake_addr: str, publisher: "ModelPublisher | None") -> None:
+        """The thread's body: micro-batches until the IO thread drains, then the final checkpoint.
+
+        A failure is logged, kept in :attr:`error` and stops the node; what is committed stays.
+        """
+        wake = ctx.socket(zmq.PUSH)
+        wake.connect(wake_addr)
+        self._last_checkpoint = time.monotonic()
+        federation = self.federation
+        idle_work = federation.has_pending if federation is not None else None
+        try:
+            while True:
+                batch = self.handoff.take_batch(idle_work)
+                if batch is None:
+                    break
+                if batch:
+                    self._decide(batch)
+                    wake.send(WAKE)
+                else:
+                    self._apply_io_requests()
+                    self.store.commit()
+                self._after_batch(batch, publisher)
+            self._apply_io_requests()
+            self.store.commit()
+            self.checkpoint()
+        except BaseException as err:  # a bug, not bad input: stop the node loudly, keep what is committed
+            log.exception("learner thread failed", extra={"event": "learner_failed"})
+            self.error = err
+            self._stop.set()
+        finally:
+            wake.close(0)
+            if publisher is not None:
+                publisher.close()
+
+    def _after_batch(self, batch: list[Item], publisher: "ModelPublisher | None") -> None:
+        """Between micro-batches: federation get/put, publish the model, periodic checkpoint."""
+        if self.federation is not None:  # between two micro-batches, never inside one
+            self.federation.after_batch(it.sample.label for it in batch if learned(it))  # type: ignore[union-attr]
+        if publisher is not None and batch:
+            self.observer.on_model(publisher.maybe_publish(self.learner.export_model(), self.learner.updates))
+        if time.monotonic() - self._last_checkpoint >= self.nc.checkpoint_every_s:
+            self.checkpoint()
+            self._last_checkpoint = time.monotonic()
+
+    def _apply_io_requests(self) -> None:
+        """Key bindings to persist and freed devices to forget, as the IO thread asked (joins the open transaction)."""
+        handoff = self.handoff
+        while handoff.to_bind:
+            self.ledger.bind_key(*handoff.to_bind.popleft())
+        while handoff.forget:
+            self._trackers.pop(handoff.forget.popleft(), None)
+
+    def _tracker(self, device: str) -> SeqTracker:
+        """The decided seqs of ``device`` (loaded from the ledger on first use)."""
+        tracker = self._trackers.get(device)
+        if tracker is None:
+            tracker = self._trackers[device] = SeqTracker(self.ledger.next_seq(device), self.ledger.decided_above(device))
+            if tracker.next_seq == 0 and not tracker.above:
+                self.known_devices += 1  # first time this device reaches the ledger
+        return tracker
+
+    def _decide(self, batch: list[Item]) -> None:
+        started = time.perf_counter()
+        self._apply_io_requests()
+        fresh: list[Item] = []
+        for it in batch:
+            if it.seq in self._tracker(it.device):  # decided before a restart: answer, never relearn
+                it.verdict = self.ledger.verdict(it.device, it.seq) or DECIDED
+                self.metrics.duplicates.inc()
+            else:
+                fresh.append(it)
+        learnable = [it for it in fresh if it.verdict is None]
+        for it in learnable:
+            problem = validation.check_finite(it.sample.tensors)  # type: ignore[union-attr]
+            if problem is not None:
+                it.verdict = problem.verdict
+            elif it.raw:
+                try:  # the same function the device runs with --send features
+                    it.sample.tensors = to_features(it.sample.tensors, self.config.features)  # type: ignore[union-attr]
+                except (ValueError, RuntimeError) as err:
+                    it.verdict = "invalid:features"
+                    log.warning("cannot compute features", extra={"event": "bad_raw", "device": it.device, "seq": it.seq, "reason": str(err)})
+        self._observe([it for it in learnable if it.verdict is None])
+        self._record(fresh)
+        self.store.commit()  # acks only after this: an admitted verdict is durable
+        self.handoff.outbox.append([(it.rid, it.seq, it.verdict) for it in batch])  # type: ignore[misc]
+        self.decided_total += len(fresh)
+        self._observe_metrics(batch, fresh, time.perf_counter() - started)
+
+    def _observe(self, items: list[Item]) -> None:
+        """``learner.observe`` on the batch; if it raises, on each sample alone, so only a culprit is refused."""
+        if not items:
+            return
+        try:
+            verdicts = self.learner.observe([it.sample for it in items])  # type: ignore[misc]
+        except Exception:
+            log.exception("micro-batch raised in the learner; deciding its samples one by one", extra={"event": "batch_failed"})
+            verdicts = []
+            for it in items:
+                try:
+                    verdicts.extend(self.learner.observe([it.sample]))  # type: ignore[list-item]
+                except Exception as err:
+                    log.warning("sample raised in the learner", extra={"event": "sample_failed", "device": it.device,
+                                                                        "seq": it.seq, "error": repr(err)})
+                    verdicts.append("invalid:model_error")
+        for it, v in zip(items, verdicts):
+            it.verdict = v
+
+    def _record(self, fresh: list[Item]) -> None:
+        """Verdicts, resume points, compaction and the evictions window, all in the open transaction."""
+        self.ledger.record_verdicts([(it.device, it.seq, it.verdict) for it in fresh])  # type: ignore[misc]
+        touched = set()
+        for it in fresh:
+            self._tracker(it.device).add(it.seq)
+            touched.add(it.device)
+        for device in touched:
+            next_seq = self._trackers[device].next_seq
+            self.ledger.set_next_seq(device, next_seq)
+            self.ledger.compact(device, next_seq - self.nc.ledger_retention)
+        self.store.trim_evictions(self.nc.evictions_keep)
+
+    def _observe_metrics(self, batch: list[Item], fresh: list[Item], seconds: float) -> None:
+        m = self.metrics
+        m.update_seconds.observe(seconds)
+        m.batch_size.observe(len(batch))
+        for verdict, n in Counter(it.verdict for it in fresh).items():
+            kind, _, reason = verdict.partition(":")  # type: ignore[union-attr]
+            m.decided.labels(kind).inc(n)
+            if kind == "invalid":
+                m.invalid.labels(reason).inc(n)
+        s = self.learner.summary()
+        if s.get(PREQUENTIAL_ACCURACY) is not None:
+            m.prequential_accuracy.set(s[PREQUENTIAL_ACCURACY])
+        if s.get(EVAL_ACCURACY) is not None:
+            m.eval_accuracy.set(s[EVAL_ACCURACY])
+        if BUFFER_ITEMS in s:
+            m.buffer_items.set(s[BUFFER_ITEMS])
+            m.buffer_bytes.set(s[BUFFER_BYTES])
+        self.observer.on_batch([(it.device, it.verdict) for it in fresh], s, seconds)  # type: ignore[misc]

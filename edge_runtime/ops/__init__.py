@@ -1,0 +1,1 @@
+"""Layer 5: what an operator sees: metrics, status, history, report."""

@@ -1,1 +1,0 @@
-"""Experiment protocols that reuse the runtime's policies outside the stream (the paper's offline Experiment B)."""

@@ -1,5 +1,0 @@
-"""Per-sample scores.  ``mbs(p_audio, p_video)`` is the Modality Balance Score of the MBS paper."""
-
-from edge_runtime.scoring.mbs import mbs, mbs_deviation
-
-__all__ = ["mbs", "mbs_deviation"]

@@ -1,0 +1,1 @@
+"""Helpers shared by the tests: real node processes, raw clients, fixture folders, streams."""
