@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+import msgpack
 import numpy as np
 import zmq
 
@@ -97,9 +98,9 @@ def _device_sender(endpoint: str, device: str, n: int, window: int, done: Any) -
     while acked < n:
         while sent < n and sent - acked < credit:
             frames = list(templates[sent % 64])
-            header = wire.msgpack.unpackb(frames[0])
+            header = msgpack.unpackb(frames[0])
             header["seq"] = sent
-            frames[0] = wire.msgpack.packb(header)
+            frames[0] = msgpack.packb(header)
             sock.send_multipart(frames, copy=False)
             sent += 1
         msg = wire.decode(sock.recv_multipart(), direction="to_device")

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import numpy as np
 import zmq
 
@@ -48,13 +49,13 @@ def _sender(endpoint: str, device: str, n: int, window: int) -> None:
         raise RuntimeError(f"{device}: hello refused: {welcome}")
     tensors = {"audio": np.ones((2, 13), np.float32), "video": np.ones((1, 1, 4, 4), np.float32)}
     body = wire.encode_sample(wire.Sample(tensors, label=1, device=device, seq=0))
-    header = wire.msgpack.unpackb(bytes(body[0]))
+    header = msgpack.unpackb(bytes(body[0]))
     frames = [bytes(f) for f in body[1:]]
     sent = acked = 0
     while acked < n:
         while sent < n and sent - acked < window:
             header["seq"] = sent
-            sock.send_multipart([wire.msgpack.packb(header), *frames])
+            sock.send_multipart([msgpack.packb(header), *frames])
             sent += 1
         msg = wire.decode(sock.recv_multipart(), direction="to_device")
         if not isinstance(msg, wire.Ack):

@@ -24,11 +24,14 @@ def fsync_dir(directory: str | Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: str | Path, write: Callable[[BinaryIO], Any]) -> Path:
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], Any], durable: bool = True) -> Path:
     """Replace ``path`` with what ``write(f)`` writes to a binary file object; returns ``path``.
 
     The temporary file is ``.<name>.<pid>.tmp`` in the same folder (so the rename never crosses
-    file systems, and two processes never share one).
+    file systems, and two processes never share one). ``durable=False`` skips both fsyncs: still
+    all-or-nothing for a reader, but a power cut may bring the previous version back. Only for a
+    view rewritten every second from state kept elsewhere (``status.json``), where two syncs a
+    second would wear an SD card for nothing.
     """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -36,25 +39,27 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], Any]) -> Path:
         with open(tmp, "wb") as f:
             write(f)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    fsync_dir(path.parent)
+    if durable:
+        fsync_dir(path.parent)
     return path
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+def atomic_write_bytes(path: str | Path, data: bytes, durable: bool = True) -> Path:
     """Replace ``path`` with ``data`` (see :func:`atomic_write`)."""
-    return atomic_write(path, lambda f: f.write(data))
+    return atomic_write(path, lambda f: f.write(data), durable)
 
 
-def atomic_write_text(path: str | Path, text: str) -> Path:
+def atomic_write_text(path: str | Path, text: str, durable: bool = True) -> Path:
     """Replace ``path`` with ``text`` in UTF-8 (see :func:`atomic_write`)."""
-    return atomic_write_bytes(path, text.encode("utf-8"))
+    return atomic_write_bytes(path, text.encode("utf-8"), durable)
 
 
-def atomic_write_json(path: str | Path, obj: Any, indent: int | None = 1) -> Path:
+def atomic_write_json(path: str | Path, obj: Any, indent: int | None = 1, durable: bool = True) -> Path:
     """Replace ``path`` with ``obj`` as JSON (see :func:`atomic_write`)."""
-    return atomic_write_text(path, json.dumps(obj, indent=indent))
+    return atomic_write_text(path, json.dumps(obj, indent=indent), durable)

@@ -36,7 +36,6 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Mapping
-from typing import Literal
 
 import numpy as np
 import soundfile as sf

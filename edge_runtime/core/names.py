@@ -18,3 +18,14 @@ UPDATES = "updates"
 BUFFER_ITEMS = "buffer_items"
 #: Bytes the replay buffer's samples take.
 BUFFER_BYTES = "buffer_bytes"
+
+# Logger names: the ``logger`` field of every JSON log line, kept as they were before the packages
+# moved (an operator's log filters match on them).
+#: The daemon, its threads, its operator views and its model publisher.
+LOGGER_NODE = "edge_runtime.node"
+#: The replay buffer and its stores.
+LOGGER_BUFFER = "edge_runtime.buffer"
+#: Checkpoint saving and restoring.
+LOGGER_CHECKPOINT = "edge_runtime.checkpoint"
+#: The learning history file (history.csv).
+LOGGER_HISTORY = "edge_runtime.history"

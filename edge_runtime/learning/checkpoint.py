@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from edge_runtime.core.atomic import atomic_write
+from edge_runtime.core.names import LOGGER_CHECKPOINT
 
-log = logging.getLogger("edge_runtime.learning.checkpoint")
+log = logging.getLogger(LOGGER_CHECKPOINT)
 
 MAGIC = b"EDGECKP1"
 _NAME = re.compile(r"^ckpt-(\d{12})\.pt$")

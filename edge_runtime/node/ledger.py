@@ -40,6 +40,20 @@ def _next_seq(conn: sqlite3.Connection, device: str) -> int:
     return 0 if row is None else int(row[0])
 
 
+# One statement, so one snapshot: the resume point and the rows above it agree even while the learner commits.
+# A range search on the verdicts primary key; a device with nothing decided out of order reads no verdict row.
+_RESUME = """
+SELECT d.next_seq, v.seq
+FROM (SELECT COALESCE(MAX(next_seq), 0) AS next_seq FROM devices WHERE device = :device) AS d
+LEFT JOIN verdicts AS v ON v.device = :device AND v.seq >= d.next_seq AND v.seq < d.next_seq + :window
+"""
+
+
+def _resume(conn: sqlite3.Connection, device: str, window: int) -> tuple[int, list[int]]:
+    rows = conn.execute(_RESUME, {"device": device, "window": int(window)}).fetchall()
+    return int(rows[0][0]), [int(s) for _, s in rows if s is not None]
+
+
 def _device_key(conn: sqlite3.Connection, device: str) -> str | None:
     row = conn.execute("SELECT key FROM device_keys WHERE device = ?", (device,)).fetchone()
     return None if row is None else str(row[0])
@@ -135,6 +149,14 @@ class LedgerReader:
     def next_seq(self, device: str) -> int:
         """The committed first undecided seq of ``device`` (0 when never seen)."""
         return _next_seq(self.conn, device)
+
+    def resume(self, device: str, window: int) -> tuple[int, list[int]]:
+        """The committed ``next_seq`` of ``device`` and its decided seqs in ``[next_seq, next_seq + window)``.
+
+        The seqs decided out of order above the resume point, read in the same snapshot; at most
+        ``window`` of them (the IO thread passes ``node.max_seq_gap``, the bound of its seq set).
+        """
+        return _resume(self.conn, device, window)
 
     def device_key(self, device: str) -> str | None:
         """The committed CURVE key binding of ``device``."""

@@ -10,8 +10,10 @@ import json
 import logging
 import sys
 
-#: The logger of the node's events (the name the daemon has always logged under).
-NODE_LOGGER = "edge_runtime.node.daemon"
+from edge_runtime.core.names import LOGGER_NODE
+
+#: The logger of the node's events (``edge_runtime.node``, the name the daemon has always logged under).
+NODE_LOGGER = LOGGER_NODE
 
 
 class JsonFormatter(logging.Formatter):

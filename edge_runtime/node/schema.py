@@ -31,11 +31,6 @@ log = logging.getLogger(NODE_LOGGER)
 RAW_SCHEMA: dict[str, TensorSpec] = validation.raw_schema()
 
 
-def node_schema(config: Config) -> dict[str, TensorSpec]:
-    """The tensors the node's model takes: audio (T, F) and video (T, C, H, W) float32 (H, W: see ``node.frame_size``)."""
-    return validation.feature_schema(config, config.node.frame_size)
-
-
 def stored_frame_size(store: "SqliteStore") -> tuple[int, int] | None:
     """The frame size most stored samples have (None when the store holds no video)."""
     sizes = Counter(tuple(int(d) for d in store.get(k).tensors["video"].shape[2:])

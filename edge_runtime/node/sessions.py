@@ -43,7 +43,9 @@ class SeqTracker:
     """Decided sequence numbers of one device: a contiguous prefix ``[0, next_seq)`` plus the set above it.
 
     The set above is bounded by the caller: the node refuses a seq ``node.max_seq_gap`` or more
-    above ``next_seq`` (``seq_gap``), so it never holds more than that many seqs.
+    above ``next_seq`` (``seq_gap``), so it never holds more than that many seqs. Rebuilt from the
+    ledger (:meth:`~edge_runtime.node.ledger.LedgerReader.resume`), it gets only the decided seqs in
+    that same window above the stored ``next_seq``.
     """
 
     __slots__ = ("next_seq", "above")
@@ -208,7 +210,11 @@ class Sessions:
         assert contract is not None
         dev = self.devices.get(rid)
         if dev is None:
-            dev = self.devices[rid] = DeviceState(device, SeqTracker(reader.next_seq(device)))
+            # (re)built from the ledger: its next_seq and the seqs decided out of order above it, within
+            # the seq_gap window (the only place the IO thread accepts seqs), so the welcome's next_seq
+            # is the first undecided seq after a bye, idle freeing or restart too (docs/protocol.md section 9)
+            next_seq, above = reader.resume(device, self.nc.max_seq_gap)
+            dev = self.devices[rid] = DeviceState(device, SeqTracker(next_seq, above))
         if key is not None and device not in self._bound:
             self._bound[device] = key
             self.handoff.to_bind.append((device, key))

@@ -16,10 +16,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edge_runtime.core.names import BUFFER_BYTES, BUFFER_ITEMS, EVAL_ACCURACY, PREQUENTIAL_ACCURACY, UPDATES
+from edge_runtime.core.names import LOGGER_HISTORY, BUFFER_BYTES, BUFFER_ITEMS, EVAL_ACCURACY, PREQUENTIAL_ACCURACY, UPDATES
 from edge_runtime.ops.snapshot import VERDICT_KINDS
 
-log = logging.getLogger("edge_runtime.ops.history")
+log = logging.getLogger(LOGGER_HISTORY)
 
 FILENAME = "history.csv"
 BASE_COLUMNS = [

@@ -23,12 +23,12 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from edge_runtime.core.atomic import atomic_write_json
-from edge_runtime.core.names import BUFFER_BYTES, BUFFER_ITEMS, EVAL_ACCURACY, PREQUENTIAL_ACCURACY, SAMPLES_SEEN, UPDATES
+from edge_runtime.core.names import LOGGER_NODE, BUFFER_BYTES, BUFFER_ITEMS, EVAL_ACCURACY, PREQUENTIAL_ACCURACY, SAMPLES_SEEN, UPDATES
 from edge_runtime.ops.history import HistoryWriter, verdict_kinds
 from edge_runtime.ops.metrics import NodeMetrics
 from edge_runtime.ops.snapshot import from_metrics, metric_values, newest_checkpoint, with_rates
 
-log = logging.getLogger("edge_runtime.node.daemon")
+log = logging.getLogger(LOGGER_NODE)
 
 TOP_DEVICES = 50  # devices listed in status.json, most samples first
 RATE_WINDOW_S = 10.0  # rates in status.json are over (about) the last this many seconds
@@ -214,7 +214,7 @@ class NodeObserver:
         return snap
 
     def _write_status(self, final: bool) -> None:
-        atomic_write_json(self.state_dir / STATUS_FILE, self.snapshot(final), indent=1)
+        atomic_write_json(self.state_dir / STATUS_FILE, self.snapshot(final), indent=1, durable=final)  # a view rewritten every second; the last one is kept
 
     def _write_history(self) -> None:
         with self._lock:

@@ -28,7 +28,6 @@ package opens no sockets. Unknown extra header fields are ignored (forward compa
 
 from __future__ import annotations
 
-import msgpack  # noqa: F401  (benchmarks reach it as ``wire.msgpack`` to forge headers)
 
 from edge_runtime.core.sample import Sample, TensorSpec
 from edge_runtime.wire.decoder import decode, decode_header

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import csv
 import os
 import subprocess
@@ -36,6 +38,7 @@ def _columns(path: Path) -> tuple[list[str], list[dict]]:
         return list(reader.fieldnames or []), list(reader)
 
 
+@pytest.mark.slow
 def test_buffer_sweep_quick_and_resume(tmp_path):
     out = tmp_path / "bs"
     _run("buffer_sweep.py", out)
@@ -55,6 +58,7 @@ def test_buffer_sweep_quick_and_resume(tmp_path):
     assert len(_columns(out / "results.csv")[1]) == 8
 
 
+@pytest.mark.slow
 def test_ratio_sweep_quick(tmp_path):
     out = tmp_path / "rs"
     stdout = _run("ratio_sweep.py", out)
@@ -69,6 +73,7 @@ def test_ratio_sweep_quick(tmp_path):
     assert "robustness" in stdout
 
 
+@pytest.mark.slow
 def test_throughput_quick(tmp_path):
     out = tmp_path / "tp"
     _run("throughput.py", out)
@@ -80,6 +85,7 @@ def test_throughput_quick(tmp_path):
     _png_ok(out / "throughput.png")
 
 
+@pytest.mark.slow
 def test_fleet_scale_quick(tmp_path):
     out = tmp_path / "fs"
     stdout = _run("fleet_scale.py", out)
@@ -99,6 +105,7 @@ def test_fleet_scale_quick(tmp_path):
     _png_ok(out / "fleet_scale.png")
 
 
+@pytest.mark.slow
 def test_federation_quick(tmp_path):
     out = tmp_path / "fed"
     _run("federation.py", out)
@@ -117,6 +124,7 @@ def test_federation_quick(tmp_path):
     _png_ok(out / "federation.png")
 
 
+@pytest.mark.slow
 def test_ingest_quick_interleaves_and_reports_median(tmp_path):
     out = tmp_path / "ing"
     stdout = _run("ingest.py", out)
@@ -132,6 +140,7 @@ def test_ingest_quick_interleaves_and_reports_median(tmp_path):
     _png_ok(out / "ingest.png")
 
 
+@pytest.mark.slow
 def test_soak_quick_ledger_stays_within_retention(tmp_path):
     out = tmp_path / "soak"
     stdout = _run("soak.py", out)
@@ -143,6 +152,7 @@ def test_soak_quick_ledger_stays_within_retention(tmp_path):
     assert all(int(r["verdict_rows"]) <= 2 * (1000 + 256) for r in rows)
 
 
+@pytest.mark.slow
 def test_sweeps_quick_on_cremad_and_ave_fixtures(tmp_path):
     """``--dataset cremad|ave --root DIR``: the sweeps read the user's folder through device-sim's
     loaders (train split streamed, test held out, class count from the data set)."""
@@ -196,6 +206,7 @@ def test_balance_sweep_paired_differences_by_hand():
     assert f"| cbrs (accuracy %) | {100 * np.mean(ref):.1f} |" in text and "**+2.1 [" in text and "_-2.1 [" in text
 
 
+@pytest.mark.slow
 def test_balance_sweep_quick_and_resume(tmp_path):
     out = tmp_path / "bal"
     stdout = _run("balance_sweep.py", out, "--jobs", "2")
@@ -217,6 +228,7 @@ def test_balance_sweep_quick_and_resume(tmp_path):
     assert "8 already in" in again and "0 to do" in again
 
 
+@pytest.mark.slow
 def test_balance_diagnosis_quick(tmp_path):
     out = tmp_path / "diag"
     stdout = _run("balance_diagnosis.py", out)
@@ -290,6 +302,7 @@ def test_plot_grid_wraps_panels_and_puts_the_legend_in_a_spare_cell():
     plt.close(fig)
 
 
+@pytest.mark.slow
 def test_every_benchmark_command_in_the_docs_starts_as_written(tmp_path):
     """Each ``python benchmarks/NAME.py ...`` command of the README and docs/*.md names a script that runs
     from the root with no PYTHONPATH and accepts every option the command uses (``--help``: the imports and

@@ -18,6 +18,7 @@ def _run(*args, cwd=ROOT, timeout=300):
     return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_help_explains_every_subcommand():
     node = _run("-m", "edge_runtime.cli.main", "--help")
     assert node.returncode == 0
@@ -72,6 +73,7 @@ def test_subcommand_help_lists_its_options(command, options):
         assert option in r.stdout, option
 
 
+@pytest.mark.slow
 def test_status_and_report_of_a_missing_state_dir_exit_2_with_one_line(tmp_path):
     missing = tmp_path / "nowhere"
     status = _run("-m", "edge_runtime.cli.main", "status", "--state-dir", str(missing))
@@ -82,6 +84,7 @@ def test_status_and_report_of_a_missing_state_dir_exit_2_with_one_line(tmp_path)
     assert len(report.stderr.splitlines()) == 1 and not report.stdout
 
 
+@pytest.mark.slow
 def test_export_of_a_missing_checkpoint_exits_1_and_a_bad_setting_exits_2(tmp_path):
     out = tmp_path / "m.onnx"
     missing = _run("-m", "edge_runtime.cli.main", "export", "--checkpoint", str(tmp_path / "nope.pt"), "--out", str(out))
@@ -93,12 +96,14 @@ def test_export_of_a_missing_checkpoint_exits_1_and_a_bad_setting_exits_2(tmp_pa
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_config_prints_resolved_yaml():
     r = _run("-m", "edge_runtime.cli.main", "config", "--config", "configs/default.yaml", "--set", "buffer.max_items=77")
     assert r.returncode == 0, r.stderr
     assert "max_items: 77" in r.stdout
 
 
+@pytest.mark.slow
 def test_demo_runs_node_and_devices_and_report_adds_up(tmp_path):
     r = _run("-m", "edge_runtime.cli.main", "demo", "--samples", "400", "--devices", "2", "--test-samples", "100",
              "--no-progress", "--out", str(tmp_path))
@@ -119,6 +124,7 @@ def test_demo_runs_node_and_devices_and_report_adds_up(tmp_path):
     assert report["policies"].startswith(f"admission {defaults.selection.policy} (")
 
 
+@pytest.mark.slow
 def test_device_sim_lists_and_inspects_synthetic():
     r = _run("-m", "device_sim.cli", "datasets")
     assert r.returncode == 0 and "synthetic" in r.stdout
@@ -129,6 +135,7 @@ def test_device_sim_lists_and_inspects_synthetic():
     assert sum(info["labels"].values()) == 50
 
 
+@pytest.mark.slow
 def test_demo_stopped_by_seconds_waits_for_every_verdict(tmp_path):
     """--seconds stops sending; the devices then wait for what is in flight, so every sample sent is acked."""
     r = _run("-m", "edge_runtime.cli.main", "demo", "--seconds", "5", "--samples", "50000", "--devices", "2",

@@ -113,3 +113,18 @@ def test_fsync_dir_needs_an_existing_folder(tmp_path):
     fsync_dir(tmp_path)
     with pytest.raises(FileNotFoundError):
         fsync_dir(tmp_path / "missing")
+
+
+def test_durable_false_skips_the_syncs_but_still_replaces_whole(tmp_path, monkeypatch):
+    """status.json's mode: no fsync of file or folder, the same all-or-nothing replacement."""
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
+    target = tmp_path / "status.json"
+    atomic_write_json(target, {"a": 1}, durable=False)
+    assert synced == [] and json.loads(target.read_text()) == {"a": 1}
+    with pytest.raises(WriterFailed):
+        atomic_write(target, lambda f: (f.write(b"{\"a\""), (_ for _ in ()).throw(WriterFailed())), durable=False)
+    assert json.loads(target.read_text()) == {"a": 1} and _names(tmp_path) == ["status.json"]
+    atomic_write_json(target, {"a": 2})
+    assert len(synced) == 2  # the default syncs the file and its folder

@@ -231,6 +231,7 @@ dtype_names = st.one_of(st.sampled_from(NUMERIC), st.sampled_from(NUMERIC), st.s
                         st.sampled_from(("f4", "<f4", "object", "S3", "(2,)u1", "float128", "int8")), st.text(max_size=8))
 
 
+@pytest.mark.slow
 @settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
 @given(dtype=dtype_names, shape=shapes, data=st.data())
 def test_fuzz_to_array_returns_a_matching_array_or_raises_codec_error(dtype, shape, data):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import threading
 import time
 
@@ -135,6 +137,7 @@ def _delayed_router(delay_s: float, answer_after: float | None = None):
     return f"tcp://127.0.0.1:{port}", received, close
 
 
+@pytest.mark.slow
 def test_deadline_stops_sending_then_waits_for_every_verdict():
     endpoint, received, close = _delayed_router(delay_s=0.4)
     ctx = zmq.Context()
@@ -152,6 +155,7 @@ def test_deadline_stops_sending_then_waits_for_every_verdict():
     assert len(client.latencies) == summary.acked and min(client.latencies) > 0
 
 
+@pytest.mark.slow
 def test_drain_is_bounded_and_reports_what_stayed_unanswered():
     endpoint, _received, close = _delayed_router(delay_s=0.05, answer_after=0.6)
     ctx = zmq.Context()

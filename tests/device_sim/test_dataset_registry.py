@@ -107,6 +107,7 @@ def test_cli_parser_and_fleet_data_take_a_registered_data_set(capsys):
         assert shown["tensors"]["video"] == {"dtype": "float32", "shape": [2, 1, 16, 16]}
 
 
+@pytest.mark.slow
 def test_cli_run_streams_a_registered_data_set_to_a_real_node(tmp_path):
     node = NodeProcess(tmp_path).start()
     out = tmp_path / "fleet.json"

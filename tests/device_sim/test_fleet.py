@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import json
 import os
 import socket
@@ -39,6 +41,7 @@ def _items_and_evictions(state_dir: Path) -> tuple[set, set]:
     return items, evicted
 
 
+@pytest.mark.slow
 def test_four_devices_every_sample_exactly_one_verdict(tmp_path):
     node = NodeProcess(tmp_path).start()
     try:
@@ -72,6 +75,7 @@ def test_four_devices_every_sample_exactly_one_verdict(tmp_path):
     assert summary["buffer_items"] == len(items)
 
 
+@pytest.mark.slow
 def test_sigkill_mid_stream_then_resume_loses_nothing(tmp_path):
     port = _free_port()
     overrides = {"node": {"bind": f"tcp://127.0.0.1:{port}", "checkpoint_every_s": 0.5}, "buffer": {"max_items": 60}}
@@ -107,6 +111,7 @@ def test_sigkill_mid_stream_then_resume_loses_nothing(tmp_path):
     assert "restored checkpoint" in node.log()
 
 
+@pytest.mark.slow
 def test_slow_learner_backpressure_bounded_and_nothing_dropped(tmp_path):
     # a deliberately slow learner (many replay steps per batch), a tiny queue and credit, fast devices
     overrides = {"node": {"queue_max": 8, "credit": 4, "batch_size": 8, "metrics_port": 0},

@@ -31,6 +31,7 @@ def _ledger(state_dir: Path) -> list[str]:
         return [v for (v,) in db.execute("SELECT verdict FROM verdicts")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dataset,build,send", [
     ("cremad", build_cremad_preprocessed, "features"),
     ("cremad", build_cremad_raw, "raw"),
@@ -59,6 +60,7 @@ def test_real_layout_streams_end_to_end(tmp_path, dataset, build, send):
     assert all(not v.startswith("invalid") for v in verdicts), verdicts  # raw media became valid features on the node
 
 
+@pytest.mark.slow
 def test_missing_root_and_dataset_listing(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     r = subprocess.run([sys.executable, "-m", "device_sim.cli", "run", "--dataset", "cremad", "--no-progress"],

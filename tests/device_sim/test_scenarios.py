@@ -161,6 +161,7 @@ def test_named_streams():
         make_stream("muddy", ds)
 
 
+@pytest.mark.slow
 def test_device_sim_stream_option_is_exclusive_with_corrupt_fraction():
     import os
     import subprocess

@@ -73,6 +73,7 @@ def max_diffs(model, session, inputs) -> dict[str, float]:
 CASES = [(3, 30, 4), (3, 48, 7), (17, 30, 4), (17, 48, 7)]
 
 
+@pytest.mark.slow
 def test_trained_model_matches_pytorch(trained, synthetic, tmp_path):
     learner, _ = trained
     path = export_onnx(learner.model, tmp_path / "model.onnx")
@@ -153,6 +154,7 @@ def test_other_fusion_and_opset(synthetic):
         assert max(diffs.values()) <= TOL, diffs
 
 
+@pytest.mark.slow
 def test_mobilenet_backbone_matches_pytorch(synthetic):
     """The MobileNetV2 frame encoder (GroupNorm) exports too; frames of 16x16 and 24x24 (dynamic H, W)."""
     from edge_runtime.learning.model import build_model
@@ -185,6 +187,7 @@ def test_export_io_and_opset(trained):
             onnx_bytes(learner.model, opset=bad)
 
 
+@pytest.mark.slow
 def test_export_from_checkpoint_file(trained, synthetic, tmp_path):
     learner, config = trained
     path = CheckpointManager(tmp_path / "ckpts").save({"learner": learner.state_dict(), "node": {"decided": 1024}}, step=1024)
@@ -212,6 +215,7 @@ def test_checkpoint_of_another_model_is_refused(trained, tmp_path):
     assert not (tmp_path / "x.onnx").exists()
 
 
+@pytest.mark.slow
 def test_cli_export(trained, synthetic, tmp_path, capsys):
     learner, _ = trained
     ckpt = CheckpointManager(tmp_path).save({"learner": learner.state_dict()}, step=7)

@@ -27,6 +27,8 @@ from edge_runtime.federation.arrays import COUNTS, merge_prototypes, mismatch, s
 from edge_runtime.cli.federation_demo import Evaluator, fleet_command, held_out, node_evaluation, wait_round
 from edge_runtime.federation.launch import Federation, free_port, wait_for_rounds
 
+pytestmark = pytest.mark.slow  # real daemons (and a Flower federation) per module: minutes
+
 pytest.importorskip("flwr", reason="the federation extra: pip install -e '.[federation]'")
 
 SPLIT = {"a": (0, 1, 2), "b": (3, 4, 5), "c": (6, 7, 8, 9)}

@@ -63,6 +63,7 @@ def test_never_over_items_or_bytes(policy):
     assert admitted > 25
 
 
+@pytest.mark.slow
 def test_reservoir_gives_every_offer_equal_inclusion_probability():
     runs, offers, cap = 1500, 50, 10
     hits = np.zeros(offers)

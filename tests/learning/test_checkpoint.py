@@ -48,6 +48,7 @@ def _save_steps(mgr: CheckpointManager, steps: list[int]) -> list[Path]:
     return [mgr.save({"step": s, "w": torch.full((3,), float(s))}, s) for s in steps]
 
 
+@pytest.mark.slow
 def test_real_learner_state_round_trip_gives_identical_verdicts(tmp_path, synthetic):
     """The node's setup (learner over a SQLite store): save, load_latest, load_state_dict, same next verdicts."""
     samples = stream(synthetic, range(320))
@@ -78,6 +79,7 @@ def test_real_learner_state_round_trip_gives_identical_verdicts(tmp_path, synthe
     assert a.summary() == b.summary()
 
 
+@pytest.mark.slow
 def test_learner_with_in_memory_buffer_round_trips_through_a_weights_only_checkpoint(tmp_path, synthetic):
     """In-process users (benchmarks) keep samples in memory: those payloads must pass torch.load(weights_only=True)."""
     samples = stream(synthetic, range(256))
@@ -125,10 +127,10 @@ def test_damaged_newest_falls_back_to_previous_with_a_warning(tmp_path, caplog, 
     mgr = CheckpointManager(tmp_path, keep=3)
     older, newest = _save_steps(mgr, [100, 200])
     newest.write_bytes(DAMAGES[damage](newest.read_bytes()))
-    with caplog.at_level(logging.WARNING, logger="edge_runtime.learning.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="edge_runtime.checkpoint"):
         state, path = mgr.load_latest()
     assert path == older and state["step"] == 100 and torch.equal(state["w"], torch.full((3,), 100.0))
-    warnings = [r for r in caplog.records if r.name == "edge_runtime.learning.checkpoint" and r.levelno == logging.WARNING]
+    warnings = [r for r in caplog.records if r.name == "edge_runtime.checkpoint" and r.levelno == logging.WARNING]
     assert len(warnings) == 1
     message = warnings[0].getMessage()
     assert newest.name in message
@@ -145,7 +147,7 @@ def test_crash_during_save_leaves_a_temp_file_that_is_ignored_and_removed(tmp_pa
     partial = tmp_path / ".ckpt-000000000008.4242.tmp"
     partial.write_bytes(MAGIC + hashlib.sha256(full.getvalue()).digest() + full.getvalue()[:50])
     assert mgr.paths() == [good], "a temp file is never listed as a checkpoint"
-    with caplog.at_level(logging.WARNING, logger="edge_runtime.learning.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="edge_runtime.checkpoint"):
         state, path = mgr.load_latest()
     assert path == good and state["step"] == 7
     assert not caplog.records, "an unfinished save is not a damaged checkpoint"
@@ -159,7 +161,7 @@ def test_checksum_valid_file_with_a_disallowed_type_is_refused(tmp_path, caplog)
     mgr = CheckpointManager(tmp_path)
     (older,) = _save_steps(mgr, [1])
     mgr.save({"obj": NotAllowed()}, 2)
-    with caplog.at_level(logging.WARNING, logger="edge_runtime.learning.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="edge_runtime.checkpoint"):
         state, path = mgr.load_latest()
     assert path == older and state["step"] == 1
     assert "cannot be loaded" in caplog.records[0].getMessage()

@@ -22,6 +22,7 @@ def _feed(learner, samples, batch_size=32):
     return verdicts
 
 
+@pytest.mark.slow
 def test_learns_synthetic_stream_above_chance(synthetic):
     samples = stream(synthetic, iid(synthetic.labels()[:3000], seed=1).indices)
     learner = Learner(config_from_dict({"selection": {"policy": "mbs", "keep_ratio": 0.5}}))
@@ -65,6 +66,7 @@ def test_verdicts_one_per_sample_and_counts_add_up(synthetic):
     assert counts["admitted"] + counts["trained"] <= 48
 
 
+@pytest.mark.slow
 def test_buffer_histogram_follows_retention_policy(synthetic):
     order = class_incremental(synthetic.labels()[:2000], 2, seed=0)
     samples = stream(synthetic, order.indices)
@@ -86,6 +88,7 @@ def test_buffer_histogram_follows_retention_policy(synthetic):
     assert all(5 <= per_task[t] <= 40 for t in range(5)), per_task
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("confidence", ["prototype", "linear"])
 def test_state_dict_round_trip_gives_identical_next_step(synthetic, confidence):
     cfg = config_from_dict({
@@ -127,6 +130,7 @@ def _count_forwards(learner) -> list[int]:
     return rows
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("settings", [{"training": {"replay_steps": 1}},
                                       {"training": {"replay_steps": 3}, "selection": {"train_on": "all"}},
                                       {"training": {"replay_steps": 2}, "replay": {"policy": "bss"}}])

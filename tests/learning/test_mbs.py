@@ -146,6 +146,7 @@ def test_select_matches_reference_ratio(values, keep_ratio, center):
     assert got == reference_select(values, keep_ratio, center)[0]
 
 
+@pytest.mark.slow
 @settings(max_examples=200, deadline=None)
 @given(
     # a grid (with repeats and ties) keeps log() rounding from reordering distinct values

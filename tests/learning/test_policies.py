@@ -165,6 +165,7 @@ def test_shapley_values_weights_and_embedding_by_hand():
     assert emb[0].numpy() == pytest.approx(want, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_kmeans_pp_first_pick_is_largest_norm_and_next_follow_d2():
     x = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0], [3.0, 0.0], [0.0, -4.0]])  # largest norm: row 4
     assert kmeans_pp(x, 1).tolist() == [4]
@@ -322,6 +323,7 @@ def test_dus_plans_extra_samples_of_the_weaker_modality():
 ALL = [("selection", name) for name in sorted(REGISTRY)] + [("replay", name) for name in sorted(REPLAY_REGISTRY)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("section,name", ALL)
 def test_every_policy_runs_through_observe_from_config(synthetic, section, name):
     cfg = config_from_dict({section: {"policy": name}, "buffer": {"max_items": 40}})

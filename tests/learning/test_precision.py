@@ -30,6 +30,7 @@ def test_amp_setting_leaves_cpu_training_bit_exact(synthetic):
         assert torch.equal(pa, pb), name
 
 
+@pytest.mark.slow
 def test_half_precision_teacher_stays_close_to_float32(synthetic):
     labels = synthetic.labels()[:400]
     order = [i for i in range(400) if labels[i] < 5] + [i for i in range(400) if labels[i] >= 5]

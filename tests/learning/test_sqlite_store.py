@@ -202,7 +202,7 @@ def test_a_damaged_row_is_evicted_with_a_warning_and_the_rest_is_kept(tmp_path, 
     store.close()
     header, payload = DAMAGED[damage]
     insert_row(path, "d", 0, header, payload)
-    with caplog.at_level(logging.WARNING, logger="edge_runtime.learning.buffer"):
+    with caplog.at_level(logging.WARNING, logger="edge_runtime.buffer"):
         again = SqliteStore(path)
     assert again.keys() == [("d", 1)]
     assert_same_sample(again.get(("d", 1)), good)
@@ -250,6 +250,7 @@ def test_writes_are_invisible_to_another_connection_until_commit(tmp_path):
     store.close()
 
 
+@pytest.mark.slow
 def test_a_crash_loses_exactly_the_uncommitted_writes(tmp_path):
     path = tmp_path / "s.db"
     child = textwrap.dedent(f"""
@@ -420,7 +421,7 @@ def test_restore_from_an_older_checkpoint_reconciles_with_the_store(tmp_path, po
 
     fresh_store = SqliteStore(tmp_path / "s.db")
     restored = ReplayBuffer(cfg, seed=77, store=fresh_store)
-    with caplog.at_level(logging.INFO, logger="edge_runtime.learning.buffer"):
+    with caplog.at_level(logging.INFO, logger="edge_runtime.buffer"):
         restored.load_state_dict(old)
     assert sorted(restored.keys()) == sorted(fresh_store.keys()) and set(restored.keys()) == live_committed
     check_buffer(restored, fresh_store)

@@ -49,7 +49,7 @@ def test_damaged_newest_checkpoint_falls_back_to_previous(tmp_path, caplog, dama
         data = data[: len(data) // 2]
     newest.write_bytes(bytes(data))
     (tmp_path / ".ckpt-000000000003.1.tmp").write_bytes(b"half a checkpoint")  # a crash during save
-    with caplog.at_level(logging.WARNING, logger="edge_runtime.learning.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="edge_runtime.checkpoint"):
         state, path = CheckpointManager(tmp_path).load_latest()
     assert state == {"step": 1} and path.name.endswith("1.pt")
     assert any("damaged" in r.getMessage() for r in caplog.records)
@@ -84,6 +84,7 @@ def test_store_round_trip_is_bit_exact_across_reopen(tmp_path):
     assert {k: (lab, sc) for k, lab, sc, _ in again.items_meta()} == {s.key: (s.seq % 3, 0.25 * s.seq) for s in samples}
 
 
+@pytest.mark.slow
 def test_uncommitted_writes_are_lost_in_a_crash_committed_ones_kept(tmp_path):
     db = tmp_path / "s.db"
     code = textwrap.dedent(f"""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import json
 import os
 import subprocess
@@ -25,6 +27,7 @@ def _sim(endpoint: str, out: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, env=env, cwd=str(ROOT), timeout=240)
 
 
+@pytest.mark.slow
 def test_devices_get_several_versions_and_report_accuracy_per_version(tmp_path):
     node = NodeProcess(tmp_path, {"node": {"model_bind": "tcp://127.0.0.1:*", "model_every": 3, "model_resend_s": 0.5,
                                            "batch_size": 16}}).start()
@@ -50,6 +53,7 @@ def test_devices_get_several_versions_and_report_accuracy_per_version(tmp_path):
         assert inf["model_version"] == max(versions)
 
 
+@pytest.mark.slow
 def test_corrupt_model_is_refused_and_the_previous_one_kept(tmp_path):
     good = onnx_bytes(build_model(Config().model))
     corrupt = good[: len(good) // 2]  # truncated in transit; its own sha256 matches, so only the ONNX check can catch it

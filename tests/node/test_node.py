@@ -75,6 +75,7 @@ def _collect_acks(dev: RawDevice, want: set[int]) -> dict[int, str]:
     return got
 
 
+@pytest.mark.slow
 def test_outside_client_streams_and_every_sample_gets_one_verdict(node):
     rng = np.random.default_rng(0)
     dev = RawDevice(node.endpoint, "raw-1")
@@ -126,6 +127,7 @@ def test_outside_client_streams_and_every_sample_gets_one_verdict(node):
     assert list((node.state_dir / "checkpoints").glob("ckpt-*.pt")), "SIGTERM must leave a checkpoint"
 
 
+@pytest.mark.slow
 def test_protocol_errors_are_answered_not_fatal(tmp_path):
     # a long batch window: the first 16 samples wait in the queue, so the 17th is surely over credit
     node = NodeProcess(tmp_path, {"node": {"credit": 16, "batch_size": 64, "batch_window_ms": 1500.0}}).start()

@@ -40,6 +40,7 @@ def _gauge(node: NodeProcess, name: str) -> float:
     return next(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " "))
 
 
+@pytest.mark.slow
 def test_valid_but_unbatchable_input_never_stops_the_node(tmp_path, ctx):
     """Faults 1, 2, 5 and item 8: frame sizes, empty and oversized tensors, seq 2**63, ``"schema": {}``."""
     node = NodeProcess(tmp_path, {"node": {"credit": 16, "batch_size": 16}}).start()
@@ -95,6 +96,7 @@ def test_valid_but_unbatchable_input_never_stops_the_node(tmp_path, ctx):
         assert db.execute("SELECT COUNT(*) FROM items WHERE device = 'bad'").fetchone()[0] == 0
 
 
+@pytest.mark.slow
 def test_a_store_holding_unbatchable_samples_is_cleaned_at_start_not_fatal(tmp_path, ctx):
     """Fault 1 after a restart: mixed frame sizes and empty clips in the store are evicted (logged)."""
     node = NodeProcess(tmp_path, {"buffer": {"replay_batch_size": 8}})
@@ -129,6 +131,7 @@ def test_a_store_holding_unbatchable_samples_is_cleaned_at_start_not_fatal(tmp_p
     assert _verdicts(node.state_dir, "old") == {s.seq: "admitted" for s in samples}  # verdicts are history: kept
 
 
+@pytest.mark.slow
 def test_identity_hello_per_connection_no_hijack_no_utf8_collision(tmp_path, ctx):
     """Faults 3 and 4 without CURVE: a second connection on a live id gets nothing of the first's."""
     node = NodeProcess(tmp_path, {"node": {"credit": 8, "batch_size": 8, "metrics_port": 0}}).start()
@@ -174,6 +177,7 @@ def test_identity_hello_per_connection_no_hijack_no_utf8_collision(tmp_path, ctx
     assert devices == {"uav"}
 
 
+@pytest.mark.slow
 def test_state_is_bounded_devices_freed_seq_window(tmp_path, ctx):
     """Fault 6: bye and idle free per-device state (the gauge goes down); a sparse seq set stays bounded."""
     node = NodeProcess(tmp_path, {"node": {"credit": 8, "metrics_port": 0, "device_idle_s": 1.0, "max_seq_gap": 64}}).start()

@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import json
 import os
 import sqlite3
@@ -144,6 +146,7 @@ def _hello(sock, rid):
         "audio": {"dtype": "float32", "shape": [-1, 13]}, "video": {"dtype": "float32", "shape": [-1, 1, 16, 16]}}})])
 
 
+@pytest.mark.slow
 def test_two_thousand_malformed_messages_answered_none_learned(tmp_path):
     node = NodeProcess(tmp_path, {"node": {"batch_window_ms": 1.0, "max_message_bytes": 2**20, "credit": 64}}).start()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -222,6 +225,7 @@ def test_two_thousand_malformed_messages_answered_none_learned(tmp_path):
     assert not any(k.startswith("invalid") for k in good_totals["verdicts"])
 
 
+@pytest.mark.slow
 def test_curve_unknown_key_gets_nothing_in_right_key_works(tmp_path):
     keys = tmp_path / "keys"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -255,6 +259,7 @@ def test_curve_unknown_key_gets_nothing_in_right_key_works(tmp_path):
     assert devices == {"uav-0"}
 
 
+@pytest.mark.slow
 def test_curve_device_id_belongs_to_its_first_key_and_revoked_keys_cannot_connect(tmp_path):
     """Fault 3 with CURVE: another allowed key cannot claim a device id; a removed key opens nothing."""
     from tests.support.nodeclient import Device, stream

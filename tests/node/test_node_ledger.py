@@ -85,6 +85,7 @@ def serve(tmp_path):
         assert not thread.is_alive()
 
 
+@pytest.mark.slow
 def test_ledger_stays_bounded_and_old_resends_are_still_answered(serve):
     start, ctx = serve
     learner = CountingLearner()

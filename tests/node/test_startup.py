@@ -51,6 +51,7 @@ def _message(stderr: str) -> str:
     return plain[0]
 
 
+@pytest.mark.slow
 def test_damaged_state_db_names_the_file_and_the_fix(tmp_path):
     state = tmp_path / "state"
     state.mkdir()
@@ -61,6 +62,7 @@ def test_damaged_state_db_names_the_file_and_the_fix(tmp_path):
     assert str(state / "state.db") in msg and "not an SQLite database" in msg and "move it aside" in msg
 
 
+@pytest.mark.slow
 def test_debug_flag_shows_the_traceback(tmp_path):
     state = tmp_path / "state"
     state.mkdir()
@@ -70,6 +72,7 @@ def test_debug_flag_shows_the_traceback(tmp_path):
     assert "Traceback" in err and str(state / "state.db") in err.splitlines()[-1]
 
 
+@pytest.mark.slow
 def test_every_checkpoint_damaged_is_one_line_listing_each_file(tmp_path):
     ckpts = tmp_path / "state" / "checkpoints"
     ckpts.mkdir(parents=True)
@@ -83,6 +86,7 @@ def test_every_checkpoint_damaged_is_one_line_listing_each_file(tmp_path):
     assert "Move" in msg
 
 
+@pytest.mark.slow
 def test_state_dir_that_is_a_file(tmp_path):
     (tmp_path / "state").write_text("not a folder")
     code, err = _run_node(tmp_path)
@@ -107,6 +111,7 @@ def _make_read_only(path: Path) -> list[list[str]]:
     return undo
 
 
+@pytest.mark.slow
 def test_read_only_state_dir(tmp_path):
     state = tmp_path / "state"
     state.mkdir()
@@ -123,6 +128,7 @@ def test_read_only_state_dir(tmp_path):
     assert "node.state_dir" in msg and str(state) in msg and "cannot write" in msg
 
 
+@pytest.mark.slow
 def test_metrics_port_in_use_names_the_key(tmp_path):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
@@ -134,6 +140,7 @@ def test_metrics_port_in_use_names_the_key(tmp_path):
     assert "node.metrics_port" in msg and f"127.0.0.1:{port}" in msg and "in use" in msg.lower()
 
 
+@pytest.mark.slow
 def test_cuda_device_this_machine_lacks_names_the_key(tmp_path):
     import torch
 
@@ -146,6 +153,7 @@ def test_cuda_device_this_machine_lacks_names_the_key(tmp_path):
     assert f"device: {device!r}" in msg and "device: cpu" in msg
 
 
+@pytest.mark.slow
 def test_non_utf8_config_names_the_file(tmp_path):
     code, err = _run_node(tmp_path, config_text=b"node:\n  state_dir: caf\xe9\n")
     assert code == 2

@@ -100,6 +100,7 @@ def live_metrics(tmp_path_factory) -> str:
     return text
 
 
+@pytest.mark.slow
 def test_every_dashboard_query_names_an_exported_metric(live_metrics):
     names, labels = exported_names(live_metrics)
     exprs = dashboard_exprs()

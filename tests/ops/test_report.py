@@ -3,6 +3,8 @@ with the numbers; the history's arithmetic checked on a hand-written file."""
 
 from __future__ import annotations
 
+import pytest
+
 import csv
 import json
 import os
@@ -48,6 +50,7 @@ def _ink(path: Path) -> tuple[float, int]:
     return float((rgb.min(axis=2) < 200).mean()), len(np.unique(rgb.reshape(-1, 3), axis=0))
 
 
+@pytest.mark.slow
 def test_report_of_a_finished_demo(tmp_path):
     demo = _cli("demo", "--samples", "300", "--devices", "2", "--test-samples", "50", "--no-progress", "--out", str(tmp_path))
     assert demo.returncode == 0, demo.stderr + demo.stdout
@@ -126,6 +129,7 @@ def test_history_arithmetic_on_a_hand_written_file(tmp_path):
         {"admitted": 3, "trained": 0, "skipped": 0, "eval": 0, "invalid": 3}
 
 
+@pytest.mark.slow
 def test_a_run_with_a_single_history_interval_still_plots_its_verdict_mix(tmp_path):
     """A short run (two history rows, one interval) must still show its verdict shares."""
     base = {"uptime_s": 1, "received": 0, "decided": 0, "updates": 1, "buffer_items": 2, "buffer_bytes": 10,

@@ -3,6 +3,8 @@ equal the node's own summary (and the SQLite store) at the end."""
 
 from __future__ import annotations
 
+import pytest
+
 import json
 import os
 import sqlite3
@@ -60,6 +62,7 @@ def _check_adds_up(snap: dict) -> None:
     assert sum(buf["classes"].values()) == buf["items"]
 
 
+@pytest.mark.slow
 def test_status_mid_stream_and_at_the_end_matches_the_node(tmp_path):
     overrides = {"node": {"metrics_port": 0, "status_every_s": 0.2, "history_every_s": 0.5}, "buffer": {"max_items": 60}}
     node = NodeProcess(tmp_path, overrides).start()
@@ -127,6 +130,7 @@ def test_status_mid_stream_and_at_the_end_matches_the_node(tmp_path):
     assert end["queue"] == {"depth": 0, "bytes": 0} and end["credit_in_flight"] == 0
 
 
+@pytest.mark.slow
 def test_status_of_a_killed_node_says_stale_and_bad_sources_are_clear_errors(tmp_path):
     node = NodeProcess(tmp_path, {"node": {"status_every_s": 0.2}}).start()
     _wait(lambda: _status_file(node.state_dir), "the first status file")

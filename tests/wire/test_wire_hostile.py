@@ -91,6 +91,7 @@ def _declared(ent: dict) -> int | None:
         return None
 
 
+@pytest.mark.slow
 @settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
 @given(tensors=entries, data=st.data(), loose=st.booleans(), content=st.booleans())
 def test_fuzz_hostile_shapes_dtypes_and_frame_lengths_raise_only_wire_errors(tensors, data, loose, content):

@@ -22,9 +22,10 @@ import torch
 from edge_runtime.learning.buffer.retention import Plan, build_retention
 from edge_runtime.learning.buffer.store import MemoryStore
 from edge_runtime.core.config import BufferConfig
+from edge_runtime.core.names import LOGGER_BUFFER
 from edge_runtime.core.sample import Sample
 
-log = logging.getLogger("edge_runtime.learning.buffer")
+log = logging.getLogger(LOGGER_BUFFER)
 
 Key = Hashable
 STATE_VERSION = 1

@@ -22,9 +22,10 @@ from typing import Callable, Iterator
 
 from edge_runtime.core import codec, validation
 from edge_runtime.core.codec import is_int, short
+from edge_runtime.core.names import LOGGER_BUFFER
 from edge_runtime.core.sample import Sample
 
-log = logging.getLogger("edge_runtime.learning.buffer")
+log = logging.getLogger(LOGGER_BUFFER)
 
 Key = tuple[str, int]
 SCHEMA_VERSION = 1
