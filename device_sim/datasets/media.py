@@ -309,7 +309,7 @@ __all__ = [
 
 
 #: ``--root DIR``: the folder of the user's copy of a data set (required).
-ROOT_OPTION = Option("--root", "folder of your copy (raw release or common preprocessing layout)",
+ROOT_OPTION = Option("--root", "folder of your copy (raw release or common preprocessing layout)", metavar="DIR",
                      required=True, missing="point it at your copy of the data set (see docs/datasets.md, 'Real data sets')")
 #: ``--send``: what a device sends for a clip.
 SEND_OPTION = Option("--send", "send model features, or raw waveform + frames that the node turns into the same features",

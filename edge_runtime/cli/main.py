@@ -14,8 +14,8 @@ Sub-commands:
   federation-demo  three nodes, disjoint classes, federated on Flower; report.json
 
 A configuration or state problem (bad key, damaged state.db or checkpoints, unwritable state_dir,
-metrics port in use, device: cuda without a GPU) is one line on stderr and exit code 2; add
---debug for the Python traceback.
+state_dir in use by another running node, metrics port in use, device: cuda without a GPU) is one
+line on stderr and exit code 2; add --debug for the Python traceback.
 """
 
 from __future__ import annotations

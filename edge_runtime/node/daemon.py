@@ -50,7 +50,7 @@ from edge_runtime.node.logs import NODE_LOGGER, setup_logging
 from edge_runtime.node.schema import SchemaNegotiator, stored_frame_size
 from edge_runtime.node.security import secure_socket
 from edge_runtime.node.sessions import Sessions
-from edge_runtime.node.startup import StartupError, metrics_port_message
+from edge_runtime.node.startup import StartupError, StateLock, lock_state_dir, metrics_port_message
 from edge_runtime.node.worker import LearnerLike, LearnerWorker
 from edge_runtime.ops.metrics import NodeMetrics
 from edge_runtime.ops.observe import NodeObserver
@@ -68,8 +68,10 @@ RECV_BURST = 256  # messages read before the IO thread looks at acks again
 class EdgeNode:
     """A ROUTER endpoint feeding one learner; see the module docstring for the threads."""
 
-    def __init__(self, config: Config, learner: LearnerLike | None = None) -> None:
+    def __init__(self, config: Config, learner: LearnerLike | None = None, state_lock: StateLock | None = None) -> None:
         self.config = config
+        #: the lock on state_dir (``edge-node run`` takes it before anything else; in-process nodes may go without)
+        self.state_lock = state_lock
         nc: NodeConfig = config.node
         self.nc = nc
         self.state_dir = Path(nc.state_dir)
@@ -194,6 +196,8 @@ class EdgeNode:
                 "model_endpoint": publisher.endpoint if publisher else None,
                 "control_endpoint": self._federation.start() if self._federation else None}
         atomic_write_text(self.state_dir / "node.json", json.dumps(info))
+        if self.state_lock is not None:
+            self.state_lock.record(endpoint=self.endpoint)  # for the message of a second node refused on this folder
         log.info("listening", extra={"event": "listening", **info})
         worker = self._worker
         self.observer.start(info, known_devices=lambda: worker.known_devices)
@@ -269,8 +273,10 @@ class EdgeNode:
 
 def serve(config: Config) -> int:
     """``edge-node run``: serve until SIGTERM / SIGINT, then drain, checkpoint and exit 0."""
+    # Held since preflight under `edge-node run` (then this returns the same lock); taken here otherwise.
+    state_lock = lock_state_dir(Path(config.node.state_dir))
     setup_logging(config.node.log_format)
-    node = EdgeNode(config)
+    node = EdgeNode(config, state_lock=state_lock)
     signal.signal(signal.SIGTERM, node.request_stop)
     signal.signal(signal.SIGINT, node.request_stop)
     node.run()

@@ -5,6 +5,10 @@ learner's write transactions, and the file can be read (or copied off the box) w
 Counts of the learner (samples, verdicts, updates, accuracy) are cumulative over all runs of the
 state_dir, as the checkpoint carries them; ``received``/``decided`` count this run (``pid``
 changes at a restart); latency is over the row's interval. ``edge-node report`` plots it.
+
+A crash (or a full disk) mid-write can leave the last row cut, without its newline: the writer then
+starts a new line before its next row, and the reader skips a malformed row (wrong number of fields,
+a cell that is not a number) with a warning naming its line, keeping every other row.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from edge_runtime.ops.snapshot import VERDICT_KINDS
 log = logging.getLogger(LOGGER_HISTORY)
 
 FILENAME = "history.csv"
+MAX_WARNINGS = 5  # malformed rows warned about one by one when reading; the rest in one count
 BASE_COLUMNS = [
     "time", "pid", "uptime_s", "samples_learned", "received", "decided", PREQUENTIAL_ACCURACY, EVAL_ACCURACY,
     UPDATES, BUFFER_ITEMS, BUFFER_BYTES, *VERDICT_KINDS, "batches", "update_mean_s", "update_max_s", "queue_depth",
@@ -49,8 +54,11 @@ class HistoryWriter:
         self.path = Path(state_dir) / FILENAME
         self.columns = columns(num_classes)
         if self.path.exists():
-            with open(self.path, newline="") as f:
-                header = next(csv.reader(f), None)
+            try:
+                with open(self.path, newline="", errors="replace") as f:
+                    header = next(csv.reader(f), None)
+            except csv.Error:  # a NUL byte in the header: not a history file this writer can append to
+                header = None
             if header != self.columns:
                 aside = self.path.with_name(f"history.{int(time.time())}.csv")
                 os.replace(self.path, aside)
@@ -58,28 +66,74 @@ class HistoryWriter:
                             extra={"event": "history_moved", "path": str(aside)})
 
     def append(self, row: dict[str, Any]) -> None:
-        """Write one row (missing columns empty, None empty) and flush it to the OS."""
-        new = not self.path.exists()
+        """Write one row (missing columns empty, None empty) and flush it to the OS; a file whose last row
+        was cut (no newline at its end) gets a newline first, so the cut row stays a line of its own."""
+        try:
+            size = self.path.stat().st_size
+        except FileNotFoundError:
+            size = 0
+        cut = size > 0 and not self._ends_in_newline()
         with open(self.path, "a", newline="") as f:
             writer = csv.DictWriter(f, self.columns, extrasaction="ignore")
-            if new:
+            if cut:
+                f.write("\r\n")  # csv's line terminator
+                log.warning(f"{self.path} ended in a cut row (a crash mid-write?); starting a new line after it "
+                            "(edge-node report skips the cut row)", extra={"event": "history_cut_row", "path": str(self.path)})
+            if size == 0:
                 writer.writeheader()
             writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
 
+    def _ends_in_newline(self) -> bool:
+        with open(self.path, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            return f.read(1) == b"\n"
 
-def read_history(state_dir: str | Path) -> list[dict[str, float | None]]:
-    """The rows of ``state_dir/history.csv`` as floats (empty cells: None), oldest first."""
+
+def read_history(state_dir: str | Path, skipped: list[tuple[int, str]] | None = None) -> list[dict[str, float | None]]:
+    """The rows of ``state_dir/history.csv`` as floats (empty cells: None), oldest first.
+
+    A malformed row (cut by a crash, two rows run together on one line, not numbers) is left out with a
+    warning; ``skipped``, when given, receives (line number, reason) of each.
+    """
     path = Path(state_dir) / FILENAME
     if not path.exists():
         raise ValueError(f"{path} does not exist: the node writes it every node.history_every_s seconds while it runs "
                          "(run the node with this edge-runtime, or give the node's node.state_dir)")
+    with open(path, newline="", errors="replace") as f:
+        lines = f.read().split("\n")
+    header: list[str] | None = None
     rows = []
-    with open(path, newline="") as f:
-        for lineno, raw in enumerate(csv.DictReader(f), start=2):
-            try:
-                rows.append({k: (float(v) if v not in ("", None) else None) for k, v in raw.items()})
-            except ValueError as err:
-                raise ValueError(f"{path} line {lineno}: {err}; the file is damaged (move it aside to start a new one)") from None
+    bad: list[tuple[int, str]] = []
+    for lineno, line in enumerate(lines, start=1):
+        line = line.removesuffix("\r")
+        if not line.strip():
+            continue
+        try:
+            fields = next(csv.reader([line]))
+        except csv.Error as err:  # a NUL byte, a stray quote
+            bad.append((lineno, f"not CSV ({err})"))
+            continue
+        if header is None:
+            header = fields
+            continue
+        if len(fields) != len(header):
+            bad.append((lineno, f"{len(fields)} fields where the header has {len(header)} (a row cut by a crash?)"))
+            continue
+        try:
+            rows.append({k: (float(v) if v != "" else None) for k, v in zip(header, fields)})
+        except ValueError as err:
+            bad.append((lineno, str(err)))
+    for lineno, reason in bad[:MAX_WARNINGS]:
+        log.warning(f"{path} line {lineno}: skipping a malformed row: {reason}",
+                    extra={"event": "history_row_skipped", "path": str(path), "line": lineno, "reason": reason})
+    if len(bad) > MAX_WARNINGS:
+        log.warning(f"{path}: {len(bad) - MAX_WARNINGS} more malformed rows skipped ({len(bad)} in all)",
+                    extra={"event": "history_rows_skipped", "path": str(path), "count": len(bad)})
+    if skipped is not None:
+        skipped.extend(bad)
     if not rows:
+        if bad:
+            raise ValueError(f"{path} has no readable row ({len(bad)} malformed); the file is damaged "
+                             "(move it aside to start a new one)")
         raise ValueError(f"{path} has no rows yet: the first is written node.history_every_s seconds after the node starts")
     return rows

@@ -11,6 +11,12 @@ the observer writes the files, so neither the IO nor the learner thread waits on
 writer takes the learner-side values first (under the lock: one consistent micro-batch boundary)
 and reads the IO-side series (received, queue, in flight, connected) after them, so every file
 has ``received >= decided`` and per-device samples adding up to ``decided``.
+
+Durations (uptime, checkpoint age, time since a device was last seen, rate intervals) come from
+``time.monotonic()``, so that a wall clock set back or forward (NTP, an operator) cannot make them
+negative or huge; the times shown to people (``*_at``, ``last_seen``, the history's ``time``) stay
+wall-clock. ``status.json`` carries the durations as of its ``written_at`` and the monotonic reading
+they were taken at (``clock``), from which :func:`~edge_runtime.ops.snapshot.with_ages` advances them.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from edge_runtime.core.atomic import atomic_write_json
 from edge_runtime.core.names import LOGGER_NODE, BUFFER_BYTES, BUFFER_ITEMS, EVAL_ACCURACY, PREQUENTIAL_ACCURACY, SAMPLES_SEEN, UPDATES
 from edge_runtime.ops.history import HistoryWriter, verdict_kinds
 from edge_runtime.ops.metrics import NodeMetrics
-from edge_runtime.ops.snapshot import from_metrics, metric_values, newest_checkpoint, with_rates
+from edge_runtime.ops.snapshot import boot_id, from_metrics, metric_values, newest_checkpoint, with_rates
 
 log = logging.getLogger(LOGGER_NODE)
 
@@ -73,14 +79,20 @@ class NodeObserver:
         self._verdicts: Counter = Counter()  # this run, by kind
         self._summary: dict[str, Any] = {}
         self._latency = _Latency()
-        self._checkpoint: tuple[str, float] | None = newest_checkpoint(self.state_dir)
+        #: (path, unix time written, time.monotonic() written) of the newest checkpoint
+        self._checkpoint: tuple[str, float, float] | None = None
+        newest = newest_checkpoint(self.state_dir)
+        if newest:  # a file's mtime is wall-clock: its age now, never negative, becomes a monotonic reading
+            self._checkpoint = (newest[0], newest[1], time.monotonic() - max(0.0, time.time() - newest[1]))
         self._model_version: int | None = None
         self._buffer_labels: set[str] = set()
         self._stop = threading.Event()
-        self._window: deque[tuple[float, dict[str, Any], dict[str, int]]] = deque()  # earlier snapshots, for rates
+        #: earlier snapshots (time.monotonic() taken, snapshot, per-device tallies), for rates
+        self._window: deque[tuple[float, dict[str, Any], dict[str, int]]] = deque()
         self._thread: threading.Thread | None = None
         self._info: dict[str, Any] = {}
-        self._started = time.time()
+        self._started = time.time()  # unix time (shown as started_at); uptime is from _started_mono
+        self._started_mono = time.monotonic()
         self._wall_minus_mono = time.time() - time.monotonic()
 
     # ------------------------------------------------------------------ learner thread
@@ -118,7 +130,7 @@ class NodeObserver:
     def on_checkpoint(self, path: Path) -> None:
         when = time.time()
         with self._lock:
-            self._checkpoint = (str(path), when)
+            self._checkpoint = (str(path), when, time.monotonic())
         self.metrics.last_checkpoint.set(when)
 
     def on_model(self, version: int | None) -> None:
@@ -132,6 +144,7 @@ class NodeObserver:
         ``known_devices``: how many devices the node has decided samples of, all runs)."""
         self._info = dict(info)
         self._started = time.time()
+        self._started_mono = time.monotonic()
         if known_devices is not None:
             self._known = known_devices
         m = self.metrics
@@ -171,8 +184,12 @@ class NodeObserver:
             except OSError as err:  # a full disk must not stop the node; the next interval tries again
                 log.warning("cannot write status/history", extra={"event": "status_failed", "reason": str(err)})
 
-    def snapshot(self, final: bool = False) -> dict[str, Any]:
-        """The status snapshot as of now (learner side first, IO side after it; see the module docstring)."""
+    def snapshot(self, final: bool = False, wall: float | None = None, mono: float | None = None) -> dict[str, Any]:
+        """The status snapshot as of now (learner side first, IO side after it; see the module docstring).
+
+        ``wall`` / ``mono``: the ``time.time()`` / ``time.monotonic()`` readings to use (default: read now);
+        timestamps come from the first, durations from the second only.
+        """
         with self._lock:
             devices = dict(self._devices)
             arrivals = dict(self.arrivals)
@@ -181,16 +198,18 @@ class NodeObserver:
             summary = self._summary
             checkpoint = self._checkpoint
         snap = from_metrics(metric_values(self.metrics.registry.collect()))
-        now = time.time()
+        now = time.time() if wall is None else wall
+        mono = time.monotonic() if mono is None else mono
         top = sorted(devices.items(), key=lambda kv: (-kv[1], kv[0]))[:TOP_DEVICES]
-        while len(self._window) > 1 and now - self._window[1][0] >= RATE_WINDOW_S:
+        while len(self._window) > 1 and mono - self._window[1][0] >= RATE_WINDOW_S:
             self._window.popleft()  # keep the newest snapshot that is at least the window old
         prev = self._window[0] if self._window else None
-        dt = now - prev[0] if prev else 0.0
+        dt = mono - prev[0] if prev else 0.0
         prev_devices = prev[2] if prev else {}
         snap["devices"]["known"] = self._known()
         snap["devices"]["top"] = [
             {"device": d, "samples": n, "last_seen": arrivals[d] + self._wall_minus_mono if d in arrivals else None,
+             "last_seen_age_s": max(0.0, mono - arrivals[d]) if d in arrivals else None,
              "rate": (n - prev_devices.get(d, 0)) / dt if dt > 0 else None} for d, n in top]
         snap["devices"]["listed"] = len(top)
         snap["samples"]["verdicts"] = verdicts
@@ -203,27 +222,31 @@ class NodeObserver:
             snap["buffer"] = {"items": summary.get(BUFFER_ITEMS), "bytes": summary.get(BUFFER_BYTES),
                               "classes": {str(c): n for c, n in summary.get("buffer_classes", {}).items()}}
         if checkpoint:
-            snap["checkpoint"].update(path=checkpoint[0], written_at=checkpoint[1])
+            snap["checkpoint"].update(path=checkpoint[0], written_at=checkpoint[1], age_s=max(0.0, mono - checkpoint[2]))
         snap["model"]["version"] = self._model_version
         snap["update_last_s"] = last_update
+        snap.update(uptime_s=max(0.0, mono - self._started_mono), clock={"monotonic": mono, "boot_id": boot_id()})
         snap.update(state="stopped" if final else "running", written_at=now, stopped_at=now if final else None,
                     pid=self._info.get("pid"), endpoint=self._info.get("endpoint"), metrics_port=self._info.get("metrics_port"))
         snap["model"]["endpoint"] = self._info.get("model_endpoint")
         snap = with_rates(snap, prev[1] if prev else None, dt)
-        self._window.append((now, snap, devices))
+        self._window.append((mono, snap, devices))
         return snap
 
     def _write_status(self, final: bool) -> None:
         atomic_write_json(self.state_dir / STATUS_FILE, self.snapshot(final), indent=1, durable=final)  # a view rewritten every second; the last one is kept
 
-    def _write_history(self) -> None:
+    def _write_history(self, wall: float | None = None, mono: float | None = None) -> None:
+        """Append one history row (``wall`` / ``mono``: as in :meth:`snapshot`)."""
+        wall = time.time() if wall is None else wall
+        mono = time.monotonic() if mono is None else mono
         with self._lock:
             summary = self._summary
             decided = sum(self._verdicts.values())
             batches, mean, worst = self._latency.take()
         io = from_metrics(metric_values(self.metrics.registry.collect()))  # after the learner side, as in snapshot()
         row: dict[str, Any] = {
-            "time": round(time.time(), 3), "pid": self._info.get("pid"), "uptime_s": round(time.time() - self._started, 3),
+            "time": round(wall, 3), "pid": self._info.get("pid"), "uptime_s": round(max(0.0, mono - self._started_mono), 3),
             "samples_learned": summary.get(SAMPLES_SEEN), "received": io["samples"]["received"],
             "decided": decided, PREQUENTIAL_ACCURACY: summary.get(PREQUENTIAL_ACCURACY),
             EVAL_ACCURACY: summary.get(EVAL_ACCURACY), UPDATES: summary.get(UPDATES),

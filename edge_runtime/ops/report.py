@@ -242,6 +242,7 @@ def _page(state_dir: Path, n: dict[str, Any]) -> str:
         ("history rows", f"{n['rows']:,} over {n['span_s'] / 60:.1f} min"),
         ("first row", started),
         ("runs of the node", str(n["runs"])),
+        *([("malformed rows skipped", f"{n['skipped_rows']:,}")] if n.get("skipped_rows") else []),
     ])
     classes = _table([(f"class {c}", str(v)) for c, v in n["buffer_classes"].items()]) if n["buffer_classes"] else "<p>-</p>"
     verdicts = _table([(k, f"{v:,} ({_f(n['verdict_share'][k], '{:.1%}')})") for k, v in n["verdicts"].items()])
@@ -288,7 +289,8 @@ td {{ text-align: right; font-variant-numeric: tabular-nums; padding: 2px 0; whi
 
 def write_report(state_dir: Path, out: Path) -> Path:
     """Write the four plots and ``index.html`` of ``state_dir``'s history to ``out``; returns the page's path."""
-    rows = read_history(state_dir)
+    skipped: list[tuple[int, str]] = []
+    rows = read_history(state_dir, skipped)  # malformed rows (a crash mid-write) left out, each with a warning
     import matplotlib
 
     matplotlib.use("Agg")
@@ -296,6 +298,7 @@ def write_report(state_dir: Path, out: Path) -> Path:
 
     out.mkdir(parents=True, exist_ok=True)
     nums = numbers(rows)
+    nums["skipped_rows"] = len(skipped)
     _plot_accuracy(plt, rows, nums, out / "accuracy.png")
     _plot_buffer(plt, rows, out / "buffer.png")
     _plot_verdicts(plt, rows, out / "verdicts.png")

@@ -9,7 +9,12 @@ The same shape comes from two sources:
   metrics plus the per-device table, the checkpoint path and rates; :func:`read_state_dir`
   completes it with the state DB, opened read-only.
 
-Times in a snapshot are unix seconds (``*_at``); :func:`with_ages` adds ``*_age_s`` at read time.
+Times in a snapshot are unix seconds (``*_at``), for people to read; durations (``uptime_s``,
+``*_age_s``) are measured on the monotonic clock where there is one: the node writes them into
+``status.json`` as of ``written_at`` with its ``time.monotonic()`` reading (``clock``), and
+:func:`with_ages` advances them by the time since, so that a wall clock set back or forward shows
+no negative uptime or age. A duration only wall-clock times give (a scrape of ``/metrics``, a
+checkpoint file's mtime) is None when the clock went back past it.
 Rates (``rates``) are per second over the interval between two snapshots (:func:`with_rates`).
 Series whose name starts with ``edge_federation_`` are copied under ``federation`` (without the
 prefix), so a federation round counter shows up without this module knowing it.
@@ -141,15 +146,64 @@ def with_rates(cur: dict[str, Any], prev: dict[str, Any] | None, dt: float) -> d
     return cur
 
 
-def with_ages(snap: dict[str, Any], now: float | None = None) -> dict[str, Any]:
-    """Add ``uptime_s``, the checkpoint's ``age_s`` and each device's ``last_seen_age_s`` as of ``now``."""
+_BOOT_ID: list[str | None] = []
+
+
+def boot_id() -> str | None:
+    """This boot of the machine (Linux: ``/proc/sys/kernel/random/boot_id``), or None: two
+    ``time.monotonic()`` readings compare across processes only within one boot."""
+    if not _BOOT_ID:
+        try:
+            _BOOT_ID.append(Path("/proc/sys/kernel/random/boot_id").read_text().strip() or None)
+        except OSError:
+            _BOOT_ID.append(None)
+    return _BOOT_ID[0]
+
+
+def _wall_age(now: float, then: float | None) -> float | None:
+    """``now - then`` of two wall-clock times; None when unknown or negative (the clock was set back)."""
+    if not then:
+        return None
+    age = now - then
+    return age if age >= 0 else None
+
+
+def since_written(snap: dict[str, Any], now: float | None = None, mono: float | None = None) -> float:
+    """Seconds since the node took ``snap``: on the monotonic clock when ``snap`` carries the node's reading
+    and this process runs on the same boot, else on the wall clock; never negative."""
+    clock = snap.get("clock") or {}
+    if clock.get("monotonic") is not None and clock.get("boot_id") and clock["boot_id"] == boot_id():
+        mono = time.monotonic() if mono is None else mono
+        return max(0.0, mono - clock["monotonic"])
     now = time.time() if now is None else now
-    end = snap.get("stopped_at") or now
-    snap["uptime_s"] = end - snap["started_at"] if snap.get("started_at") else None
+    return _wall_age(now, snap.get("written_at")) or 0.0
+
+
+def with_ages(snap: dict[str, Any], now: float | None = None, mono: float | None = None) -> dict[str, Any]:
+    """Set ``uptime_s``, the checkpoint's ``age_s`` and each device's ``last_seen_age_s`` as of now.
+
+    Durations the node measured (a snapshot of ``status.json`` carries ``clock``) are advanced by
+    :func:`since_written` (uptime only while the node runs); others are wall-clock differences as of
+    ``now``, None where negative. ``now`` / ``mono``: the ``time.time()`` / ``time.monotonic()`` readings
+    to use (default: read now).
+    """
+    now = time.time() if now is None else now
+    measured = snap.get("clock") is not None
+    since = since_written(snap, now, mono) if measured else 0.0
+    if measured and snap.get("uptime_s") is not None:
+        snap["uptime_s"] = snap["uptime_s"] + (0.0 if snap.get("stopped_at") else since)
+    else:
+        snap["uptime_s"] = _wall_age(snap.get("stopped_at") or now, snap.get("started_at"))
     ck = snap.get("checkpoint") or {}
-    ck["age_s"] = now - ck["written_at"] if ck.get("written_at") else None
+    if measured and ck.get("age_s") is not None:
+        ck["age_s"] = ck["age_s"] + since
+    else:
+        ck["age_s"] = _wall_age(now, ck.get("written_at"))
     for dev in (snap.get("devices") or {}).get("top") or []:
-        dev["last_seen_age_s"] = now - dev["last_seen"] if dev.get("last_seen") else None
+        if measured and dev.get("last_seen_age_s") is not None:
+            dev["last_seen_age_s"] = dev["last_seen_age_s"] + since
+        else:
+            dev["last_seen_age_s"] = _wall_age(now, dev.get("last_seen"))
     return snap
 
 
@@ -240,7 +294,7 @@ def read_state_dir(state_dir: str | Path) -> dict[str, Any]:
     if not (snap.get("checkpoint") or {}).get("path"):
         newest = newest_checkpoint(state_dir)
         if newest:
-            snap.setdefault("checkpoint", {}).update(path=newest[0], written_at=newest[1])
+            snap.setdefault("checkpoint", {}).update(path=newest[0], written_at=newest[1], age_s=None)  # from its mtime
     snap["source"] = f"state_dir {state_dir}"
     return with_ages(snap)
 
