@@ -8,6 +8,7 @@ this module.
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,3 +61,24 @@ class TensorSpec:
         if dtype != self.dtype or len(shape) != len(self.shape):
             return False
         return all(s == -1 or s == d for s, d in zip(self.shape, shape))
+
+
+#: Sequence numbers are signed 64-bit integers on the wire and in the ledger: 0 <= seq <= SEQ_MAX.
+SEQ_MAX = 2**63 - 1
+
+
+def sample_header(sample: Sample, version: int, purpose: str = "go on the wire", hint: str = "") -> dict[str, Any]:
+    """The header of ``sample`` as a protocol-v1 ``sample`` message, without its ``tensors`` list.
+
+    The wire sends it (``wire.encode_sample``) and the SQLite store keeps a sample as the same
+    message, so both build it here. ``ValueError`` names a seq outside 0..:data:`SEQ_MAX` (``purpose``
+    and ``hint`` complete the message for the caller).
+    """
+    try:
+        seq = -1 if isinstance(sample.seq, bool) else operator.index(sample.seq)
+    except TypeError:
+        seq = -1
+    if not 0 <= seq <= SEQ_MAX:
+        raise ValueError(f"sample.seq must be an int in 0..2**63-1 to {purpose}, got {sample.seq!r}{hint}")
+    label = None if sample.label is None else operator.index(sample.label)
+    return {"v": version, "type": "sample", "seq": seq, "ts": float(sample.ts), "label": label, "split": str(sample.split)}

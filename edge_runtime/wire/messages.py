@@ -8,16 +8,15 @@ copy=False)``: the msgpack header, then (for a sample) one raw frame per tensor,
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Union
 
 from edge_runtime.core import codec
 from edge_runtime.core.codec import Frame
-from edge_runtime.core.sample import Sample, TensorSpec
+from edge_runtime.core.sample import Sample, TensorSpec, sample_header
 from edge_runtime.wire.errors import DtypeNotAllowed
-from edge_runtime.wire.schema import SEQ_MAX, VERSION, Schema, schema_to_wire
+from edge_runtime.wire.schema import VERSION, Schema, schema_to_wire
 
 __all__ = ["Ack", "Bye", "Error", "Frame", "Hello", "Message", "Ping", "Welcome", "encode_ack",
            "encode_bye", "encode_error", "encode_hello", "encode_ping", "encode_sample", "encode_welcome"]
@@ -87,18 +86,7 @@ def encode_sample(sample: Sample) -> list[bytes | memoryview]:
     Tensors go in ``sample.tensors`` dict order.  Each frame is a flat byte memoryview of the
     array, made C-contiguous and little-endian; no copy is made when it already is both.
     """
-    try:
-        seq = -1 if isinstance(sample.seq, bool) else operator.index(sample.seq)
-    except TypeError:
-        seq = -1
-    if not 0 <= seq <= SEQ_MAX:
-        raise ValueError(f"sample.seq must be an int in 0..2**63-1 to go on the wire, got {sample.seq!r}; "
-                         "number the device's samples 0, 1, 2, ...")
-    label = sample.label
-    if label is not None:
-        label = operator.index(label)
-    header = {"v": VERSION, "type": "sample", "seq": seq, "ts": float(sample.ts), "label": label,
-              "split": str(sample.split)}
+    header = sample_header(sample, VERSION, hint="; number the device's samples 0, 1, 2, ...")
     try:
         return codec.pack(header, sample.tensors, key="tensors", kinds="biuf")
     except codec.CodecError as e:

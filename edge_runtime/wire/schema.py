@@ -13,13 +13,11 @@ from typing import Any
 import numpy as np
 
 from edge_runtime.core.codec import is_int, short, tname
-from edge_runtime.core.sample import Sample, TensorSpec
+from edge_runtime.core.sample import SEQ_MAX, Sample, TensorSpec
 from edge_runtime.wire.errors import BadHeader, DtypeNotAllowed, TooManyDims, TooManyTensors
 
 VERSION = 1
 
-#: Sequence numbers are signed 64-bit integers on the wire and in the ledger: 0 <= seq <= SEQ_MAX.
-SEQ_MAX = 2**63 - 1
 
 TO_NODE_TYPES = ("hello", "sample", "ping", "bye")
 TO_DEVICE_TYPES = ("welcome", "ack", "error", "model")  # "model" is reserved for a later version

@@ -14,7 +14,6 @@ exactly what a reopened store would read: read-only arrays over the stored bytes
 from __future__ import annotations
 
 import logging
-import operator
 import sqlite3
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ from typing import Callable, Iterator
 from edge_runtime.core import codec, validation
 from edge_runtime.core.codec import is_int, short
 from edge_runtime.core.names import LOGGER_BUFFER
-from edge_runtime.core.sample import Sample
+from edge_runtime.core.sample import SEQ_MAX, Sample, sample_header
 
 log = logging.getLogger(LOGGER_BUFFER)
 
@@ -31,7 +30,6 @@ Key = tuple[str, int]
 SCHEMA_VERSION = 1
 #: The header's ``v``: rows keep a sample as wire protocol v1's ``sample`` message.
 _FORMAT_VERSION = 1
-SEQ_MAX = 2**63 - 1
 _MISSING = object()
 
 _DDL = """
@@ -45,15 +43,7 @@ CREATE TABLE IF NOT EXISTS evictions (id INTEGER PRIMARY KEY, device TEXT, seq I
 def _encode(sample: Sample) -> tuple[bytes, bytes]:
     """(msgpack header, concatenated little-endian tensor bytes): the frames of ``sample``'s wire v1
     ``sample`` message (``edge_runtime.wire.encode_sample`` sends the same bytes)."""
-    try:
-        seq = -1 if isinstance(sample.seq, bool) else operator.index(sample.seq)
-    except TypeError:
-        seq = -1
-    if not 0 <= seq <= SEQ_MAX:
-        raise ValueError(f"sample.seq must be an int in 0..2**63-1 to be stored, got {sample.seq!r}")
-    label = None if sample.label is None else operator.index(sample.label)
-    header = {"v": _FORMAT_VERSION, "type": "sample", "seq": seq, "ts": float(sample.ts), "label": label,
-              "split": str(sample.split)}
+    header = sample_header(sample, _FORMAT_VERSION, purpose="be stored")
     frames = codec.pack(header, sample.tensors, key="tensors", kinds="biuf")
     return bytes(frames[0]), b"".join(frames[1:])
 
