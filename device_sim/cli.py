@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from device_sim.datasets import registry
+from edge_runtime import __version__
 from device_sim.scenario import CORRUPTIONS, SCENARIOS, STREAMS, Corrupted, StreamOrder, assign_devices, make_order, make_stream
 
 
@@ -29,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__.split("\n", 1)[1],
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     ds = sub.add_parser("datasets", help="list the data sets available on this machine", description="List every data set and whether it can be replayed here.")
     ds.add_argument("--root", default=None, help="folder of your copy of a data set read from files, to check")

@@ -1,3 +1,3 @@
-"""edge-runtime: streaming edge incremental learning with modality-balanced sample selection."""
+"""edge-runtime: streaming edge incremental learning for multimodal device streams (docs/design.md)."""
 
 __version__ = "0.1.0"

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import yaml
 
+from edge_runtime import __version__
 from edge_runtime.cli.export import add_export_parser, run_export
 from edge_runtime.cli.federation import COMMANDS as FEDERATION_COMMANDS
 from edge_runtime.cli.federation import add_parsers as add_federation_parsers
@@ -42,7 +43,7 @@ SETUP_ERRORS = (ConfigError, ValueError, StartupError, CheckpointError)
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE", help="YAML configuration (default: built-in defaults, see configs/default.yaml)")
-    p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], help="override one setting, e.g. --set selection.keep_ratio=0.3 (repeatable)")
+    p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], help="override one setting, e.g. --set buffer.max_items=500 (repeatable)")
     _add_debug_arg(p, argparse.SUPPRESS)
 
 
@@ -54,11 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
     """``edge-node``'s parser with every sub-command (building it imports no torch)."""
     parser = argparse.ArgumentParser(
         prog="edge-node",
-        description="edge-runtime edge node: incremental multimodal learning with modality-balanced sample selection.",
+        description="edge-runtime edge node: incremental multimodal learning from device streams, with a bounded replay buffer and pluggable sample selection.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__.split("\n", 1)[1],
     )
     _add_debug_arg(parser, False)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = sub.add_parser(

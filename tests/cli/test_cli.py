@@ -30,6 +30,22 @@ def test_help_explains_every_subcommand():
         assert word in sim.stdout
 
 
+def test_both_programs_print_the_package_version():
+    import tomllib
+
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    for module, prog in (("edge_runtime.cli.main", "edge-node"), ("device_sim.cli", "device-sim")):
+        r = _run("-m", module, "--version")
+        assert r.returncode == 0 and r.stdout.strip() == f"{prog} {version}", (r.stdout, r.stderr)
+
+
+def test_set_example_in_the_help_is_valid_with_the_default_configuration():
+    r = _run("-m", "edge_runtime.cli.main", "config", "--help")
+    example = next(word for word in r.stdout.replace("\n", " ").split() if "=" in word and "." in word.split("=")[0])
+    checked = _run("-m", "edge_runtime.cli.main", "config", "--set", example)
+    assert checked.returncode == 0, (example, checked.stderr)
+
+
 def test_config_error_names_key_and_exits_2():
     r = _run("-m", "edge_runtime.cli.main", "config", "--set", "selection.policy=mbs", "--set", "selection.keep_ratio=2")
     assert r.returncode == 2
