@@ -10,16 +10,18 @@ median, min and max over ``--repeats`` (default 5).  Also printed: samples/s of 
 the share of the learner's step time in MBS bookkeeping (prototypes + scoring + selection, buffer
 sampling + admission) versus the model (forward, backward, optimiser) and collation.
 
-Usage: python benchmarks/learner_step.py [--samples 3000] [--repeats 5] [--chunks 10] [--set KEY=VALUE ...]
+Usage: python benchmarks/learner_step.py [--samples 3000] [--repeats 5] [--chunks 10] [--set KEY=VALUE ...] [--out DIR] [--quick]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -119,8 +121,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--chunks", type=int, default=10, help="chunks per repeat in which the two loops alternate")
     ap.add_argument("--config", default=None)
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--out", type=Path, default=None, help="also write learner_step.json (every figure printed, and each repeat's ratio) here")
+    ap.add_argument("--quick", action="store_true", help="320 samples, 2 repeats x 4 chunks: a smoke run, not a measurement")
     args = ap.parse_args(argv)
     config = load_config(args.config, args.set)
+    if args.quick:
+        args.samples, args.repeats, args.chunks = 320, 2, 4
     if args.repeats < 1 or args.chunks < 1:
         ap.error("--repeats and --chunks must be >= 1")
     r = measure(config, args.samples, args.batch_size, repeats=args.repeats, chunks=args.chunks)
@@ -135,6 +141,11 @@ def main(argv: list[str] | None = None) -> int:
     for name, label in (("model", "forward/backward/step"), ("data", "collation"), ("select", "prototypes+scoring+selection"), ("buffer", "buffer sample+admit")):
         print(f"    {label:<30} {100 * r['shares'][name]:5.1f} %")
     print(f"  MBS bookkeeping (scoring+selection+buffer): {100 * r['bookkeeping_share']:.1f} % of the step (goal < 10 %)")
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        record = {**r, "batch_size": args.batch_size, "policy": config.selection.policy, "torch_threads": torch.get_num_threads()}
+        (args.out / "learner_step.json").write_text(json.dumps(record, indent=2))
+        print(f"  wrote {args.out / 'learner_step.json'}")
     return 0
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 
 import csv
+import json
+import statistics
 import os
 import subprocess
 import sys
@@ -83,6 +85,17 @@ def test_throughput_quick(tmp_path):
     assert metrics["ingest ratio node/raw"] > 0 and metrics["learner ratio observe/plain"] > 0
     assert any(m.startswith("policy mbs") for m in metrics)
     _png_ok(out / "throughput.png")
+
+
+@pytest.mark.slow
+def test_learner_step_quick_writes_every_printed_figure(tmp_path):
+    out = tmp_path / "ls"
+    stdout = _run("learner_step.py", out)
+    r = json.loads((out / "learner_step.json").read_text())
+    assert r["samples"] == 320 and r["repeats"] == 2 and len(r["ratios"]) == 2
+    assert r["ratio"] == statistics.median(r["ratios"]) and r["ratio_min"] == min(r["ratios"])
+    assert abs(sum(r["shares"].values()) - 1.0) < 1e-9
+    assert f"median {r['ratio']:.3f}" in stdout
 
 
 @pytest.mark.slow
