@@ -57,7 +57,7 @@ LIGHT: dict[str, Any] = {
     "model": {"tiny_channels": 8, "audio_channels": 16, "embed_dim": 32},
     "buffer": {"max_items": 100},
     "num_threads": 1,
-    "node": {"checkpoint_every_s": 3600.0, "log_format": "json"},
+    "node": {"checkpoint_every_s": 3600.0, "log_format": "json", "frame_size": [16, 16]},  # the synthetic frames' size
 }
 
 FIELDS = ["devices", "repeat", "total_rate", "seconds", "samples_acked", "node_cpu_s", "cpu_ms_per_sample",

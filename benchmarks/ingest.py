@@ -154,7 +154,7 @@ def node_ingest(n: int, devices: int, window: int, state_dir: str) -> tuple[floa
         "model": {"audio_features": AUDIO[1], "visual_channels": VIDEO[1], "num_classes": 6},
         "node": {"bind": "tcp://127.0.0.1:*", "state_dir": state_dir, "credit": window, "queue_max": 4 * devices * window,
                  "batch_size": 64, "batch_window_ms": 5.0, "checkpoint_every_s": 3600.0, "log_format": "text",
-                 "max_frame_size": VIDEO[-1]},
+                 "max_frame_size": VIDEO[-1], "frame_size": list(VIDEO[-2:])},
     })
     node = EdgeNode(cfg, learner=NoopLearner())
     ready = threading.Event()

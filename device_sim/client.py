@@ -8,6 +8,11 @@ verdict, so resends are safe. When the node restarts, the socket reconnects by i
 node answers ``no_hello``, and the device says hello again and resumes from ``next_seq``.
 Only unacknowledged samples are kept, so memory is bounded by the window.
 
+Frames follow the node: the node's configuration decides its one frame size, so a device declares
+its video's height and width as ``-1`` (any) and resizes its frames (bilinear) to the size the
+welcome's schema names, when they differ (a synthetic data set's 16 x 16 frames become a default
+node's 32 x 32).
+
 Stopping by time (a ``deadline``) stops *sending* new samples at the deadline, then keeps
 receiving (and resending) until every sample already sent has its verdict, for at most
 ``drain_timeout_s``; what is still unanswered after that is counted in ``DeviceSummary.unanswered``.
@@ -24,9 +29,10 @@ from __future__ import annotations
 import random
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Iterable, Iterator, Mapping
 
+import numpy as np
 import zmq
 
 from edge_runtime import wire
@@ -34,6 +40,42 @@ from edge_runtime.core.sample import Sample
 from edge_runtime.wire import TensorSpec
 
 RETRYABLE = frozenset({"no_hello", "no_credit", "busy", "shutting_down"})
+
+
+def free_frame_axes(schema: Mapping[str, TensorSpec]) -> dict[str, TensorSpec]:
+    """``schema`` with the height and width of ``video`` (T, C, H, W) left to the node (``-1``)."""
+    out = dict(schema)
+    video = out.get("video")
+    if video is not None and len(video.shape) == 4:
+        out["video"] = TensorSpec(video.dtype, (*video.shape[:2], -1, -1))
+    return out
+
+
+def welcome_frame_size(schema: Mapping[str, TensorSpec]) -> tuple[int, int] | None:
+    """The frame size a welcome's schema fixes for ``video`` (None: any)."""
+    video = schema.get("video")
+    if video is None or len(video.shape) != 4 or min(video.shape[2:]) < 1:
+        return None
+    return int(video.shape[2]), int(video.shape[3])
+
+
+def _axis_weights(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Source indices and weights of a bilinear resize along one axis (half-pixel centres)."""
+    x = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
+    x = np.clip(x, 0, n_in - 1)
+    lo = np.floor(x).astype(np.int64)
+    hi = np.minimum(lo + 1, n_in - 1)
+    return lo, hi, (x - lo).astype(np.float32)
+
+
+def resize_frames(video: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(T, C, h, w) frames resized to (T, C, H, W), bilinear, same dtype."""
+    lo, hi, w = _axis_weights(video.shape[2], size[0])
+    v = video.astype(np.float32, copy=False)
+    v = v[:, :, lo, :] * (1 - w)[:, None] + v[:, :, hi, :] * w[:, None]
+    lo, hi, w = _axis_weights(video.shape[3], size[1])
+    v = v[..., lo] * (1 - w) + v[..., hi] * w
+    return np.ascontiguousarray(v.astype(video.dtype, copy=False))
 
 
 @dataclass
@@ -94,7 +136,8 @@ class DeviceClient:
     def __init__(self, cfg: ClientConfig, samples: Iterable[Sample], schema: Mapping[str, TensorSpec],
                  ctx: zmq.Context | None = None) -> None:
         self.cfg = cfg
-        self.schema = dict(schema)
+        self.schema = free_frame_axes(schema)
+        self.frame_size: tuple[int, int] | None = None  # the node's, from its welcome
         self._samples: Iterator[Sample] = iter(samples)
         self._ctx = ctx or zmq.Context.instance()
         self.summary = DeviceSummary(cfg.device_id)
@@ -135,6 +178,9 @@ class DeviceClient:
 
     # ------------------------------------------------------------------ helpers
     def _send_sample(self, sock: zmq.Socket, sample: Sample, resend: bool) -> None:
+        video = sample.tensors.get("video")
+        if self.frame_size is not None and video is not None and video.ndim == 4 and tuple(video.shape[2:]) != self.frame_size:
+            sample = replace(sample, tensors={**sample.tensors, "video": resize_frames(video, self.frame_size)})
         try:
             sock.send_multipart(wire.encode_sample(sample), zmq.NOBLOCK, copy=False)
         except zmq.Again:  # not connected yet (IMMEDIATE): it stays unacked and is resent later
@@ -184,6 +230,7 @@ class DeviceClient:
         if isinstance(msg, wire.Welcome):
             self._welcomed = True
             self._credit = msg.credit
+            self.frame_size = welcome_frame_size(msg.schema)
             while self._next < msg.next_seq and not self._exhausted:  # decided before: resume after them
                 if self._take() is not None:
                     with self._lock:

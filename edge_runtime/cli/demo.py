@@ -33,6 +33,14 @@ from edge_runtime.core.config import Config
 from edge_runtime.core.names import BUFFER_BYTES, BUFFER_ITEMS, EVAL_ACCURACY, PREQUENTIAL_ACCURACY, UPDATES
 
 
+def synthetic_frame_size() -> list[int]:
+    """[height, width] of the synthetic data set's frames: the demo nodes take this size, so no frame is resized."""
+    from device_sim.datasets.synthetic import SyntheticConfig  # no torch
+
+    size = SyntheticConfig.model_fields["image_size"].default
+    return [size, size]
+
+
 class DemoError(RuntimeError):
     """A part of the demo failed; the message says which and where its log is."""
 
@@ -45,6 +53,8 @@ def start_node(config: Config, out: Path) -> tuple[subprocess.Popen, dict[str, A
         shutil.rmtree(state)
     cfg = config.model_dump(mode="json")
     cfg["node"].update({"bind": "tcp://127.0.0.1:*", "state_dir": str(state), "log_format": "json", "history_every_s": 0.5})
+    if cfg["node"]["frame_size"] is None:
+        cfg["node"]["frame_size"] = synthetic_frame_size()
     cfg_path = out / "demo-node.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     log_path = out / "demo-node.log"

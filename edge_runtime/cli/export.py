@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 from edge_runtime.export.opset import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
@@ -24,7 +25,9 @@ def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:
         "check the file with onnxruntime and compare it with PyTorch on a random batch. Checkpoints hold no model "
         "configuration: give the configuration the node ran with.",
     )
-    p.add_argument("--checkpoint", metavar="FILE", required=True, help="checkpoint file, or a state_dir / checkpoints folder")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--state-dir", metavar="DIR", help="the node's node.state_dir: its newest valid checkpoint")
+    source.add_argument("--checkpoint", metavar="FILE", help="checkpoint file, or a state_dir / checkpoints folder")
     p.add_argument("--out", metavar="FILE", required=True, help="ONNX file to write, e.g. model.onnx")
     p.add_argument("--config", metavar="FILE", help="YAML configuration the node ran with (default: built-in defaults, see configs/default.yaml)")
     p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], help="override one setting, e.g. --set model.fusion=concat (repeatable)")
@@ -38,9 +41,12 @@ def run_export(args: argparse.Namespace) -> int:
     from edge_runtime.export.onnx import difference_to_torch, export_onnx, load_checkpoint_model  # imports torch
     from edge_runtime.learning.checkpoint import CheckpointError
 
+    if args.state_dir is not None and not Path(args.state_dir).is_dir():
+        print(f"edge-node export: --state-dir {args.state_dir}: no such folder; give the node's node.state_dir", file=sys.stderr)
+        return 2
     try:
         config = load_config(args.config, args.set)
-        model = load_checkpoint_model(args.checkpoint, config)
+        model = load_checkpoint_model(args.checkpoint or args.state_dir, config)
         path = export_onnx(model, args.out, opset=args.opset)
     except ConfigError as err:
         print(f"edge-node export: {err}", file=sys.stderr)

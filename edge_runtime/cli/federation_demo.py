@@ -24,6 +24,7 @@ from typing import Any, Sequence
 
 import yaml
 
+from edge_runtime.cli.demo import synthetic_frame_size
 from edge_runtime.core.config import Config
 
 SPLIT = ((0, 1, 2), (3, 4, 5), (6, 7, 8, 9))
@@ -45,6 +46,8 @@ def node_config(base: Config, state_dir: Path, bind: str) -> dict[str, Any]:
     """A node's configuration: ``base`` plus its bind address and state folder (JSON-able dict)."""
     cfg = base.model_dump(mode="json")
     cfg["node"].update({"bind": bind, "state_dir": str(state_dir), "log_format": "json"})
+    if cfg["node"]["frame_size"] is None:
+        cfg["node"]["frame_size"] = synthetic_frame_size()
     cfg["federation"]["enabled"] = True
     return cfg
 

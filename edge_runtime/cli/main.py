@@ -93,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
         "Restarted on the same state_dir it resumes where it stopped. SIGTERM/SIGINT: drain, checkpoint, exit 0.",
     )
     _add_config_args(run)
+    run.add_argument("--log-format", choices=["auto", "json", "text"], default=None,
+                     help="log lines as text or JSON (default: node.log_format, auto: text on a terminal, JSON otherwise)")
 
     keys = sub.add_parser(
         "keys",
@@ -145,7 +147,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from edge_runtime.node.daemon import serve  # imports torch
 
-    config = load_config(args.config, args.set)
+    overrides = args.set + ([f"node.log_format={args.log_format}"] if args.log_format else [])
+    config = load_config(args.config, overrides)
     preflight(config)
     return serve(config)
 

@@ -22,7 +22,7 @@ def add_status_parser(sub: Any) -> None:
         "status", help="one screen of what a running (or stopped) node is doing",
         description="Show uptime, endpoint, devices (connected, known, top by samples), samples/s received and "
         "decided by verdict, queue, credit in flight, replay buffer and its per-class histogram, accuracy, updates, "
-        "last checkpoint, model version and federation round. Reads STATE_DIR/status.json (refreshed by the node "
+        "last checkpoint, model version, federation round, and writes to the state folder that fail (a full disk). Reads STATE_DIR/status.json (refreshed by the node "
         "every node.status_every_s), summary.json and the state DB read-only, or scrapes a /metrics URL "
         "(no per-device table there).")
     src = p.add_mutually_exclusive_group()

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable, BinaryIO
 
-__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "fsync_dir"]
+__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "fsync_dir", "overwrite_in_place"]
 
 
 def fsync_dir(directory: str | Path) -> None:
@@ -63,3 +63,26 @@ def atomic_write_text(path: str | Path, text: str, durable: bool = True) -> Path
 def atomic_write_json(path: str | Path, obj: Any, indent: int | None = 1, durable: bool = True) -> Path:
     """Replace ``path`` with ``obj`` as JSON (see :func:`atomic_write`)."""
     return atomic_write_text(path, json.dumps(obj, indent=indent), durable)
+
+
+def overwrite_in_place(path: str | Path, data: bytes, pad: bytes = b" ") -> bool:
+    """Write ``data`` over the existing ``path`` without allocating: only when it fits in the blocks the file
+    already holds; padded with ``pad`` to the file's size (trailing spaces are valid JSON), never truncated.
+
+    For a full disk, where :func:`atomic_write`'s temporary file cannot be created: a reader may see a torn
+    file while this runs (so only for a view a reader may re-read, ``status.json``). Returns False, changing
+    nothing, when ``path`` is missing or ``data`` does not fit.
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        st = os.fstat(fd)
+        if len(data) > max(st.st_size, st.st_blocks * 512):
+            return False
+        data = data + pad * (st.st_size - len(data)) if len(data) < st.st_size else data
+        os.pwrite(fd, data, 0)
+        return True
+    finally:
+        os.close(fd)

@@ -7,6 +7,7 @@ value and what is allowed, e.g. ``selection.keep_ratio: must be <= 1 (got 1.5)``
 
 from __future__ import annotations
 
+import contextlib
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -22,7 +23,7 @@ class ConfigError(ValueError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ModelConfig(_Section):
@@ -106,6 +107,9 @@ class CurveConfig(_Section):
     server_secret_key: str | None = Field(None, description="the node's secret certificate (server.key_secret)")
     allowed_keys_dir: str | None = Field(None, description="folder of device public certificates (*.key) allowed to connect")
     reload_s: float = Field(2.0, gt=0.0, description="allowed_keys_dir is re-read this often: a removed key opens no new connection after it")
+    # Hostile fleet bounds (issue 24)
+    max_ids_per_key: int = Field(
+        64, ge=1, le=1_000_000, description="device ids one key may hold bound at once; a hello for one more is refused (too_many_ids)")
 
 
 class NodeConfig(_Section):
@@ -126,7 +130,8 @@ class NodeConfig(_Section):
         "NORMAL", description="NORMAL survives a crash of the process; FULL also a power loss (slower)")
     metrics_port: int | None = Field(None, ge=0, le=65535, description="Prometheus endpoint port (None: off, 0: any free port)")
     metrics_host: str = "127.0.0.1"
-    log_format: Literal["json", "text"] = "json"
+    log_format: Literal["auto", "json", "text"] = Field(
+        "auto", description="auto: text lines on a terminal, JSON lines otherwise (a file, a pipe, journald)")
     curve: CurveConfig = CurveConfig()
     model_bind: str | None = Field(None, description="PUB endpoint for ONNX models to devices, e.g. tcp://127.0.0.1:5556 (None: off)")
     model_every: int = Field(50, ge=1, description="publish a new model version every N learner updates")
@@ -139,7 +144,7 @@ class NodeConfig(_Section):
     max_video_frames: int | None = Field(None, ge=1, description="video frames (axis 0) per sample (None: features.max_video_frames)")
     max_frame_size: int | None = Field(None, ge=1, description="largest frame height and width (None: features.image_size)")
     frame_size: tuple[int, int] | None = Field(
-        None, description="[height, width] every feature frame must have (None: pinned by the first device or by the stored buffer)")
+        None, description="[height, width] every feature frame must have (None: the stored buffer's, else features.image_size)")
     max_waveform_seconds: float = Field(30.0, gt=0.0, description="raw media: longest waveform, at features.sample_rate")
     max_raw_frames: int = Field(300, ge=1, description="raw media: most frames per sample")
     max_raw_frame_size: int = Field(1920, ge=1, description="raw media: largest frame height and width")
@@ -151,6 +156,46 @@ class NodeConfig(_Section):
     evictions_keep: int = Field(10_000, ge=0, description="rows of the buffer's evictions log kept (the newest)")
     router_handover: bool = Field(
         False, description="ZMQ_ROUTER_HANDOVER: a new connection takes a routing id from a live one (see docs/operations.md, device identity)")
+    # Disk and metrics (issue 24 G7, G13)
+    disk_retry_max_s: float = Field(
+        30.0, ge=0.01, le=3600.0, description="a failing write to state_dir (full disk) is retried with backoff, at most this long apart")
+    metrics_timeout_s: float = Field(
+        5.0, gt=0.0, le=300.0, description="/metrics: a connection silent this long (e.g. an unfinished request) is closed")
+    metrics_max_connections: int = Field(
+        8, ge=1, le=1024, description="/metrics: connections served at once (one thread each); more are closed at once")
+    # Hostile fleet bounds (issue 24)
+    max_connections: int = Field(
+        512, ge=1, le=1_000_000, description="open device connections; one more is answered too_many_connections and closed "
+                                             "(also kept 64 under the process's descriptor limit)")
+    hello_log_per_s: int = Field(20, ge=0, description="hello lines logged per second; the rest are counted in one line a second")
+    # Numeric safety (issue 24 G2)
+    # Real features stay far below these: audio is normalised per feature over its frames (|z| <= sqrt(frames),
+    # 17.3 at 300 frames), video frames are [0, 1] pixels normalised by ImageNet constants (|x| <= 2.7), a waveform
+    # is in [-1, 1] (int16-scaled floats: 32768). A finite 3e38 overflows the first layer.
+    max_abs_value: dict[str, float | None] = Field(
+        {"audio": 1e4, "video": 1e4, "waveform": 1e5},
+        description="largest magnitude of a float value per tensor (audio, video, waveform; null: unbounded); "
+                    "over it a sample is invalid:value_too_large. Keys given are merged over the defaults")
+
+    @field_validator("max_abs_value", mode="before")
+    @classmethod
+    def _max_abs_value(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value  # pydantic names the type error
+        defaults = cls.model_fields["max_abs_value"].default
+        unknown = sorted(set(value) - set(defaults), key=str)
+        if unknown:
+            raise ValueError(f"unknown tensor name(s) {unknown}: the float tensors are {sorted(defaults)} "
+                             "(uint8 frames are bounded by their dtype)")
+        merged = dict(defaults)
+        for name, v in value.items():
+            if isinstance(v, str):  # YAML reads 1e6 (no dot) as a string
+                with contextlib.suppress(ValueError):
+                    v = float(v)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < float("inf")):
+                raise ValueError(f"{name} must be a finite number > 0, or null for unbounded (got {v!r})")
+            merged[name] = v
+        return merged
 
     @field_validator("frame_size")
     @classmethod
@@ -226,12 +271,12 @@ def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
 
 
 def parse_overrides(items: list[str] | None) -> dict[str, Any]:
-    """Turn ``["selection.keep_ratio=0.3", ...]`` into a nested dict; values are parsed as YAML."""
+    """Turn ``["buffer.max_items=500", ...]`` into a nested dict; values are parsed as YAML."""
     tree: dict[str, Any] = {}
     for item in items or []:
         key, sep, raw = item.partition("=")
         if not sep or not key:
-            raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. selection.keep_ratio=0.3")
+            raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. buffer.max_items=500")
         _set_dotted(tree, key.strip(), yaml.safe_load(raw))
     return tree
 
@@ -277,6 +322,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 # --------------------------------------------------------------------------- federation (issue 12)
+#: Largest FedProx mu a node takes (config and control-channel put): lr * mu stays a pull, never a push.
+PROXIMAL_MU_MAX = 10.0
+_LOOPBACK_HOSTS = ("127.0.0.1", "[::1]", "localhost")
+
+
 class FederationConfig(_Section):
     """Several edge nodes learning as one on Flower (``edge_runtime/federation/``, docs/federation.md).
 
@@ -285,18 +335,43 @@ class FederationConfig(_Section):
     """
 
     enabled: bool = Field(False, description="start the local control channel (get / put of weights and prototypes)")
+    control_allow_remote: bool = Field(
+        False, description="let control_bind be a non-loopback TCP endpoint; the channel then needs node.curve (CURVE, allowed keys)")
     control_bind: str | None = Field(
-        None, description="ZeroMQ endpoint of the control channel, ipc:// or tcp://127.0.0.1:PORT (None: ipc://<node.state_dir>/control.ipc)")
+        None, description="ZeroMQ endpoint of the control channel, ipc://PATH or tcp://127.0.0.1|[::1]|localhost:PORT "
+                          "(None: ipc://<node.state_dir>/control.ipc, mode 0600)")
+    control_max_bytes: int = Field(
+        64 * 2**20, ge=2**20, le=2**31, description="largest control message (MAXMSGSIZE per frame, and the sum of its frames); "
+                                                    "the node's own get must fit")
+    control_log_max_bytes: int = Field(
+        8 * 2**20, ge=64 * 2**10, le=2**34, description="state_dir/control.jsonl is rotated to control.jsonl.1 at this size (one old file kept)")
+    max_abs_weight: float = Field(
+        1e4, gt=0.0, le=1e30, description="a put whose weights or prototypes hold a value beyond +-this is refused (out_of_range)")
     rounds: int = Field(3, ge=1, le=100_000, description="federated rounds the ServerApp runs")
     samples_per_round: int = Field(200, ge=0, description="a node answers a round after learning this many samples since the last merge ...")
     round_interval_s: float = Field(30.0, gt=0.0, description="... or after this many seconds, whichever comes first")
     strategy: Literal["fedavg", "fedprox", "fedadam"] = Field("fedavg", description="flwr strategy; weights averaged by samples learned since the last round")
-    proximal_mu: float = Field(0.01, ge=0.0, description="fedprox: pull of the local weights towards the round's global weights")
+    proximal_mu: float = Field(0.01, ge=0.0, le=PROXIMAL_MU_MAX, description="fedprox: pull of the local weights towards the round's global weights")
     server_lr: float = Field(0.1, gt=0.0, description="fedadam: server learning rate (eta)")
     server_tau: float = Field(1e-3, gt=0.0, description="fedadam: adaptivity (tau)")
     min_nodes: int = Field(2, ge=1, description="nodes needed to start a round and to aggregate it (flwr min_available/min_train)")
     round_timeout_s: float = Field(120.0, gt=0.0, description="a round waits this long for replies, then aggregates what came (or keeps the old global model)")
     control_timeout_s: float = Field(5.0, gt=0.0, description="the ClientApp gives up on a node that does not answer within this")
+
+    @field_validator("control_bind")
+    @classmethod
+    def _control_bind(cls, value: str | None, info: ValidationInfo) -> str | None:
+        """ipc:// or loopback TCP, unless control_allow_remote (then the node requires CURVE)."""
+        if value is None or value.startswith("ipc://"):
+            return value
+        if not value.startswith("tcp://"):
+            raise ValueError("must be ipc://PATH or tcp://127.0.0.1:PORT")
+        host = value[len("tcp://"):].rpartition(":")[0]
+        if host not in _LOOPBACK_HOSTS and not info.data.get("control_allow_remote", False):
+            raise ValueError("this endpoint is reachable from other machines and the control channel can replace the model; "
+                             "bind ipc://PATH or tcp://127.0.0.1:PORT, or set federation.control_allow_remote: true "
+                             "(which requires node.curve.enabled)")
+        return value
 
 
 Config.model_rebuild()  # resolves Config.federation, defined above Config in name only

@@ -30,7 +30,7 @@ class PolicySettings(BaseModel):
     this policy's key, so that an old file gets an error that says what the new key is.
     """
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
     renamed: ClassVar[dict[str, str]] = {}
 
     policy: str

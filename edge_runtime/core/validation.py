@@ -6,8 +6,10 @@ name in verdicts (``invalid:<code>``) and in ``edge_samples_invalid_total{reason
 
 A contract is a schema (tensor name -> dtype and shape, ``-1`` meaning "any size"), an upper bound
 per axis (cost limits: audio frames, video frames, frame height and width), the number of classes,
-and two rules every tensor obeys: no axis of length 0 (the model cannot encode an empty clip or a
-0x0 frame) and no NaN/Inf in floating-point data. This module knows nothing about sockets or
+and three rules every tensor obeys: no axis of length 0 (the model cannot encode an empty clip or a
+0x0 frame), no NaN/Inf in floating-point data, and no floating-point value whose magnitude is over
+the tensor's limit (``node.max_abs_value``: a finite 3e38 overflows the first layer and would turn
+the weights into NaN/Inf). This module knows nothing about sockets or
 msgpack; :mod:`edge_runtime.wire` checks the framing, this module the content.
 """
 
@@ -33,6 +35,9 @@ REASONS: dict[str, str] = {
     "too_many_frames": "more audio or video frames (axis 0) than node.max_audio_frames / node.max_video_frames",
     "frame_too_large": "frame height or width over node.max_frame_size (node.max_raw_frame_size for raw frames)",
     "nan_inf": "a floating-point tensor holds NaN or +-Inf",
+    "value_too_large": "a floating-point tensor holds a value whose magnitude is over node.max_abs_value[<tensor>]",
+    "non_finite_update": "learning from the sample made the model's outputs, the loss, a gradient, a weight or a prototype NaN/Inf; "
+                         "the update was rolled back and the sample is not kept",
     "label_out_of_range": "label < 0 or >= model.num_classes",
     "bad_split": "split is not 'train' or 'eval'",
 }
@@ -56,13 +61,15 @@ class InputContract:
 
     ``schema`` maps a tensor name to an object with ``dtype`` (a numpy name) and ``shape``
     (``-1``: free); ``max_shape`` maps a tensor name to per-axis upper bounds (``None``: no bound)
-    and ``limit_keys`` to the config key named when a bound is broken.
+    and ``limit_keys`` to the config key named when a bound is broken; ``max_abs`` maps a tensor
+    name to the largest magnitude its floating-point values may have (a name not in it: unbounded).
     """
 
     schema: Mapping[str, Any]
     num_classes: int | None = None
     max_shape: Mapping[str, tuple[int | None, ...]] = field(default_factory=dict)
     limit_keys: Mapping[str, tuple[str | None, ...]] = field(default_factory=dict)
+    max_abs: Mapping[str, float] = field(default_factory=dict)
 
     def with_schema(self, schema: Mapping[str, Any]) -> "InputContract":
         """The same bounds over another schema (e.g. one with the frame size pinned)."""
@@ -107,19 +114,44 @@ class InputContract:
         """Every rule of the contract for one decoded sample (None: it may be learned from)."""
         problem = self.check_shapes({n: (np.asarray(t).dtype.name, np.shape(t)) for n, t in sample.tensors.items()})
         if problem is None:
-            problem = check_finite(sample.tensors)
+            problem = check_finite(sample.tensors, self.max_abs)
         if problem is None:
             problem = check_label_split(sample.label, sample.split, self.num_classes)
         return problem
 
 
-def check_finite(tensors: Mapping[str, np.ndarray]) -> Problem | None:
-    """``nan_inf`` when a floating-point tensor holds NaN or +-Inf (one vectorised pass per tensor)."""
+def check_finite(tensors: Mapping[str, np.ndarray], max_abs: Mapping[str, float] | None = None) -> Problem | None:
+    """``nan_inf`` when a floating-point tensor holds NaN or +-Inf; ``value_too_large`` when one of
+    its values has a magnitude over ``max_abs[name]`` (a name not in ``max_abs``: unbounded).
+
+    One vectorised pass per tensor: its min and max (NaN propagates into both, an Inf is one of
+    them), so the magnitude check costs nothing more than the finiteness scan. Integer tensors are
+    bounded by their dtype and not scanned.
+    """
+    limits = max_abs or {}
     for name, arr in tensors.items():
         a = np.asarray(arr)
-        if a.dtype.kind in "fc" and not np.isfinite(a).all():
-            return Problem("nan_inf", f"tensor {name!r} holds NaN or Inf; clean the features before sending")
+        if a.dtype.kind not in "fc" or a.size == 0:
+            continue
+        if a.dtype.kind == "c":  # complex: no order, so |x| itself
+            if not np.isfinite(a).all():
+                return _non_finite(name)
+            top = float(np.abs(a).max())
+        else:
+            lo, hi = a.min(), a.max()
+            if not (np.isfinite(lo) and np.isfinite(hi)):
+                return _non_finite(name)
+            top = max(-float(lo), float(hi))
+        limit = limits.get(name)
+        if limit is not None and top > limit:
+            return Problem("value_too_large", f"tensor {name!r} holds a value of magnitude {top:.3g}, over "
+                                              f"node.max_abs_value.{name} = {limit:g}; normalise or clip the values "
+                                              f"before sending (or raise node.max_abs_value.{name} on the node)")
     return None
+
+
+def _non_finite(name: str) -> Problem:
+    return Problem("nan_inf", f"tensor {name!r} holds NaN or Inf; clean the features before sending")
 
 
 def check_label_split(label: Any, split: Any, num_classes: int | None) -> Problem | None:
@@ -173,7 +205,7 @@ def model_contract(config: "Config", frame_size: tuple[int, int] | None = None, 
         max_shape = {"audio": (lim["max_audio_frames"], None), "video": (lim["max_video_frames"], None, s, s)}
         keys = {"audio": ("node.max_audio_frames", None),
                 "video": ("node.max_video_frames", None, "node.max_frame_size", "node.max_frame_size")}
-    return InputContract(feature_schema(config, frame_size), config.model.num_classes, max_shape, keys)
+    return InputContract(feature_schema(config, frame_size), config.model.num_classes, max_shape, keys, max_abs_of(config))
 
 
 def raw_contract(config: "Config") -> InputContract:
@@ -183,4 +215,10 @@ def raw_contract(config: "Config") -> InputContract:
     return InputContract(raw_schema(), config.model.num_classes,
                          {"waveform": (lim["max_waveform_samples"],), "frames": (lim["max_raw_frames"], s, s, None)},
                          {"waveform": ("node.max_waveform_seconds",),
-                          "frames": ("node.max_raw_frames", "node.max_raw_frame_size", "node.max_raw_frame_size", None)})
+                          "frames": ("node.max_raw_frames", "node.max_raw_frame_size", "node.max_raw_frame_size", None)},
+                         max_abs_of(config))
+
+
+def max_abs_of(config: "Config") -> dict[str, float]:
+    """``node.max_abs_value`` without its unbounded (None) entries: the ``max_abs`` of the contracts."""
+    return {name: float(v) for name, v in config.node.max_abs_value.items() if v is not None}

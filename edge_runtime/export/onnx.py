@@ -35,6 +35,7 @@ from torch import nn
 from edge_runtime.core.atomic import atomic_write_bytes
 from edge_runtime.core.config import Config, ModelConfig
 from edge_runtime.export.opset import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
+from edge_runtime.learning.guard import NonFiniteState, describe_non_finite
 
 if TYPE_CHECKING:  # onnxruntime is imported lazily: the node imports this module for onnx_bytes only
     import onnxruntime
@@ -156,7 +157,13 @@ def onnx_bytes(
     rewritten for dynamic frame sizes (:func:`_exportable`), and traced on an example batch of the
     given sizes (the exported axes stay dynamic).  Call it from the thread
     that trains the model, so the weights do not change while they are copied.
+
+    Raises :class:`~edge_runtime.learning.guard.NonFiniteState` (a ``ValueError``) when a weight or
+    buffer of ``model`` holds NaN/Inf: such a model is never exported nor published.
     """
+    problem = describe_non_finite(model.state_dict())
+    if problem is not None:
+        raise NonFiniteState(f"model not exported: its weights hold {problem}")
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise ValueError(f"opset must be in {MIN_OPSET}..{MAX_OPSET} (got {opset}): the TorchScript ONNX exporter "
                          f"writes at most {MAX_OPSET}, and older opsets than {MIN_OPSET} cannot express this model")

@@ -15,6 +15,10 @@ imports no torch.
 
 A node that does not answer within ``control_timeout_s`` makes this ClientApp fail, which Flower
 reports to the strategy as a failed reply: the round goes on with the other nodes.
+
+A node whose control channel is remote (``federation.control_allow_remote``, CURVE) is reached with
+the node-config entries ``control-client-key`` (this client's ``*.key_secret``, its public key in
+the node's ``node.curve.allowed_keys_dir``) and ``control-server-key`` (the node's ``server.key``).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import time
 from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from edge_runtime.federation.control import ControlClient, ControlError
+from edge_runtime.federation.control import ControlClient, ControlError, client_curve_keys
 from edge_runtime.federation.arrays import split
 
 app = ClientApp()
@@ -37,7 +41,11 @@ def _client(context: Context, timeout: float) -> ControlClient:
     if not endpoint:
         raise RuntimeError("this SuperNode has no control endpoint: start it with "
                            "--node-config \"control='ipc://<node state_dir>/control.ipc'\"")
-    return ControlClient(str(endpoint), timeout_s=timeout)
+    client_key, server_key = context.node_config.get("control-client-key"), context.node_config.get("control-server-key")
+    if bool(client_key) != bool(server_key):
+        raise RuntimeError("a remote control channel needs both --node-config entries control-client-key and control-server-key")
+    curve = client_curve_keys(str(client_key), str(server_key)) if client_key else None
+    return ControlClient(str(endpoint), timeout_s=timeout, curve=curve)
 
 
 def _incoming(message: Message) -> dict:

@@ -3,9 +3,12 @@
 ``EdgeNode`` owns one :class:`FederationLink` when ``federation.enabled`` is true. The control
 thread (``edge_runtime.federation.control.ControlServer``) answers ``status`` itself and hands ``get`` and
 ``put`` to the learner thread, which serves them in :meth:`FederationLink.service` between two
-micro-batches (never inside one) and only then replies. A ``put`` is checked against the model
-(names, dtypes, shapes, finite values) before it is queued: a mismatch is refused with an error
-naming the array and changes nothing.
+micro-batches (never inside one) and only then replies. Every field of a ``put`` is checked before
+it is queued (:func:`check_put`): the round an int (not a bool) in ``0..2**63-1``, ``proximal_mu`` a
+finite number (not a bool) in ``0..PROXIMAL_MU_MAX``, the arrays exactly the model's names, dtypes
+and shapes, finite, within ``federation.max_abs_weight``, counts not negative. A refused put is
+answered with a code and a message naming the field or array, and changes nothing; so does a put
+whose application fails (the learner's weights, prototypes and teacher are restored).
 
 Applying a put replaces the model's weights and the prototypes of every class some node has seen,
 adds those classes to the learner's seen set, and takes a new KD teacher snapshot: the old teacher
@@ -30,14 +33,45 @@ import numpy as np
 import torch
 
 from edge_runtime.core.atomic import atomic_write_json
-from edge_runtime.core.config import FederationConfig
-from edge_runtime.federation.control import ControlError, ControlServer
-from edge_runtime.federation.arrays import COUNTS, MODEL_PREFIX, PROTO_PREFIX, Spec, mismatch, spec_of
+from edge_runtime.core.config import PROXIMAL_MU_MAX, CurveConfig, FederationConfig
+from edge_runtime.federation.control import ControlError, ControlServer, CurveKeys
+from edge_runtime.federation.arrays import COUNTS, MODEL_PREFIX, PROTO_PREFIX, Spec, mismatch, nbytes, spec_of
 
 log = logging.getLogger("edge_runtime.federation")
 
 #: How long the control thread waits for the learner thread to reach the end of its micro-batch.
 SERVICE_WAIT_S = 30.0
+ROUND_MAX = 2**63 - 1
+HEADER_ROOM = 2**20  #: room for a put's header beside its arrays (control_max_bytes must hold both)
+SPARE_FRAMES = 16  #: frames a message may have beyond the header and the model's arrays (a put with extra arrays gets mismatch naming one)
+
+
+# ---------------------------------------------------------------------- put validation
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_put(header: dict[str, Any], arrays: dict[str, np.ndarray], spec: Spec, max_abs: float) -> tuple[int, float]:
+    """(round, proximal_mu) of a valid put; else :class:`ControlError` naming the field or array. Changes nothing."""
+    rnd = header.get("round")
+    if not isinstance(rnd, int) or isinstance(rnd, bool) or not 0 <= rnd <= ROUND_MAX:
+        raise ControlError("bad_request", f"put refused, nothing changed: round must be an integer in 0..2**63-1, "
+                                          f"got {type(rnd).__name__} {str(rnd)[:40]}")
+    mu = header.get("proximal_mu", 0.0)
+    if not _number(mu) or not np.isfinite(mu) or not 0.0 <= mu <= PROXIMAL_MU_MAX:
+        raise ControlError("bad_request", f"put refused, nothing changed: proximal_mu must be a finite number in "
+                                          f"0..{PROXIMAL_MU_MAX:g}, got {type(mu).__name__} {str(mu)[:40]}")
+    problem = mismatch(spec, arrays)
+    if problem:
+        raise ControlError("mismatch", f"put refused, nothing changed: {problem}")
+    for name, value in arrays.items():
+        a = np.asarray(value)
+        if a.dtype.kind == "f" and a.size and float(np.abs(a).max()) > max_abs:
+            raise ControlError("out_of_range", f"put refused, nothing changed: array {name!r} holds {float(np.abs(a).max()):.3g}, "
+                                               f"beyond federation.max_abs_weight ({max_abs:g})")
+        if a.dtype.kind in "iu" and a.size and int(a.min()) < 0:
+            raise ControlError("out_of_range", f"put refused, nothing changed: array {name!r} holds a negative count")
+    return int(rnd), float(mu)
 
 
 # ---------------------------------------------------------------------- learner <-> arrays
@@ -51,8 +85,56 @@ def learner_arrays(learner: Any, counts: np.ndarray) -> dict[str, np.ndarray]:
     return out
 
 
+def _learner_state(learner: Any) -> dict[str, torch.Tensor]:
+    """What :func:`apply_global` changes, copied (to restore it when a put cannot be applied)."""
+    out = {f"m.{k}": v.detach().clone() for k, v in learner.model.state_dict().items()}
+    for mod, protos in learner.prototypes.modalities.items():
+        out[f"p.{mod}"] = protos.prototypes.detach().clone()
+        out[f"s.{mod}"] = protos.seen.clone()
+    out["seen"] = learner.seen.clone()
+    return out
+
+
+def _restore_learner(learner: Any, saved: dict[str, torch.Tensor]) -> None:
+    with torch.no_grad():
+        for k, v in learner.model.state_dict().items():
+            v.copy_(saved[f"m.{k}"])
+        for mod, protos in learner.prototypes.modalities.items():
+            protos.prototypes = saved[f"p.{mod}"]
+            protos.seen = saved[f"s.{mod}"]
+        learner.seen.copy_(saved["seen"])
+
+
+def _non_finite(learner: Any) -> str | None:
+    """The first weight or prototype of ``learner`` holding NaN or Inf, or None."""
+    for k, v in learner.model.state_dict().items():
+        if v.dtype.is_floating_point and not bool(torch.isfinite(v).all()):
+            return f"model.{k}"
+    for mod, protos in learner.prototypes.modalities.items():
+        if not bool(torch.isfinite(protos.prototypes).all()):
+            return f"proto.{mod}"
+    return None
+
+
 def apply_global(learner: Any, arrays: dict[str, np.ndarray]) -> None:
-    """Load global weights and prototypes into ``learner`` (between micro-batches); new teacher snapshot."""
+    """Load global weights and prototypes into ``learner`` (between micro-batches); new teacher snapshot.
+
+    All or nothing: when loading fails, or leaves a non-finite weight, the learner is restored and
+    :class:`ControlError` (or the failure) is raised; the teacher is snapshot only after success.
+    """
+    saved = _learner_state(learner)
+    try:
+        _load_global(learner, arrays)
+        bad = _non_finite(learner)
+        if bad is not None:
+            raise ControlError("out_of_range", f"put refused, nothing changed: {bad} would hold NaN or Inf")
+    except BaseException:
+        _restore_learner(learner, saved)
+        raise
+    learner.teacher.snapshot(learner.model, learner.seen, learner.stats.updates)
+
+
+def _load_global(learner: Any, arrays: dict[str, np.ndarray]) -> None:
     state = learner.model.state_dict()
     with torch.no_grad():
         for key, tensor in state.items():
@@ -65,7 +147,6 @@ def apply_global(learner: Any, arrays: dict[str, np.ndarray]) -> None:
             protos.prototypes = torch.where(known[:, None], merged, protos.prototypes)
             protos.seen = protos.seen | known
         learner.seen |= known
-    learner.teacher.snapshot(learner.model, learner.seen, learner.stats.updates)
 
 
 def count_labels(counts: np.ndarray, labels: Iterable[int]) -> int:
@@ -83,6 +164,8 @@ class _Request:
     kind: str
     header: dict[str, Any]
     arrays: dict[str, np.ndarray]
+    round: int = 0
+    mu: float = 0.0
     done: threading.Event = field(default_factory=threading.Event)
     result: tuple[dict[str, Any], dict[str, np.ndarray] | None] | None = None
     error: BaseException | None = None
@@ -92,7 +175,7 @@ class FederationLink:
     """Control channel + round bookkeeping of one node (see the module docstring)."""
 
     def __init__(self, learner: Any, state_dir: Path, fc: FederationConfig, wake: Callable[[], None],
-                 checkpoint: Callable[[], Any], lr: float) -> None:
+                 checkpoint: Callable[[], Any], lr: float, curve: CurveConfig | None = None) -> None:
         self.learner = learner
         self.state_dir = Path(state_dir)
         self.fc = fc
@@ -100,7 +183,11 @@ class FederationLink:
         self.checkpoint = checkpoint
         self.lr = lr
         self.num_classes = int(learner.num_classes)
-        self.spec: Spec = spec_of(learner_arrays(learner, np.zeros(self.num_classes, dtype=np.int64)))
+        shared = learner_arrays(learner, np.zeros(self.num_classes, dtype=np.int64))
+        self.spec: Spec = spec_of(shared)
+        if nbytes(shared) + HEADER_ROOM > fc.control_max_bytes:
+            raise ValueError(f"federation.control_max_bytes ({fc.control_max_bytes}) is too small for this model: a put of its "
+                             f"weights and prototypes is {nbytes(shared)} bytes; set it to at least {nbytes(shared) + HEADER_ROOM}")
         self.state_path = self.state_dir / "federation.json"
         self.round = 0
         self.samples_total = 0
@@ -112,10 +199,29 @@ class FederationLink:
         self._global: list[tuple[torch.Tensor, torch.Tensor]] = []  # (param, global value) for the FedProx pull
         self._mu = 0.0
         self._last_save = time.monotonic()
+        self._save_failed = False
         bind = fc.control_bind or f"ipc://{(self.state_dir / 'control.ipc').resolve()}"
         self.server = ControlServer(bind, {"status": self._status, "get": self._queued, "put": self._put},
-                                    records=self.state_dir / "control.jsonl")
+                                    records=self.state_dir / "control.jsonl", max_bytes=fc.control_max_bytes,
+                                    max_frames=len(self.spec) + 1 + SPARE_FRAMES, log_max_bytes=fc.control_log_max_bytes,
+                                    curve=self._curve(fc, curve, learner))
         self.endpoint: str | None = None
+
+    @staticmethod
+    def _curve(fc: FederationConfig, curve: CurveConfig | None, learner: Any) -> CurveKeys | None:
+        """The node's CURVE keys for a remote control channel; ``ValueError`` naming the keys when they are missing."""
+        if not fc.control_allow_remote:
+            return None
+        if curve is None:  # the daemon's learner carries the whole configuration
+            curve = getattr(getattr(getattr(learner, "config", None), "node", None), "curve", None)
+        if curve is None or not curve.enabled or not curve.server_secret_key or not curve.allowed_keys_dir:
+            raise ValueError("federation.control_allow_remote: true needs node.curve.enabled: true with node.curve.server_secret_key "
+                             "and node.curve.allowed_keys_dir (the control channel can replace the model, so a remote one "
+                             "takes only allowed keys; create them with: edge-node keys DIR)")
+        for key in ("server_secret_key", "allowed_keys_dir"):
+            if not Path(getattr(curve, key)).exists():
+                raise ValueError(f"node.curve.{key}: {getattr(curve, key)} does not exist (create keys with: edge-node keys DIR)")
+        return CurveKeys(str(curve.server_secret_key), str(curve.allowed_keys_dir), curve.reload_s)
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> str:
@@ -137,11 +243,23 @@ class FederationLink:
             if counts.shape == self.counts.shape:
                 self.counts = counts
 
-    def _save(self) -> None:
-        atomic_write_json(self.state_path, {"round": self.round, "samples_total": self.samples_total,
-                                            "samples_since_round": self.samples_since_round,
-                                            "counts": self.counts.tolist()}, indent=None)
+    def _save(self) -> bool:
+        """Write federation.json; on a full disk (any ``OSError``) log once and return False (retried later)."""
         self._last_save = time.monotonic()
+        try:
+            atomic_write_json(self.state_path, {"round": self.round, "samples_total": self.samples_total,
+                                                "samples_since_round": self.samples_since_round,
+                                                "counts": self.counts.tolist()}, indent=None)
+        except OSError as err:
+            if not self._save_failed:
+                log.error(f"cannot write {self.state_path} ({err}); the round is kept in memory and the write retried",
+                          extra={"event": "federation_save_failed", "error": str(err)})
+            self._save_failed = True
+            return False
+        if self._save_failed:
+            log.warning(f"{self.state_path} written again", extra={"event": "federation_save_resumed"})
+            self._save_failed = False
+        return True
 
     # ------------------------------------------------------------------ control thread
     def _status(self, header: dict[str, Any], arrays: dict[str, np.ndarray]) -> tuple[dict[str, Any], None]:
@@ -149,16 +267,15 @@ class FederationLink:
                 "samples_total": self.samples_total}, None
 
     def _put(self, header: dict[str, Any], arrays: dict[str, np.ndarray]):
-        problem = mismatch(self.spec, arrays)
-        if problem:
-            log.warning("put refused", extra={"event": "put_refused", "reason": problem})
-            raise ControlError("mismatch", f"put refused, nothing changed: {problem}")
-        if not isinstance(header.get("round"), int) or header["round"] < 0:
-            raise ControlError("bad_request", "put needs an integer round >= 0")
-        return self._queued(header, arrays)
+        try:
+            rnd, mu = check_put(header, arrays, self.spec, self.fc.max_abs_weight)
+        except ControlError as err:
+            log.warning("put refused", extra={"event": "put_refused", "code": err.code, "reason": err.message[:300]})
+            raise
+        return self._queued(header, arrays, rnd, mu)
 
-    def _queued(self, header: dict[str, Any], arrays: dict[str, np.ndarray]):
-        req = _Request(header["type"], header, arrays)
+    def _queued(self, header: dict[str, Any], arrays: dict[str, np.ndarray], rnd: int = 0, mu: float = 0.0):
+        req = _Request(header["type"], header, arrays, rnd, mu)
         self._requests.append(req)
         self.wake()
         if not req.done.wait(SERVICE_WAIT_S):
@@ -178,7 +295,7 @@ class FederationLink:
         self.samples_since_round += n
         self.samples_total += n
         if self._mu > 0 and n:
-            step = self.lr * self._mu
+            step = min(self.lr * self._mu, 1.0)  # at most all the way to the global weights, never past them
             with torch.no_grad():
                 for param, glob in self._global:
                     param.sub_(step * (param - glob))
@@ -191,7 +308,7 @@ class FederationLink:
         while self._requests:
             req = self._requests.popleft()
             try:
-                req.result = self._get() if req.kind == "get" else self._apply(req.header, req.arrays)
+                req.result = self._get() if req.kind == "get" else self._apply(req)
             except BaseException as err:  # reported to the client; the learner keeps going
                 req.error = err
             req.done.set()
@@ -201,15 +318,19 @@ class FederationLink:
         header["type"] = "state"
         return header, learner_arrays(self.learner, self.counts)
 
-    def _apply(self, header: dict[str, Any], arrays: dict[str, np.ndarray]) -> tuple[dict[str, Any], None]:
-        apply_global(self.learner, arrays)
-        self._mu = float(header.get("proximal_mu") or 0.0)
+    def _apply(self, req: _Request) -> tuple[dict[str, Any], None]:
+        apply_global(self.learner, req.arrays)  # all or nothing
+        self._mu = req.mu
         params = dict(self.learner.model.named_parameters())
         self._global = [(p, p.detach().clone()) for p in params.values()] if self._mu > 0 else []
-        self.round = int(header["round"])
+        self.round = req.round
         self.samples_since_round = 0
         self.round_at = time.time()
-        self.checkpoint()
+        try:
+            self.checkpoint()
+        except OSError as err:  # a full disk: the merged model is learned from in memory; a restart rejoins (put again)
+            log.error(f"checkpoint after the put of round {self.round} failed ({err}); the merged model is in memory",
+                      extra={"event": "put_checkpoint_failed", "round": self.round, "error": str(err)})
         self._save()
         log.info("global model applied", extra={"event": "put_applied", "round": self.round})
         return {"type": "ok", "round": self.round}, None

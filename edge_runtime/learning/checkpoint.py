@@ -4,12 +4,18 @@ File layout: 8-byte magic ``EDGECKP1`` + 32-byte SHA-256 of the payload + payloa
 of the state dict). A save is :func:`edge_runtime.core.atomic.atomic_write` of ``ckpt-<step>.pt``
 (a hidden temp file in the same folder, fsync, rename, fsync of the folder), so a crash leaves
 either the old set or the new file, never a half-written checkpoint under a real name; a save that
-fails (a full disk) removes its temp file before the error propagates. Loading verifies the
+fails (a full disk) removes its temp file before the error propagates; on ENOSPC the older checkpoints
+are removed (the newest kept, when its checksum verifies) and the write is tried once more. Loading verifies the
 checksum and falls back to the previous checkpoint when the newest is damaged.
+
+Nothing non-finite is checkpointed (issue 24, G2): :meth:`CheckpointManager.save` refuses a state
+with a NaN/Inf in any float tensor or array (:class:`~edge_runtime.learning.guard.NonFiniteState`),
+and a file that holds one anyway (written by an older version) is refused on load like a corrupt one.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import logging
@@ -51,6 +57,12 @@ class CheckpointManager:
         """Write ``state`` atomically as ``ckpt-<step>.pt``; drop all but the ``keep`` newest."""
         import torch  # here, not at import: ``edge-node`` imports this module for its error type
 
+        from edge_runtime.learning.guard import NonFiniteState, describe_non_finite
+
+        problem = describe_non_finite(state)
+        if problem is not None:  # never written: the previous checkpoints stay the newest
+            raise NonFiniteState(f"checkpoint ckpt-{step:012d}.pt refused: the state holds {problem}; the previous "
+                                 "checkpoints are kept (a bug: the learner's numeric guard should have rolled it back)")
         buf = io.BytesIO()
         torch.save(state, buf)
         payload = buf.getvalue()
@@ -61,10 +73,28 @@ class CheckpointManager:
             f.write(digest)
             f.write(payload)
 
-        final = atomic_write(self.directory / f"ckpt-{step:012d}.pt", write)
+        target = self.directory / f"ckpt-{step:012d}.pt"
+        try:
+            final = atomic_write(target, write)
+        except OSError as err:  # a full disk: the older checkpoints' space, once, if the newest verifies
+            if err.errno not in (errno.ENOSPC, errno.EDQUOT) or not self._make_room(target):
+                raise
+            final = atomic_write(target, write)
         for old in self.paths()[self.keep :]:
             old.unlink(missing_ok=True)
         return final
+
+    def _make_room(self, target: Path) -> bool:
+        """Remove every checkpoint but the newest (and ``target``) when the newest verifies; True when any was removed."""
+        found = self.paths()
+        older = [p for p in found[1:] if p != target]
+        if not older or not _verifies(found[0]):
+            return False
+        for path in older:
+            path.unlink(missing_ok=True)
+        log.warning(f"disk full: removed {len(older)} older checkpoint(s) to make room for {target.name}, "
+                    f"keeping {found[0].name}", extra={"event": "checkpoint_room", "removed": [p.name for p in older]})
+        return True
 
     def load_latest(self, map_location: str = "cpu") -> tuple[dict[str, Any], Path] | None:
         """The newest checkpoint that verifies and loads, with its path; None when there is none."""
@@ -83,6 +113,16 @@ class CheckpointManager:
         return None
 
 
+def _verifies(path: Path) -> bool:
+    """``path`` has the magic and its payload the checksum (not loaded)."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return False
+    head = len(MAGIC) + 32
+    return len(data) >= head and data.startswith(MAGIC) and hashlib.sha256(data[head:]).digest() == data[len(MAGIC):head]
+
+
 def read_checkpoint(path: Path, map_location: str = "cpu") -> dict[str, Any]:
     """Verify and load one checkpoint file; :class:`CheckpointError` says what is wrong."""
     try:
@@ -97,6 +137,12 @@ def read_checkpoint(path: Path, map_location: str = "cpu") -> dict[str, Any]:
     import torch
 
     try:
-        return torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
+        state = torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
     except Exception as err:  # a checksum-valid file from an incompatible version
         raise CheckpointError(f"cannot be loaded ({type(err).__name__}: {err})") from None
+    from edge_runtime.learning.guard import describe_non_finite
+
+    problem = describe_non_finite(state)
+    if problem is not None:  # written before the numeric guard: a poisoned model is not resumed
+        raise CheckpointError(f"holds {problem}")
+    return state

@@ -14,9 +14,17 @@ Each call runs the learning step (docs/design.md) on one micro-batch, one method
 7. ``_admit_and_verdicts``: selected samples offered to the bounded replay buffer; one verdict per
    sample: admitted, trained, skipped, eval, invalid:<reason>.
 
+Numeric guard (:mod:`edge_runtime.learning.guard`, issue 24 G2): the step's forward outputs, each
+loss and its gradients (before ``optimizer.step``) and the weights, optimiser state and prototypes
+(after it) must be finite. If not, the micro-batch is rolled back (weights, optimiser state,
+prototypes, seen classes, accuracy counters; the policies' running statistics, which only ever see
+finite outputs, are not) and learned again without the samples at fault: those whose outputs were
+non-finite, else (a failed update) each sample alone. Only a sample at fault gets
+``invalid:non_finite_update``, and it never enters the replay buffer.
+
 The learner knows nothing about sockets; it is fed lists of :class:`~edge_runtime.core.sample.Sample`.
 
-At about 470 lines this module is over the house's 400: it is one cohesive thing, the stages of one
+At about 540 lines this module is over the house's 400: it is one cohesive thing, the stages of one
 step sharing the learner's state (model, optimiser, prototypes, teacher, buffer), and splitting the
 stages apart would pass that state around instead of reading it in one place.
 """
@@ -24,6 +32,7 @@ stages apart would pass that state around instead of reading it in one place.
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -38,6 +47,7 @@ from edge_runtime.core.config import Config, TrainingConfig
 from edge_runtime.core.names import BUFFER_BYTES, BUFFER_ITEMS, EVAL_ACCURACY, PREQUENTIAL_ACCURACY, SAMPLES_SEEN, UPDATES
 from edge_runtime.learning.distill import Teacher
 from edge_runtime.learning.evaluation import StreamMetrics
+from edge_runtime.learning.guard import NumericGuard, all_finite
 from edge_runtime.learning.losses import Forwarded, LossTerm, UpdateStep, standard_terms, total_loss
 from edge_runtime.learning.model import ModelOutput, build_model
 from edge_runtime.learning.prototypes import ModalityPrototypes
@@ -47,6 +57,20 @@ from edge_runtime.core.validation import model_contract
 from edge_runtime.core.sample import Sample
 
 ADMITTED, TRAINED, SKIPPED, EVAL = "admitted", "trained", "skipped", "eval"
+NON_FINITE = "invalid:non_finite_update"
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteUpdate(ArithmeticError):
+    """A step made something non-finite; raised inside the step, caught by ``observe`` (rolled back).
+
+    ``culprits``: the positions (in the step's samples) known to be at fault, when the forward shows it.
+    """
+
+    def __init__(self, message: str, culprits: list[int] | None = None) -> None:
+        super().__init__(message)
+        self.culprits = culprits
 
 
 def resolve_device(name: str) -> torch.device:
@@ -135,6 +159,8 @@ class Learner:
         own = list(terms) if terms is not None else standard_terms(tc, self.teacher, self.buffer.__contains__, 4 * config.buffer.max_items)
         self.terms: list[LossTerm] = own + [p.loss for p in (self.policy, self.replay) if p.loss is not None]
         self._contract = model_contract(config, bounded=False)
+        self.guard = NumericGuard(self.model, self.optimizer)
+        self.numeric_guard = True  # off only to measure its cost (benchmarks/numeric_guard.py)
 
     # ------------------------------------------------------------------ validation
     def check(self, sample: Sample) -> str | None:
@@ -169,10 +195,42 @@ class Learner:
             else:
                 verdicts[i] = f"invalid:{reason}"
         if valid:
-            self._step([samples[i] for i in valid], valid, verdicts)
+            if self.numeric_guard:
+                self._guarded_step([samples[i] for i in valid], valid, verdicts)
+            else:
+                self._step([samples[i] for i in valid], valid, verdicts)
         self.stats.samples_seen += len(samples)
         self.stats.verdicts.update(verdicts)
         return verdicts
+
+    def _guarded_step(self, samples: list[Sample], positions: list[int], verdicts: list[str]) -> None:
+        """``_step`` rolled back when it turns anything non-finite; then each sample alone (see the module docstring)."""
+        protos = {name: (p.prototypes, p.seen) for name, p in self.prototypes.modalities.items()}  # replaced, not changed, by updates
+        seen, metrics, updates = self.seen.clone(), self.metrics.state_dict(), self.stats.updates
+        self.guard.snapshot()
+        try:
+            self._step(samples, positions, verdicts)
+            return
+        except NonFiniteUpdate as err:
+            self.guard.restore()
+            for name, (c, s) in protos.items():
+                self.prototypes[name].prototypes, self.prototypes[name].seen = c, s
+            self.seen.copy_(seen)
+            self.metrics.load_state_dict(metrics)
+            self.stats.updates = updates
+            reason, culprits = str(err), err.culprits or None  # [] (no single row at fault): find them one by one
+        if culprits is None and len(samples) > 1:  # the update failed: find the culprits one by one
+            for sample, pos in zip(samples, positions):
+                self._guarded_step([sample], [pos], verdicts)
+            return
+        bad = set(culprits if culprits is not None else range(len(samples)))
+        for i in sorted(bad):
+            verdicts[positions[i]] = NON_FINITE
+            log.warning("non-finite update rolled back", extra={"event": "non_finite_update", "device": samples[i].device,
+                                                                "seq": samples[i].seq, "reason": reason})
+        rest = [i for i in range(len(samples)) if i not in bad]
+        if rest:  # the others, without the rows whose outputs were non-finite
+            self._guarded_step([samples[i] for i in rest], [positions[i] for i in rest], verdicts)
 
     def _step(self, samples: list[Sample], positions: list[int], verdicts: list[str]) -> None:
         """The learning step (docs/design.md) on the valid samples of one micro-batch, stage by stage."""
@@ -186,6 +244,9 @@ class Learner:
         t1 = time.perf_counter()
         times.data += t1 - t0
         out, replayed = self._predict_and_record(batch, samples, ahead)
+        if self.numeric_guard and not all_finite(out):
+            rows_ok = torch.stack([torch.isfinite(t.detach()).flatten(1).all(1) for t in out]).all(0)
+            raise NonFiniteUpdate("the model's outputs are NaN/Inf", torch.nonzero(~rows_ok).squeeze(1).tolist())
         rows = self._untrained_verdicts(batch, positions, verdicts)
         t2 = time.perf_counter()
         times.model += t2 - t1
@@ -371,8 +432,15 @@ class Learner:
         if tc.grad_clip is not None:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
+        if self.numeric_guard:
+            # fp16 AMP: non-finite scaled gradients are routine, GradScaler skips those steps itself
+            grads = [] if self.scaler.is_enabled() else [p.grad for p in self.model.parameters() if p.grad is not None]
+            if not all_finite([loss.detach().reshape(1), *grads]):
+                raise NonFiniteUpdate("the loss or a gradient is NaN/Inf")
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        if self.numeric_guard and not self.guard.state_finite([p.prototypes for p in self.prototypes.modalities.values()]):
+            raise NonFiniteUpdate("a weight, optimiser statistic or prototype is NaN/Inf after the step")
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()

@@ -3,8 +3,10 @@
 The IO thread :meth:`~Handoff.offer` s accepted samples and the learner thread takes them in
 micro-batches (:meth:`~Handoff.take_batch`); the learner thread appends the verdicts of each
 committed micro-batch to ``outbox`` and the IO thread sends them as acks. ``to_bind`` (CURVE key
-bindings to persist) and ``forget`` (devices whose state the IO thread freed) go from the IO thread
-to the learner thread, applied at its next micro-batch. The deques are only appended to on one
+bindings to persist, ``(device, key)``; ``(device, None)``: release the rows of a freed device that
+never delivered a valid sample, see :meth:`~edge_runtime.node.ledger.Ledger.bind_key`) and ``forget``
+(devices whose state the IO thread freed) go from the IO thread to the learner thread, applied at
+its next micro-batch. The deques are only appended to on one
 side and popped on the other, which CPython's deque makes thread-safe; the queue and its byte
 count change under the condition.
 """
@@ -50,7 +52,7 @@ class Handoff:
         self.queue: deque[Item] = deque()
         self.queued_bytes = 0
         self.outbox: deque[Acks] = deque()
-        self.to_bind: deque[tuple[str, str]] = deque()
+        self.to_bind: deque[tuple[str, str | None]] = deque()
         self.forget: deque[str] = deque()
         self.draining = False  # set by the IO thread once stopping: decide what is queued, take nothing new
 

@@ -6,6 +6,10 @@ Three tables beside the store's ``items`` and ``evictions``:
 * ``devices (device, next_seq)``: the first undecided seq per device (the resume point of a welcome);
 * ``device_keys (device, key)``: with CURVE, the public key (Z85) that first registered each device id.
 
+The rows of a device that never delivered a valid sample (every verdict ``invalid:*``) are deleted
+when the IO thread frees its state (:meth:`Ledger.bind_key` with ``key=None``), so ids that only
+ever sent junk leave nothing on disk and free their key's share of ``node.curve.max_ids_per_key``.
+
 Compaction keeps the ledger's disk bounded: rows of a device below ``next_seq - retention`` are
 deleted in the learner's transaction. Every seq below ``next_seq`` is decided, so a resend of a
 compacted seq is still known to be decided (answered :data:`DECIDED`) and never learned twice.
@@ -27,6 +31,7 @@ _DDL = """
 CREATE TABLE IF NOT EXISTS verdicts (device TEXT, seq INTEGER, verdict TEXT, PRIMARY KEY (device, seq));
 CREATE TABLE IF NOT EXISTS devices (device TEXT PRIMARY KEY, next_seq INTEGER);
 CREATE TABLE IF NOT EXISTS device_keys (device TEXT PRIMARY KEY, key TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS device_keys_by_key ON device_keys (key);
 """
 
 
@@ -57,6 +62,15 @@ def _resume(conn: sqlite3.Connection, device: str, window: int) -> tuple[int, li
 def _device_key(conn: sqlite3.Connection, device: str) -> str | None:
     row = conn.execute("SELECT key FROM device_keys WHERE device = ?", (device,)).fetchone()
     return None if row is None else str(row[0])
+
+
+# Whether a device ever delivered a valid sample: a verdict other than invalid:*, or rows compacted away
+# (compaction deletes from seq 0 up, so next_seq > 0 without a row for seq 0 means some were).
+_DELIVERED = """
+SELECT EXISTS (SELECT 1 FROM verdicts WHERE device = :device AND verdict NOT LIKE 'invalid:%'),
+       EXISTS (SELECT 1 FROM verdicts WHERE device = :device AND seq = 0),
+       (SELECT next_seq FROM devices WHERE device = :device)
+"""
 
 
 class Ledger:
@@ -120,9 +134,25 @@ class Ledger:
     def verdict_count(self) -> int:
         return int(self.conn.execute("SELECT COUNT(*) FROM verdicts").fetchone()[0])
 
-    def bind_key(self, device: str, key: str) -> None:
-        """Bind ``device`` to the CURVE public ``key`` (Z85) that first registered it; a first binding is kept."""
-        self.store.write("INSERT OR IGNORE INTO device_keys VALUES (?, ?)", (device, key))
+    def bind_key(self, device: str, key: str | None) -> None:
+        """Bind ``device`` to the CURVE public ``key`` (Z85) that first registered it; a first binding is kept.
+
+        ``key=None`` (the IO thread freed the device's state): :meth:`release` it.
+        """
+        if key is None:
+            self.release(device)
+        else:
+            self.store.write("INSERT OR IGNORE INTO device_keys VALUES (?, ?)", (device, key))
+
+    def release(self, device: str) -> bool:
+        """Delete every row of ``device`` (verdicts, resume point, key binding) when it never delivered a
+        valid sample; True when it did so. A device with any other verdict, or compacted rows, is kept."""
+        valid, has_first, next_seq = self.conn.execute(_DELIVERED, {"device": device}).fetchone()
+        if valid or (next_seq and not has_first):
+            return False
+        for table in ("verdicts", "devices", "device_keys"):
+            self.store.write(f"DELETE FROM {table} WHERE device = ?", (device,))
+        return True
 
     def device_key(self, device: str) -> str | None:
         return _device_key(self.conn, device)
@@ -161,6 +191,10 @@ class LedgerReader:
     def device_key(self, device: str) -> str | None:
         """The committed CURVE key binding of ``device``."""
         return _device_key(self.conn, device)
+
+    def ids_of_key(self, key: str) -> int:
+        """Committed device ids bound to the CURVE ``key``."""
+        return int(self.conn.execute("SELECT COUNT(*) FROM device_keys WHERE key = ?", (key,)).fetchone()[0])
 
     def close(self) -> None:
         self.conn.close()

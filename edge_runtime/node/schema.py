@@ -4,8 +4,10 @@ A hello declares a schema. ``{}`` takes the node's own (the model's input contra
 matching the model's tensors is welcomed with that contract (a frame size it fixes is checked and
 may pin the node's); the raw media schema (:data:`RAW_SCHEMA`) is welcomed when this node can
 compute the features itself. Frames have one size per node, so every micro-batch and every replay
-batch stacks: ``node.frame_size``, else the size most stored samples have, else the first size a
-device declares or sends ("pinned").
+batch stacks: ``node.frame_size``, else the size most stored samples have, else
+``features.image_size`` square. The node's configuration decides it, never a device (issue 24, G3):
+a hello declaring another size is refused naming the axis, and a degenerate schema (a size of 0) is
+refused outright.
 """
 
 from __future__ import annotations
@@ -32,11 +34,31 @@ RAW_SCHEMA: dict[str, TensorSpec] = validation.raw_schema()
 
 
 def stored_frame_size(store: "SqliteStore") -> tuple[int, int] | None:
-    """The frame size most stored samples have (None when the store holds no video)."""
+    """The frame size most stored samples have (None when the store holds no video of a usable size)."""
     sizes = Counter(tuple(int(d) for d in store.get(k).tensors["video"].shape[2:])
                     for k in store.keys() if "video" in store.get(k).tensors
                     and np.ndim(store.get(k).tensors["video"]) == 4)
-    return sizes.most_common(1)[0][0] if sizes else None  # type: ignore[return-value]
+    usable = [(size, n) for size, n in sizes.most_common() if min(size) >= 1]  # an old node may have stored 0x0 frames
+    return usable[0][0] if usable else None  # type: ignore[return-value]
+
+
+def node_frame_size(config: Config, stored: tuple[int, int] | None) -> tuple[int, int]:
+    """The node's one frame size: ``node.frame_size``, else the stored buffer's, else ``features.image_size`` square."""
+    if config.node.frame_size:
+        return (int(config.node.frame_size[0]), int(config.node.frame_size[1]))
+    if stored is not None:
+        return stored
+    return (config.features.image_size,) * 2  # type: ignore[return-value]
+
+
+def degenerate_problem(declared: dict[str, TensorSpec]) -> str | None:
+    """Why a declared schema can describe no sample at all (a size of 0), or None."""
+    for name, spec in declared.items():
+        for axis, size in enumerate(spec.shape):
+            if size == 0:
+                return (f"schema.{name}.shape[{axis}] is 0 in {list(spec.shape)}: a tensor of that shape is empty; "
+                        "declare sizes >= 1, or -1 for any size")
+    return None
 
 
 def features_problem(config: Config) -> str | None:
@@ -64,9 +86,10 @@ def schema_problem(declared: dict[str, TensorSpec], expected: dict[str, TensorSp
         if got.dtype != spec.dtype or len(got.shape) != len(spec.shape):
             return (f"tensor {name!r} declared {got.dtype} {list(got.shape)}; this node takes {spec.dtype} "
                     f"{list(spec.shape)} (-1: any size)")
-        for g, e in zip(got.shape, spec.shape):
+        for axis, (g, e) in enumerate(zip(got.shape, spec.shape)):
             if e != -1 and g != -1 and g != e:  # a size the device leaves free is told by the welcome
-                return f"tensor {name!r} declared shape {list(got.shape)}; this node takes {list(spec.shape)} (-1: any size)"
+                return (f"schema.{name}.shape[{axis}] is {g} but this node takes {e}: declared {list(got.shape)}, "
+                        f"this node takes {list(spec.shape)} (-1: any size; the welcome tells the node's sizes)")
     return None
 
 
@@ -84,11 +107,12 @@ def _dtype_name(dtype: np.dtype) -> str:
 class SchemaNegotiator:
     """The node's frame size and the contracts it welcomes devices with (used by the IO thread only)."""
 
-    def __init__(self, config: Config, frame_size: tuple[int, int] | None) -> None:
+    def __init__(self, config: Config, frame_size: tuple[int, int]) -> None:
         self.config = config
         self.num_classes = config.model.num_classes
-        self.frame_size = frame_size  # None until node.frame_size, the stored buffer or a device pins it
+        self.frame_size = frame_size  # see node_frame_size: from the configuration or the stored buffer, never a device
         self._raw_contract = validation.raw_contract(config)
+        self._features_contract = validation.model_contract(config, frame_size)
 
     def stored_problem(self, sample: Sample) -> str | None:
         """Why a stored sample cannot be replayed with the others (its contract code), or None."""
@@ -96,41 +120,40 @@ class SchemaNegotiator:
         return None if problem is None else problem.code
 
     def features_contract(self) -> InputContract:
-        """The model's input contract at the node's frame size (free while none is pinned)."""
-        return validation.model_contract(self.config, self.frame_size)
+        """The model's input contract at the node's frame size."""
+        return self._features_contract
 
-    def pin(self, size: tuple[int, int], device: str) -> None:
-        """Fix the node's frame size to ``size`` (``device``: who set it, for the log)."""
-        self.frame_size = (int(size[0]), int(size[1]))
-        log.info("frame size pinned", extra={"event": "frame_size", "frame_size": list(self.frame_size), "device": device})
+    def largest_frame(self) -> int:
+        """Bytes of the largest tensor frame a sample this node welcomes can carry (float32 features; raw
+        media when this node takes them); the header frame is bounded by the wire's own limit."""
+        lim = validation.limits_of(self.config)
+        h, w = self.frame_size
+        sizes = [lim["max_audio_frames"] * self.config.model.audio_features * 4,
+                 lim["max_video_frames"] * self.config.model.visual_channels * h * w * 4]
+        if features_problem(self.config) is None:
+            s = lim["max_raw_frame_size"]
+            sizes += [lim["max_waveform_samples"] * 4, lim["max_raw_frames"] * s * s * 3]
+        return max(sizes)
 
     def welcome(self, declared: dict[str, TensorSpec]) -> tuple[InputContract | None, bool, str | None]:
         """(contract, raw, problem) for a hello's declared schema; ``{}`` means "the node's schema"."""
-        features = self.features_contract()
+        features = self._features_contract
         if not declared:
             return features, False, None
+        problem = degenerate_problem(declared)
+        if problem is not None:
+            return None, False, problem
         problem = schema_problem(declared, features.schema)
         if problem is None:
-            size = tuple(declared["video"].shape[2:])
-            if -1 not in size:
-                top = validation.limits_of(self.config)["max_frame_size"]
-                if max(size) > top:
-                    return None, False, (f"frames {size[0]}x{size[1]} are over node.max_frame_size = {top}; "
-                                         "send smaller frames")
-                if self.frame_size is None:
-                    self.pin(size, "hello")  # type: ignore[arg-type]
-                    features = self.features_contract()
             return features, False, None
         if schema_problem(declared, RAW_SCHEMA) is None:
             problem = features_problem(self.config)
             image = (self.config.features.image_size,) * 2
-            if problem is None and self.frame_size not in (None, image):
+            if problem is None and self.frame_size != image:
                 problem = (f"raw media refused: its frames become features.image_size {image[0]}x{image[1]} but this node "
                            f"batches {self.frame_size[0]}x{self.frame_size[1]} frames (node.frame_size / its stored buffer)")
             if problem:
                 return None, True, problem
-            if self.frame_size is None:
-                self.pin(image, "hello")
             return self._raw_contract, True, None
         return None, False, problem + f"; or send raw media: {describe(RAW_SCHEMA)}; or declare {{}} to take the welcome's schema"
 
@@ -138,15 +161,7 @@ class SchemaNegotiator:
               sample: Sample) -> tuple[validation.Problem | None, InputContract]:
         """The cheap part of the input contract (shapes, bounds, label, split); finiteness runs on the learner thread.
 
-        Returns the problem (None: queue it) and the contract the device keeps: one welcomed before
-        the frame size was pinned is replaced by the pinned one (the first such sample pins it).
+        Returns the problem (None: queue it) and the contract the device keeps (the one it was welcomed with).
         """
         shapes = {n: (_dtype_name(t.dtype), t.shape) for n, t in sample.tensors.items()}
-        if not raw and contract.schema["video"].shape[2] == -1:
-            if self.frame_size is None:
-                problem = contract.check_shapes(shapes)
-                if problem is not None:
-                    return problem, contract
-                self.pin(tuple(shapes["video"][1][2:]), device)  # type: ignore[arg-type]
-            contract = self.features_contract()
         return contract.check_shapes(shapes) or validation.check_label_split(sample.label, sample.split, self.num_classes), contract

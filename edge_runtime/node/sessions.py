@@ -6,14 +6,24 @@ name), decodes and validates it (:mod:`edge_runtime.wire`, then the cheap part o
 contract), answers resends of decided seqs from its recent verdicts or the ledger, enforces the
 device's credit window (``node.credit``) and the seq gap (``node.max_seq_gap``), and offers the
 sample to the learner thread. It then sends the acks the learner thread hands back, with the
-credit each device has left. With CURVE a device id belongs to the key that first registered it.
-Per-device state is freed on bye and after ``node.device_idle_s``.
+credit each device has left. With CURVE a device id belongs to the key that first registered it,
+and one key holds at most ``node.curve.max_ids_per_key`` ids. Per-device state is freed on bye and
+after ``node.device_idle_s``; then the ledger rows of a device that never delivered a valid sample
+are deleted too (so ids that only ever sent junk leave nothing on disk).
+
+Bounds against a hostile fleet (issue 24): at most ``node.max_connections`` open connections (one
+more is answered ``too_many_connections`` when it speaks, and closed), hello log lines rate-limited
+(``node.hello_log_per_s``), and an exception while handling one message answers that message
+(``internal_error``) and nothing else.
 """
 
 from __future__ import annotations
 
 import logging
+import socket
 import time
+from os import dup as os_dup
+from os import fstat as os_fstat
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterable
 
@@ -26,6 +36,7 @@ from edge_runtime.core.sample import Sample
 from edge_runtime.core.validation import InputContract
 from edge_runtime.node.handoff import Handoff, Item
 from edge_runtime.node.ledger import DECIDED
+from edge_runtime.node.limits import release_free_memory
 from edge_runtime.node.logs import NODE_LOGGER
 from edge_runtime.node.schema import SchemaNegotiator
 from edge_runtime.ops.metrics import NodeMetrics
@@ -37,6 +48,38 @@ if TYPE_CHECKING:
 log = logging.getLogger(NODE_LOGGER)
 
 ACKS_PER_MESSAGE = 150  # keeps an ack header well inside wire.Limits.max_header_bytes
+REFUSE_GRACE_S = 1.0  # a connection over node.max_connections may speak this long (to hear why), then it is closed
+REFUSE_FLUSH_S = 0.2  # after its too_many_connections answer: time for libzmq to write it before the close
+LARGE_MESSAGE = 2**20  # after a message this large (or a closed connection), the heap's free pages go back once a second
+REFUSE_PENDING_MAX = 16  # more refused connections than this waiting for their grace: the next ones are closed at once
+
+
+class RateLimitedLog:
+    """At most ``per_s`` lines a second of one kind; the rest counted in one line per second."""
+
+    def __init__(self, per_s: int, what: str, event: str) -> None:
+        self.per_s, self.what, self.event = per_s, what, event
+        self._window = 0.0
+        self._logged = 0
+        self.suppressed = 0
+
+    def allow(self, now: float) -> bool:
+        """Whether to log one more line now (else it is counted)."""
+        self.flush(now)
+        if self._logged < self.per_s:
+            self._logged += 1
+            return True
+        self.suppressed += 1
+        return False
+
+    def flush(self, now: float) -> None:
+        """Start a new second: one line for what the last one left out."""
+        if now - self._window < 1.0:
+            return
+        if self.suppressed:
+            log.info(f"{self.suppressed} {self.what} not logged (over {self.per_s} a second)",
+                     extra={"event": f"{self.event}_suppressed", "count": self.suppressed})
+        self._window, self._logged, self.suppressed = now, 0, 0
 
 
 class SeqTracker:
@@ -82,6 +125,7 @@ class DeviceState:
     recent: dict[int, str] = field(default_factory=dict)  # last verdicts, to answer resends without SQLite
     last_seen: float = 0.0
     bye: bool = False
+    delivered: bool = False  # a sample of this device got a verdict other than invalid:* (else its rows expire when freed)
 
 
 class Sessions:
@@ -100,7 +144,16 @@ class Sessions:
         self.devices: dict[bytes, DeviceState] = {}
         self.in_flight = 0  # accepted, not yet acknowledged, all devices
         self._bound: dict[str, str] = {}  # device -> key, for devices with state
+        self._new_binds: dict[str, set[str]] = {}  # key -> devices bound by this node run, not yet seen committed
         self._by_conn: dict[int, bytes] = {}  # connection (fd) -> routing id that said hello on it
+        self.max_connections = nc.max_connections  # lowered under the descriptor limit by the daemon
+        self.open_conns: dict[int, float] = {}  # connection (fd) -> when accepted
+        self._refused: dict[int, float] = {}  # connection (fd) over the cap -> when to close it
+        self._answered: set[int] = set()  # refused connections already told why
+        self.refused_total = 0
+        self._trim_due = False  # a large message or a closed connection since the last release_free_memory
+        self._hello_log = RateLimitedLog(nc.hello_log_per_s, "hellos", "hello")
+        self._error_log = RateLimitedLog(1, "message failures", "message_failed")
 
     # ------------------------------------------------------------------ sending
     def error(self, sock: zmq.Socket, rid: bytes, seq: int | None, code: str, msg: str) -> None:
@@ -118,9 +171,32 @@ class Sessions:
 
     # ------------------------------------------------------------------ receiving
     def handle(self, sock: zmq.Socket, reader: "LedgerReader", frames: list) -> None:
-        """One message (``frames[0]``: the routing id): answer it, or offer its sample to the learner."""
+        """One message (``frames[0]``: the routing id): answer it, or offer its sample to the learner.
+
+        Whatever goes wrong while handling it is this message's alone: it is answered
+        ``internal_error`` (logged with its traceback, at most once a second) and the loop serves on.
+        """
+        try:
+            self._handle(sock, reader, frames)
+        except Exception as err:  # a bug, not bad input (bad input has its reason): keep serving everyone else
+            now = time.monotonic()
+            if self._error_log.allow(now):
+                log.exception("failed to handle a message; it is answered internal_error", extra={"event": "message_failed"})
+            try:
+                rid = frames[0].bytes
+                self.error(sock, rid, None, "internal_error", f"the node failed on this message ({type(err).__name__}); "
+                           "it was dropped and the node serves on; if it repeats, report it with the node's log")
+            except Exception:  # even the answer failed: the message is dropped
+                pass
+
+    def _handle(self, sock: zmq.Socket, reader: "LedgerReader", frames: list) -> None:
         rid = frames[0].bytes
         body = frames[1:]
+        if len(body) > 2 and sum(len(f) for f in body) > LARGE_MESSAGE:
+            self._trim_due = True
+        if self._refused and body and body[-1].get(zmq.SRCFD) in self._refused:
+            self._refuse(sock, rid, body[-1].get(zmq.SRCFD))
+            return
         dev = self.devices.get(rid)
         device = dev.device if dev is not None else self._device_id(sock, rid)
         if device is None or not body:
@@ -203,6 +279,12 @@ class Sessions:
                 self.error(sock, rid, None, "id_bound", f"device id {device!r} is registered to another CURVE key; "
                            "each device id belongs to the key that first said hello with it")
                 return
+            cap = self.nc.curve.max_ids_per_key
+            if bound is None and self._ids_of_key(reader, key) >= cap:
+                self.error(sock, rid, None, "too_many_ids", f"this CURVE key already holds {cap} device ids "
+                           "(node.curve.max_ids_per_key); reuse one of them, or give each device its own key "
+                           "(an id that never delivered a valid sample is released after node.device_idle_s or its bye)")
+                return
         contract, raw, problem = self.schema.welcome(msg.schema)
         if problem:
             self.error(sock, rid, None, "bad_hello", problem)
@@ -217,13 +299,23 @@ class Sessions:
             dev = self.devices[rid] = DeviceState(device, SeqTracker(next_seq, above))
         if key is not None and device not in self._bound:
             self._bound[device] = key
+            self._new_binds.setdefault(key, set()).add(device)
             self.handoff.to_bind.append((device, key))
         if dev.conn != conn:
             self._by_conn.pop(dev.conn, None)
         dev.contract, dev.raw, dev.conn, dev.key, dev.last_seen, dev.bye = contract, raw, conn, key, now, False
         self._by_conn[conn] = rid
         self.send(sock, rid, wire.encode_welcome(self._credit(dev), self.num_classes, contract.schema, dev.tracker.next_seq))
-        log.info("device hello", extra={"event": "hello", "device": device, "next_seq": dev.tracker.next_seq})
+        if self._hello_log.allow(now):
+            log.info("device hello", extra={"event": "hello", "device": device, "next_seq": dev.tracker.next_seq})
+
+    def _ids_of_key(self, reader: "LedgerReader", key: str) -> int:
+        """Device ids bound to ``key``: committed, plus those this run bound that are not committed yet."""
+        pending = self._new_binds.get(key)
+        if pending:
+            for device in [d for d in pending if reader.device_key(d) == key]:
+                pending.discard(device)  # committed: counted by the reader from now on
+        return reader.ids_of_key(key) + (len(pending) if pending else 0)
 
     def _sample(self, sock: zmq.Socket, reader: "LedgerReader", rid: bytes, dev: DeviceState,
                 seq: int, sample: Sample | None, verdict: str | None, nbytes: int) -> None:
@@ -274,6 +366,8 @@ class Sessions:
                 dev.pending.discard(seq)
                 dev.tracker.add(seq)
                 dev.recent[seq] = verdict
+                if not verdict.startswith("invalid:"):
+                    dev.delivered = True
             while len(dev.recent) > 4 * self.nc.credit:
                 dev.recent.pop(next(iter(dev.recent)))
             credit = self._credit(dev)
@@ -286,13 +380,46 @@ class Sessions:
 
     # ------------------------------------------------------------------ connections and bounded state
     def connection_events(self, monitor: zmq.Socket) -> None:
-        """Forget the hello done on a connection (fd) that was closed: its fd may come back for another one."""
+        """Count connections (fds) opened and closed; refuse one over ``node.max_connections``; forget the
+        hello done on a closed one (its fd may come back for another connection)."""
         while monitor.poll(0):
             event = recv_monitor_message(monitor)
-            rid = self._by_conn.pop(int(event["value"]), None)
+            fd = int(event["value"])
+            if event["event"] == zmq.EVENT_ACCEPTED:
+                now = time.monotonic()
+                self.open_conns[fd] = now
+                if len(self.open_conns) > self.max_connections:
+                    # a flood of connections must not hold descriptors for the grace: past a few, no reason
+                    self._refused[fd] = now + (REFUSE_GRACE_S if len(self._refused) < REFUSE_PENDING_MAX else 0.0)
+                    self.refused_total += 1
+                continue
+            self.open_conns.pop(fd, None)
+            self._refused.pop(fd, None)
+            self._answered.discard(fd)
+            self._trim_due = True  # it may have died in the middle of a large message
+            rid = self._by_conn.pop(fd, None)
             dev = self.devices.get(rid) if rid is not None else None
-            if dev is not None and dev.conn == int(event["value"]):
+            if dev is not None and dev.conn == fd:
                 dev.contract, dev.conn, dev.key = None, -1, None
+
+    def _refuse(self, sock: zmq.Socket, rid: bytes, fd: int) -> None:
+        """A message on a connection over the cap: say why once, then close it shortly."""
+        if fd not in self._answered:
+            self._answered.add(fd)
+            self.error(sock, rid, None, "too_many_connections",
+                       f"the node has {self.max_connections} open connections (node.max_connections); "
+                       "this one is closed: reconnect later, or ask the operator to raise the limit")
+            self._refused[fd] = min(self._refused[fd], time.monotonic() + REFUSE_FLUSH_S)
+
+    def close_refused(self, monitor: zmq.Socket, now: float) -> None:
+        """Close the connections over the cap whose time is up (libzmq sees the peer gone and frees it)."""
+        if not self._refused or min(self._refused.values()) > now:
+            return
+        self.connection_events(monitor)  # a closed fd may have been reused: act on the newest events only
+        for fd in [f for f, at in self._refused.items() if at <= now]:
+            del self._refused[fd]
+            self._answered.discard(fd)
+            shutdown_connection(fd)
 
     def connected(self) -> int:
         """Devices with a live, welcomed connection (the ``edge_devices`` gauge, computed when read)."""
@@ -304,11 +431,18 @@ class Sessions:
         return len(self.devices)
 
     def _free(self, rid: bytes) -> None:
-        """Drop a device's state (bye, or idle past node.device_idle_s); its ledger rows stay."""
+        """Drop a device's state (bye, or idle past node.device_idle_s); its ledger rows stay, unless it never
+        delivered a valid sample (the ledger checks all its rows): then they go, key binding included."""
         dev = self.devices.pop(rid)
         if self._by_conn.get(dev.conn) == rid:
             del self._by_conn[dev.conn]
-        self._bound.pop(dev.device, None)
+        key = self._bound.pop(dev.device, None)
+        if key is not None and key in self._new_binds:
+            self._new_binds[key].discard(dev.device)
+            if not self._new_binds[key]:
+                del self._new_binds[key]
+        if not dev.delivered:
+            self.handoff.to_bind.append((dev.device, None))  # Ledger.bind_key(device, None): release if never valid
         self.handoff.forget.append(dev.device)
         log.debug("device state freed", extra={"event": "device_freed", "device": dev.device})
 
@@ -317,3 +451,32 @@ class Sessions:
         idle = self.nc.device_idle_s
         for rid in [r for r, d in self.devices.items() if not d.pending and now - d.last_seen > idle]:
             self._free(rid)
+        self._hello_log.flush(now)
+        self._error_log.flush(now)
+        if self._trim_due:
+            self._trim_due = False
+            release_free_memory()
+        for fd in list(self.open_conns):  # a disconnect event lost under a flood must not hold a slot for ever
+            try:
+                os_fstat(fd)
+            except OSError:
+                self.open_conns.pop(fd, None)
+                self._refused.pop(fd, None)
+                self._answered.discard(fd)
+
+
+def shutdown_connection(fd: int) -> None:
+    """Shut a connection libzmq owns down (not close: the descriptor stays libzmq's, which reads EOF and
+    closes it, reporting the disconnect). A descriptor already gone is left alone."""
+    try:
+        dup = socket.socket(fileno=os_dup(fd))
+    except OSError:
+        return
+    try:
+        if dup.type == socket.SOCK_STREAM:
+            dup.getpeername()  # a connected stream socket (a device's), never a listener: else OSError
+            dup.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    finally:
+        dup.close()  # closes the duplicate only

@@ -7,7 +7,11 @@ exclusive lock on ``node.state_dir`` (:func:`lock_state_dir`): a second node on 
 there, naming the pid and endpoint of the node that holds it. Then the checks, which are cheap (no
 model is built, the replay store is not read):
 
-* ``node.state_dir`` is a folder (created when missing) that this process can write;
+* ``node.state_dir`` is a folder (created when missing) that this process can write, with room for
+  ``START_FREE_BYTES`` (a probe file of that size is written and removed: a full disk, a quota or no
+  free inode is one line naming the folder and the fix, exit 2, before ``state.db`` or ``node.json``
+  is written; a disk that fills later is a state the running node reports, see
+  :mod:`edge_runtime.ops.disk`);
 * an existing ``state.db`` opens as an SQLite database;
 * ``node.metrics_port`` is free on ``node.metrics_host``;
 * ``device`` names a device this machine has (``cuda`` needs a CUDA GPU).
@@ -37,6 +41,9 @@ class StartupError(RuntimeError):
     """The node cannot start with this configuration or state; the message names the file or key and the fix."""
 
 
+#: Room the state folder must have at start: node.json, the lock, a new state.db and its WAL (a checkpoint
+#: that does not fit later is retried while the node serves).
+START_FREE_BYTES = 1 << 20
 LOCK_FILE = ".lock"  # in node.state_dir: flock'ed by the node that uses the folder; JSON of its pid and endpoint
 HOLDER_WAIT_S = 2.0  # how long a refused node waits for the holder to write its pid (it writes it right after locking)
 
@@ -153,10 +160,18 @@ def check_state_dir(path: Path) -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(dir=path, prefix=".write-check-")
-        os.close(fd)
-        os.unlink(probe)
     except OSError as err:
         raise StartupError(_cannot_write(path, err)) from None
+    try:
+        chunk = b"\0" * (64 << 10)
+        for _ in range(START_FREE_BYTES // len(chunk)):  # written, not just reserved: a quota or a full disk fails here
+            os.write(fd, chunk)
+        os.fsync(fd)
+    except OSError as err:
+        raise StartupError(_cannot_write(path, err, f"no room for {START_FREE_BYTES >> 20} MiB")) from None
+    finally:
+        os.close(fd)
+        os.unlink(probe)
     return path
 
 
@@ -168,10 +183,18 @@ def _check_is_folder(path: Path) -> None:
 
 def _cannot_write(path: Path, err: OSError, what: str = "") -> str:
     key = "node.state_dir"
-    why = "read-only" if err.errno in (errno.EROFS, errno.EACCES, errno.EPERM) else (err.strerror or str(err))
     detail = f"{what}: " if what else ""
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (f"{key}: cannot write to {path} (its file system is full: {detail}{err.strerror or err}); free space "
+                f"there (at least {START_FREE_BYTES >> 20} MiB) or point {key} at a folder on another file system")
+    why = "read-only" if err.errno in (errno.EROFS, errno.EACCES, errno.EPERM) else (err.strerror or str(err))
     return (f"{key}: cannot write to {path} ({why}: {detail}{err.strerror or err}); make it writable for this user "
             f"or point {key} at a writable folder")
+
+
+def state_write_error(path: Path, err: OSError, what: str) -> StartupError:
+    """The one-line start-up error for ``what`` (e.g. "cannot write node.json") failing in the state folder ``path``."""
+    return StartupError(_cannot_write(path, err, what))
 
 
 def check_state_db(path: Path) -> None:

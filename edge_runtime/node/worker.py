@@ -9,12 +9,36 @@ of its sample. A micro-batch that raises in the learner is decided sample by sam
 culprit is refused. Between micro-batches it serves federation requests, publishes the model
 and writes the periodic checkpoint; the final one when the node stops.
 
+A full disk is a state, not a crash (issue 24 G7; :class:`~edge_runtime.ops.disk.DiskWrites` logs
+once per episode, counts, backs off):
+
+* a periodic checkpoint that fails (any ``OSError``: ENOSPC, EDQUOT, EMFILE) is retried with
+  backoff while learning goes on from memory; the final one at stop is retried for
+  ``STOP_GRACE_S``, then the node exits non-zero saying so (the ledger and replay store are intact:
+  what is lost is the learning since the previous checkpoint);
+* a ledger commit holds its micro-batch, transaction open and unacked, while the disk has less than
+  ``COMMIT_MARGIN_BYTES`` + twice the batch's bytes free (SQLite answers a WAL that cannot grow by
+  rolling the whole transaction back, so the commit waits before it would fail), and after a commit
+  that failed leaving the transaction open: retried with backoff (the IO thread keeps serving;
+  devices wait on their credit) until it succeeds, or, once the node is stopping, for
+  ``STOP_GRACE_S``, after which the node exits non-zero without acking the batch (devices resend it
+  to the next run). When SQLite rolled the transaction back all the same (the space went between the
+  check and the commit), the memory is ahead of the ledger: the node stops at once, no ack, no final
+  checkpoint (the restart resumes from the last checkpoint and the ledger, like after a kill);
+* a storage error inside ``Learner.observe`` is not the samples' fault: it stops the node the same way.
+
+Any other exception in the thread is a bug: it is logged with its traceback and the node stops
+(the IO thread drains, sends the acks of committed batches, and ``edge-node run`` exits non-zero).
+
 The learner is used only through :class:`LearnerLike`: the node knows nothing about losses.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
+import sqlite3
 import threading
 import time
 from collections import Counter
@@ -33,6 +57,7 @@ from edge_runtime.node.handoff import Handoff, Item
 from edge_runtime.node.ledger import DECIDED, Ledger
 from edge_runtime.node.logs import NODE_LOGGER
 from edge_runtime.node.sessions import SeqTracker
+from edge_runtime.ops.disk import describe
 from edge_runtime.ops.metrics import NodeMetrics
 from edge_runtime.ops.observe import NodeObserver
 
@@ -45,6 +70,15 @@ log = logging.getLogger(NODE_LOGGER)
 
 #: What the learner thread sends the IO thread after each committed micro-batch: "acks are ready".
 WAKE = b"w"
+#: Once the node is stopping, how long a failing ledger commit or final checkpoint is still retried.
+STOP_GRACE_S = 10.0
+#: Free space a ledger commit waits for, beyond twice its micro-batch's sample bytes: SQLite answers a
+#: WAL that cannot grow by rolling the whole transaction back, so the commit is held before it fails.
+COMMIT_MARGIN_BYTES = 256 << 10
+
+
+class StateWriteError(RuntimeError):
+    """The node could not make its state durable (a full disk when stopping, a ledger transaction rolled back)."""
 
 
 class LearnerLike(Protocol):
@@ -78,6 +112,7 @@ class LearnerWorker:
                  checkpoints: CheckpointManager, metrics: NodeMetrics, observer: NodeObserver, handoff: Handoff,
                  stop: threading.Event, federation: "FederationLink | None" = None) -> None:
         self.config = config
+        self._max_abs = validation.max_abs_of(config)  # node.max_abs_value: raw waveforms are checked here, features by Learner.check
         self.nc = config.node
         self.learner = learner
         self.store = store
@@ -93,6 +128,8 @@ class LearnerWorker:
         self.known_devices = len(ledger.next_seqs())  # devices with a ledger row (for edge-node status)
         self._trackers: dict[str, SeqTracker] = {}
         self._last_checkpoint = time.monotonic()
+        self.disk = observer.disk  # failing writes (full disk): shared with the observer's status/history writes
+        self.disk.retry_max_s = self.nc.disk_retry_max_s
 
     def checkpoint(self) -> Path:
         """Write a checkpoint of the learner (call from the learner thread, or when it is stopped)."""
@@ -124,13 +161,17 @@ class LearnerWorker:
                     wake.send(WAKE)
                 else:
                     self._apply_io_requests()
-                    self.store.commit()
+                    self._commit(0)
                 self._after_batch(batch, publisher)
             self._apply_io_requests()
-            self.store.commit()
-            self.checkpoint()
+            self._commit(0)
+            self._final_checkpoint()
+        except StateWriteError as err:  # a full disk: not a bug, no traceback; stop with the reason
+            log.error(f"the node stops: {err}", extra={"event": "learner_stopped", "reason": str(err)})
+            self.error = err
+            self._stop.set()
         except BaseException as err:  # a bug, not bad input: stop the node loudly, keep what is committed
-            log.exception("learner thread failed", extra={"event": "learner_failed"})
+            log.exception("learner thread failed; the node stops (drain, exit non-zero)", extra={"event": "learner_failed"})
             self.error = err
             self._stop.set()
         finally:
@@ -144,9 +185,78 @@ class LearnerWorker:
             self.federation.after_batch(it.sample.label for it in batch if learned(it))  # type: ignore[union-attr]
         if publisher is not None and batch:
             self.observer.on_model(publisher.maybe_publish(self.learner.export_model(), self.learner.updates))
-        if time.monotonic() - self._last_checkpoint >= self.nc.checkpoint_every_s:
-            self.checkpoint()
-            self._last_checkpoint = time.monotonic()
+        if time.monotonic() - self._last_checkpoint >= self.nc.checkpoint_every_s and self.disk.due("checkpoint"):
+            try:
+                self.checkpoint()
+            except OSError as err:  # a full disk: learning goes on from memory, retried with backoff
+                self.disk.failed("checkpoint", self.checkpoints.directory, err)
+            else:
+                self.disk.succeeded("checkpoint")
+                self._last_checkpoint = time.monotonic()
+
+    def _final_checkpoint(self) -> None:
+        """The checkpoint at stop; on a failing disk retried for ``STOP_GRACE_S``, then :class:`StateWriteError`."""
+        deadline = time.monotonic() + STOP_GRACE_S
+        while True:
+            try:
+                self.checkpoint()
+            except OSError as err:
+                self.disk.failed("checkpoint", self.checkpoints.directory, err)
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise StateWriteError(
+                        f"the final checkpoint cannot be written to {self.checkpoints.directory} ({describe(err)}); "
+                        "every acked sample is in the ledger and replay store, but the learning since the previous "
+                        "checkpoint is lost; free space in node.state_dir") from err
+                time.sleep(min(self.disk.delay("checkpoint"), left))
+            else:
+                self.disk.succeeded("checkpoint")
+                return
+
+    def _free_bytes(self) -> int | None:
+        """Free bytes on the file system of ``state.db`` (what root may use, when root); None when unknown."""
+        try:
+            st = os.statvfs(self.store.path.parent)
+        except OSError:
+            return None
+        return (st.f_bfree if os.geteuid() == 0 else st.f_bavail) * st.f_frsize
+
+    def _commit(self, held: int, nbytes: int = 0) -> None:
+        """Commit the open transaction before any ack of it leaves (``held``: samples whose acks wait on it,
+        ``nbytes``: their bytes).
+
+        On a disk with less than ``COMMIT_MARGIN_BYTES`` + 2 x ``nbytes`` free, and after a failing commit
+        that left the transaction open, the transaction is kept open and the commit retried with backoff;
+        see the module docstring for when it gives up (:class:`StateWriteError`)."""
+        stop_deadline: float | None = None
+        need = COMMIT_MARGIN_BYTES + 2 * nbytes
+        while True:
+            free = self._free_bytes() if self.store.conn.in_transaction else None
+            if free is not None and free < need:
+                reason = f"{free} bytes free, the commit waits for {need}"
+                self.disk.failed("ledger", self.store.path, OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} ({reason})"))
+            else:
+                try:
+                    self.store.commit()
+                except sqlite3.OperationalError as err:  # SQLITE_FULL, SQLITE_IOERR, SQLITE_CANTOPEN (no descriptor)
+                    reason = describe(err)
+                    if not self.store.conn.in_transaction:
+                        raise StateWriteError(
+                            f"the ledger commit failed ({reason}) and SQLite rolled the transaction back: {held} sample(s) "
+                            "not acked (devices resend them to the next run); free space in node.state_dir") from err
+                    self.disk.failed("ledger", self.store.path, err)
+                else:
+                    self.disk.succeeded("ledger")
+                    return
+            if not self._stop.is_set():
+                self._stop.wait(self.disk.delay("ledger"))
+                continue
+            stop_deadline = stop_deadline or time.monotonic() + STOP_GRACE_S
+            left = stop_deadline - time.monotonic()
+            if left <= 0:
+                raise StateWriteError(f"stopping while the ledger commit fails ({reason}): {held} sample(s) not acked "
+                                      "(devices resend them to the next run); free space in node.state_dir")
+            time.sleep(min(self.disk.delay("ledger"), left))
 
     def _apply_io_requests(self) -> None:
         """Key bindings to persist and freed devices to forget, as the IO thread asked (joins the open transaction)."""
@@ -176,8 +286,9 @@ class LearnerWorker:
             else:
                 fresh.append(it)
         learnable = [it for it in fresh if it.verdict is None]
+        max_abs = self._max_abs
         for it in learnable:
-            problem = validation.check_finite(it.sample.tensors)  # type: ignore[union-attr]
+            problem = validation.check_finite(it.sample.tensors, max_abs)  # type: ignore[union-attr]
             if problem is not None:
                 it.verdict = problem.verdict
             elif it.raw:
@@ -188,7 +299,7 @@ class LearnerWorker:
                     log.warning("cannot compute features", extra={"event": "bad_raw", "device": it.device, "seq": it.seq, "reason": str(err)})
         self._observe([it for it in learnable if it.verdict is None])
         self._record(fresh)
-        self.store.commit()  # acks only after this: an admitted verdict is durable
+        self._commit(len(fresh), sum(it.nbytes for it in fresh))  # acks only after this: an admitted verdict is durable
         self.handoff.outbox.append([(it.rid, it.seq, it.verdict) for it in batch])  # type: ignore[misc]
         self.decided_total += len(fresh)
         self._observe_metrics(batch, fresh, time.perf_counter() - started)
@@ -199,12 +310,18 @@ class LearnerWorker:
             return
         try:
             verdicts = self.learner.observe([it.sample for it in items])  # type: ignore[misc]
+        except (sqlite3.Error, OSError) as err:  # the store's disk, not the samples: refusing them would be a lie
+            raise StateWriteError(f"the replay store cannot be written ({describe(err)}); the micro-batch's "
+                                  f"{len(items)} sample(s) not acked; free space in node.state_dir") from err
         except Exception:
             log.exception("micro-batch raised in the learner; deciding its samples one by one", extra={"event": "batch_failed"})
             verdicts = []
             for it in items:
                 try:
                     verdicts.extend(self.learner.observe([it.sample]))  # type: ignore[list-item]
+                except (sqlite3.Error, OSError) as err:
+                    raise StateWriteError(f"the replay store cannot be written ({describe(err)}); "
+                                          "free space in node.state_dir") from err
                 except Exception as err:
                     log.warning("sample raised in the learner", extra={"event": "sample_failed", "device": it.device,
                                                                         "seq": it.seq, "error": repr(err)})

@@ -17,10 +17,18 @@ Durations (uptime, checkpoint age, time since a device was last seen, rate inter
 negative or huge; the times shown to people (``*_at``, ``last_seen``, the history's ``time``) stay
 wall-clock. ``status.json`` carries the durations as of its ``written_at`` and the monotonic reading
 they were taken at (``clock``), from which :func:`~edge_runtime.ops.snapshot.with_ages` advances them.
+
+A write that fails (a full disk) never stops the node: :attr:`NodeObserver.disk`
+(:class:`~edge_runtime.ops.disk.DiskWrites`, shared with the learner thread for checkpoints and
+commits) logs it once per episode and sets the next attempt with backoff; ``status.json`` carries
+the condition under ``disk``. When its temporary file cannot be created, ``status.json`` is
+overwritten in place within the blocks it already holds, so ``edge-node status`` still shows the
+condition on a disk with no free block.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -28,8 +36,9 @@ from collections import Counter, deque
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from edge_runtime.core.atomic import atomic_write_json
+from edge_runtime.core.atomic import atomic_write_json, overwrite_in_place
 from edge_runtime.core.names import LOGGER_NODE, BUFFER_BYTES, BUFFER_ITEMS, EVAL_ACCURACY, PREQUENTIAL_ACCURACY, SAMPLES_SEEN, UPDATES
+from edge_runtime.ops.disk import DiskWrites
 from edge_runtime.ops.history import HistoryWriter, verdict_kinds
 from edge_runtime.ops.metrics import NodeMetrics
 from edge_runtime.ops.snapshot import boot_id, from_metrics, metric_values, newest_checkpoint, with_rates
@@ -70,6 +79,8 @@ class NodeObserver:
         self.history_every_s = history_every_s
         self.num_classes = num_classes
         self.history = HistoryWriter(self.state_dir, num_classes) if history_every_s else None
+        #: failing writes to the state folder (this observer's files, and the learner thread's checkpoints and commits)
+        self.disk = DiskWrites(metrics)
         self._lock = threading.Lock()
         self._devices: dict[str, int] = {}  # device -> samples decided this run (learner thread)
         #: device -> time.monotonic() of its newest sample message; the node's IO thread writes it
@@ -153,7 +164,7 @@ class NodeObserver:
         m.node_info.info({k: "" if v is None else str(v) for k, v in info.items()})
         if self._checkpoint:
             m.last_checkpoint.set(self._checkpoint[1])
-        self._write_status(final=False)
+        self._try_status(final=False)
         self._thread = threading.Thread(target=self._loop, name="observer", daemon=True)
         self._thread.start()
 
@@ -162,12 +173,9 @@ class NodeObserver:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
-        try:
-            self._write_status(final=True)
-            if self.history is not None:
-                self._write_history()
-        except OSError as err:
-            log.warning("cannot write the final status", extra={"event": "status_failed", "reason": str(err)})
+        self._try_status(final=True)
+        if self.history is not None:
+            self._try_history()
 
     def _loop(self) -> None:
         next_status = time.monotonic() + self.status_every_s
@@ -176,13 +184,40 @@ class NodeObserver:
             now = time.monotonic()
             try:
                 if now >= next_status:
-                    self._write_status(final=False)
+                    if self.disk.due("status"):
+                        self._try_status(final=False)
                     next_status = now + self.status_every_s
                 if now >= next_history:
-                    self._write_history()
+                    if self.disk.due("history"):
+                        self._try_history()
                     next_history = now + self.history_every_s  # type: ignore[operator]
-            except OSError as err:  # a full disk must not stop the node; the next interval tries again
-                log.warning("cannot write status/history", extra={"event": "status_failed", "reason": str(err)})
+            except Exception:  # a bug: log it and keep writing at the next interval (the files are a view)
+                log.exception("status writer failed", extra={"event": "status_writer_failed"})
+
+    def _try_status(self, final: bool) -> None:
+        """Write status.json; a failure (a full disk) is reported to :attr:`disk`, never raised."""
+        path = self.state_dir / STATUS_FILE
+        snap = self.snapshot(final)
+        try:
+            atomic_write_json(path, snap, indent=1, durable=final)  # a view rewritten every second; the last one is kept
+        except OSError as err:
+            self.disk.failed("status", path, err)
+            snap["disk"] = self.disk.view()
+            try:  # the condition itself must still reach `edge-node status`: in place, in the blocks it holds
+                overwrite_in_place(path, json.dumps(snap, indent=1).encode())
+            except OSError:
+                pass
+        else:
+            self.disk.succeeded("status")
+
+    def _try_history(self) -> None:
+        """Append a history row; a failure is reported to :attr:`disk` (that row is lost), never raised."""
+        try:
+            self._write_history()
+        except OSError as err:
+            self.disk.failed("history", self.history.path, err)  # type: ignore[union-attr]
+        else:
+            self.disk.succeeded("history")
 
     def snapshot(self, final: bool = False, wall: float | None = None, mono: float | None = None) -> dict[str, Any]:
         """The status snapshot as of now (learner side first, IO side after it; see the module docstring).
@@ -229,12 +264,10 @@ class NodeObserver:
         snap.update(state="stopped" if final else "running", written_at=now, stopped_at=now if final else None,
                     pid=self._info.get("pid"), endpoint=self._info.get("endpoint"), metrics_port=self._info.get("metrics_port"))
         snap["model"]["endpoint"] = self._info.get("model_endpoint")
+        snap["disk"] = self.disk.view()
         snap = with_rates(snap, prev[1] if prev else None, dt)
         self._window.append((mono, snap, devices))
         return snap
-
-    def _write_status(self, final: bool) -> None:
-        atomic_write_json(self.state_dir / STATUS_FILE, self.snapshot(final), indent=1, durable=final)  # a view rewritten every second; the last one is kept
 
     def _write_history(self, wall: float | None = None, mono: float | None = None) -> None:
         """Append one history row (``wall`` / ``mono``: as in :meth:`snapshot`)."""

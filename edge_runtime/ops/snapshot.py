@@ -113,7 +113,17 @@ def from_metrics(values: Values) -> dict[str, Any]:
                        "written_at": _positive(_total(values, "edge_last_checkpoint_timestamp_seconds")), "path": None},
         "model": {"version": _int(_positive(_total(values, "edge_model_version"))), "endpoint": info.get("model_endpoint") or None},
         "federation": federation or None,
+        "disk": _disk(values),
     }
+
+
+def _disk(values: Values) -> dict[str, Any] | None:
+    """Failing writes to the state folder from ``edge_disk_failing`` / ``edge_disk_errors_total`` (None: a node without them)."""
+    if "edge_disk_failing" not in values:
+        return None
+    failing = {what: {} for what, v in sorted(_by(values, "edge_disk_failing", "what").items()) if v > 0}
+    errors = {what: int(v) for what, v in sorted(_by(values, "edge_disk_errors_total", "what").items()) if v > 0}
+    return {"ok": not failing, "failing": failing, "errors": errors}
 
 
 def _label_key(label: str) -> tuple[int, str]:
@@ -226,7 +236,10 @@ def store_view(db: Path) -> dict[str, Any] | None:
     that could make the learner wait); None when there is no DB."""
     if not db.exists():
         return None
-    conn = sqlite3.connect(db.resolve().as_uri() + "?mode=ro", uri=True, timeout=1.0, isolation_level=None)
+    try:  # absolute, not resolved: a folder reached through a symlink (/proc/<pid>/root/...) stays that folder
+        conn = sqlite3.connect(db.absolute().as_uri() + "?mode=ro", uri=True, timeout=1.0, isolation_level=None)
+    except sqlite3.Error as err:
+        raise ValueError(f"{db}: cannot be opened ({err}); is it a node's state.db?") from None
     try:
         conn.execute("PRAGMA query_only=1")
         conn.execute("BEGIN")  # one read transaction (a WAL snapshot, no lock): both queries see the same commit
@@ -254,13 +267,19 @@ def _pid_alive(pid: int | None) -> bool:
     return True
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as err:
-        raise ValueError(f"{path} cannot be read ({err}); is it a node's state_dir?") from None
+def _read_json(path: Path, tries: int = 1) -> dict[str, Any] | None:
+    """``path`` as JSON (None when missing); ``tries`` > 1: read again after a torn read (see below)."""
+    for attempt in range(tries):
+        try:
+            return json.loads(path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as err:
+            if attempt + 1 < tries and isinstance(err, ValueError):
+                time.sleep(0.05)
+                continue
+            raise ValueError(f"{path} cannot be read ({err}); is it a node's state_dir?") from None
+    return None
 
 
 def read_state_dir(state_dir: str | Path) -> dict[str, Any]:
@@ -273,7 +292,7 @@ def read_state_dir(state_dir: str | Path) -> dict[str, Any]:
     state_dir = Path(state_dir)
     if not state_dir.is_dir():
         raise ValueError(f"--state-dir {state_dir}: no such folder; give the node's node.state_dir")
-    snap = _read_json(state_dir / "status.json")
+    snap = _read_json(state_dir / "status.json", tries=3)  # on a full disk the node rewrites it in place
     summary = _read_json(state_dir / "summary.json")
     store = store_view(state_dir / "state.db")
     if snap is None and store is None and summary is None:

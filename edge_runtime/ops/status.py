@@ -81,6 +81,15 @@ def render(snap: dict[str, Any], top: int = 10, width: int = 80) -> Any:
     head.append(f"\nsource: {snap.get('source', '-')}", style="dim")
     if ck.get("path"):
         head.append(f"\nlast checkpoint: {ck['path']}", style="dim")
+    disk = snap.get("disk") or {}
+    if disk.get("failing"):
+        parts = []
+        for what, ep in disk["failing"].items():
+            detail = ", ".join(x for x in (ep.get("error"), f"for {_age(ep['for_s'])}" if ep.get("for_s") is not None else None,
+                                          f"{ep['errors']} failed" if ep.get("errors") else None) if x)
+            parts.append(f"{what} ({detail})" if detail else what)
+        head.append(f"\ndisk: cannot write {'; '.join(parts)}: retrying with backoff, learning goes on from memory; "
+                    "free space in the state folder", style="bold red")
     if state == "stale":
         head.append("\nthe process is gone and wrote no final status (killed or crashed): numbers are as of its last write",
                     style="red")

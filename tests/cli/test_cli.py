@@ -98,6 +98,13 @@ def test_status_and_report_of_a_missing_state_dir_exit_2_with_one_line(tmp_path)
     assert status.stderr == f"edge-node: --state-dir {missing}: no such folder; give the node's node.state_dir\n"
     assert report.stderr.startswith(f"edge-node: {missing / 'history.csv'} does not exist")
     assert len(report.stderr.splitlines()) == 1 and not report.stdout
+    spelled = _run("-m", "edge_runtime.cli.main", "report", "--state-dir", str(missing))  # the spelling of every command
+    assert (spelled.returncode, spelled.stderr) == (2, report.stderr)
+    export = _run("-m", "edge_runtime.cli.main", "export", "--state-dir", str(missing), "--out", str(tmp_path / "m.onnx"))
+    assert export.returncode == 2
+    assert export.stderr == f"edge-node export: --state-dir {missing}: no such folder; give the node's node.state_dir\n"
+    both = _run("-m", "edge_runtime.cli.main", "report", str(missing), "--state-dir", str(tmp_path))
+    assert both.returncode == 2 and "two state folders" in both.stderr
 
 
 @pytest.mark.slow

@@ -67,7 +67,7 @@ def serve(tmp_path):
 
     def start(learner, **node_cfg) -> EdgeNode:
         cfg = config_from_dict({"node": {"bind": "tcp://127.0.0.1:*", "state_dir": str(tmp_path / f"state{len(nodes)}"),
-                                         "log_format": "text", "batch_window_ms": 2.0, **node_cfg}})
+                                         "log_format": "text", "batch_window_ms": 2.0, "frame_size": [16, 16], **node_cfg}})
         node = EdgeNode(cfg, learner=learner)
         ready = threading.Event()
         thread = threading.Thread(target=node.run, kwargs={"ready": ready}, daemon=True)
@@ -90,9 +90,10 @@ def test_ledger_stays_bounded_and_old_resends_are_still_answered(serve):
     start, ctx = serve
     learner = CountingLearner()
     retention, n = 200, 50_000
-    node = start(learner, credit=512, batch_size=256, queue_max=4096, ledger_retention=retention, evictions_keep=10)
+    node = start(learner, credit=512, batch_size=256, queue_max=4096, ledger_retention=retention, evictions_keep=10,
+                 frame_size=[2, 2])
     dev = Device(ctx, node.endpoint, "long")
-    assert dev.hello(schema={})["type"] == "welcome"  # the first sample pins its 2 x 2 frames
+    assert dev.hello(schema={})["type"] == "welcome"  # the welcome names the node's 2 x 2 frames
     audio, video = np.ones((1, 13), "<f4"), np.ones((1, 1, 2, 2), "<f4")
     got = stream(dev, range(n), window=512, audio=audio, video=video)
     assert len(got) == n and set(got.values()) == {"trained"}

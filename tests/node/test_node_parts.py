@@ -10,7 +10,7 @@ import threading
 from edge_runtime.core.config import config_from_dict
 from edge_runtime.core.sample import TensorSpec
 from edge_runtime.node.handoff import Handoff, Item
-from edge_runtime.node.schema import RAW_SCHEMA, SchemaNegotiator, schema_problem
+from edge_runtime.node.schema import RAW_SCHEMA, SchemaNegotiator, node_frame_size, schema_problem
 from edge_runtime.node.sessions import SeqTracker
 
 
@@ -67,17 +67,22 @@ def test_handoff_returns_an_empty_batch_for_idle_work_and_key_bindings():
     assert got == [None]
 
 
-def test_schema_negotiation_pins_the_first_declared_frame_size():
+def test_schema_negotiation_takes_the_frame_size_from_the_configuration_never_from_a_hello():
     config = config_from_dict({})
-    node = SchemaNegotiator(config, frame_size=None)
-    free = node.features_contract().schema
-    declared = {"audio": free["audio"], "video": TensorSpec("float32", (-1, free["video"].shape[1], 24, 32))}
+    node = SchemaNegotiator(config, node_frame_size(config, None))
+    assert node.frame_size == (32, 32)  # features.image_size
+    channels = node.features_contract().schema["video"].shape[1]
+    audio = node.features_contract().schema["audio"]
+    declared = {"audio": audio, "video": TensorSpec("float32", (-1, channels, 24, 32))}
     contract, raw, problem = node.welcome(declared)
-    assert problem is None and not raw and node.frame_size == (24, 32)
-    assert tuple(contract.schema["video"].shape[2:]) == (24, 32)
-    other = {**declared, "video": TensorSpec("float32", (-1, free["video"].shape[1], 16, 16))}
-    contract, raw, problem = node.welcome(other)
-    assert contract is None and "declared shape" in problem
+    assert contract is None and "schema.video.shape[2] is 24 but this node takes 32" in problem
+    assert node.frame_size == (32, 32)
+    contract, raw, problem = node.welcome({"audio": audio, "video": TensorSpec("float32", (-1, channels, -1, -1))})
+    assert problem is None and tuple(contract.schema["video"].shape[2:]) == (32, 32)
+    contract, raw, problem = node.welcome({"audio": audio, "video": TensorSpec("float32", (-1, 1, 0, 0))})
+    assert contract is None and "schema.video.shape[2] is 0" in problem
+    assert node_frame_size(config_from_dict({"node": {"frame_size": [24, 32]}}), (16, 16)) == (24, 32)
+    assert node_frame_size(config, (16, 16)) == (16, 16)  # the stored buffer's
 
 
 def test_schema_problem_names_the_tensor_and_raw_media_is_its_own_schema():

@@ -10,10 +10,10 @@ import os
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from tests.support.nodeproc import ROOT, NodeProcess
+from tests.support.wait import wait_until as _wait
 
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "120"}
 
@@ -37,14 +37,6 @@ def _store(state_dir: Path) -> tuple[dict[str, int], dict[str, int]]:
     return classes, per_device
 
 
-def _wait(predicate, what: str, timeout: float = 60.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _status_file(state_dir: Path) -> dict | None:
@@ -73,7 +65,7 @@ def test_status_mid_stream_and_at_the_end_matches_the_node(tmp_path):
                             "--summary", str(tmp_path / "fleet.json")],
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, cwd=str(ROOT))
     try:
-        _wait(lambda: (_status_file(node.state_dir) or {}).get("samples", {}).get("decided", 0) >= 30, "30 samples decided")
+        _wait(lambda: (_status_file(node.state_dir) or {}).get("samples", {}).get("decided", 0) >= 30, what="30 samples decided")
         mid = _status_json("--state-dir", str(node.state_dir))
         assert mid["state"] == "running" and mid["pid"] == node.proc.pid and mid["endpoint"] == node.endpoint
         _check_adds_up(mid)
@@ -101,7 +93,7 @@ def test_status_mid_stream_and_at_the_end_matches_the_node(tmp_path):
         assert sim.returncode == 0, err.decode()
         fleet = json.loads((tmp_path / "fleet.json").read_text())["totals"]
         assert fleet["decided"] == 300
-        _wait(lambda: (_status_file(node.state_dir) or {}).get("samples", {}).get("decided") == 300, "the status file to catch up")
+        _wait(lambda: (_status_file(node.state_dir) or {}).get("samples", {}).get("decided") == 300, what="the status file to catch up")
         live_end = _status_json("--state-dir", str(node.state_dir))
         classes, per_device = _store(node.state_dir)
         assert live_end["buffer"]["classes"] == classes  # the store's own histogram
@@ -133,7 +125,7 @@ def test_status_mid_stream_and_at_the_end_matches_the_node(tmp_path):
 @pytest.mark.slow
 def test_status_of_a_killed_node_says_stale_and_bad_sources_are_clear_errors(tmp_path):
     node = NodeProcess(tmp_path, {"node": {"status_every_s": 0.2}}).start()
-    _wait(lambda: _status_file(node.state_dir), "the first status file")
+    _wait(lambda: _status_file(node.state_dir), what="the first status file")
     node.kill()
     snap = _status_json("--state-dir", str(node.state_dir))
     assert snap["state"] == "stale"

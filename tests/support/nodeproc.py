@@ -26,6 +26,9 @@ class NodeProcess:
             "node": {"bind": "tcp://127.0.0.1:*", "state_dir": str(self.state_dir), "batch_window_ms": 20.0,
                      "log_format": "json", "heartbeat_ivl_ms": 500, "heartbeat_timeout_ms": 3000},
             "num_threads": 1,
+            # The node's frame size comes from its configuration (issue 24, G3): the test devices
+            # (tests/support/nodeclient.py, SCHEMA_16) send 16 x 16 frames.
+            "features": {"image_size": 16},
         }
         for section, values in (overrides or {}).items():
             if isinstance(values, dict):

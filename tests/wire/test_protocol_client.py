@@ -339,7 +339,8 @@ def ctx():
 
 def _start(tmp, name: str) -> NodeProcess:
     port = free_port()
-    node = NodeProcess(tmp, {"node": {"bind": f"tcp://127.0.0.1:{port}", "metrics_port": 0}}, name=name)
+    node = NodeProcess(tmp, {"node": {"bind": f"tcp://127.0.0.1:{port}", "metrics_port": 0},
+                             "features": {"image_size": 32}}, name=name)  # the default node's frames
     node.start(timeout=120.0)
     assert node.endpoint == f"tcp://127.0.0.1:{port}", node.endpoint  # node.json's endpoint (section 1)
     return node
