@@ -235,6 +235,15 @@ class Config(_Section):
         """The settings model of the policy the section names (see :mod:`edge_runtime.core.policy_settings`)."""
         return parse_settings(info.field_name, value)
 
+    @model_validator(mode="after")
+    def _frame_size_within_limit(self) -> "Config":
+        nc = self.node
+        limit = nc.max_frame_size or self.features.image_size
+        if nc.frame_size is not None and max(nc.frame_size) > limit:
+            raise ValueError(f"node.frame_size {list(nc.frame_size)} is over node.max_frame_size ({limit}; unset, it is "
+                             "features.image_size): every sample would be refused frame_too_large; raise node.max_frame_size")
+        return self
+
     @field_validator("device")
     @classmethod
     def _device(cls, value: str) -> str:
@@ -362,6 +371,9 @@ class FederationConfig(_Section):
     @classmethod
     def _control_bind(cls, value: str | None, info: ValidationInfo) -> str | None:
         """ipc:// or loopback TCP, unless control_allow_remote (then the node requires CURVE)."""
+        if value is not None and value.startswith("ipc://@"):
+            raise ValueError("an abstract ipc socket (ipc://@NAME) has no file mode: any local user could reach it; "
+                             "bind ipc://PATH (a file, mode 0600) or tcp://127.0.0.1:PORT")
         if value is None or value.startswith("ipc://"):
             return value
         if not value.startswith("tcp://"):

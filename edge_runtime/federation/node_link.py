@@ -169,6 +169,11 @@ class _Request:
     done: threading.Event = field(default_factory=threading.Event)
     result: tuple[dict[str, Any], dict[str, np.ndarray] | None] | None = None
     error: BaseException | None = None
+    state: str = "queued"  # queued -> started (learner thread) | cancelled (the client was told busy): under FederationLink._claim
+
+
+#: Requests waiting for the learner thread at most; one more is answered busy at once (each may hold a model copy).
+MAX_QUEUED_REQUESTS = 2
 
 
 class FederationLink:
@@ -196,6 +201,7 @@ class FederationLink:
         self.counts = np.zeros(self.num_classes, dtype=np.int64)
         self._load()
         self._requests: deque[_Request] = deque()
+        self._claim = threading.Lock()  # a request is started by the learner or cancelled by its client, never both
         self._global: list[tuple[torch.Tensor, torch.Tensor]] = []  # (param, global value) for the FedProx pull
         self._mu = 0.0
         self._last_save = time.monotonic()
@@ -276,10 +282,22 @@ class FederationLink:
 
     def _queued(self, header: dict[str, Any], arrays: dict[str, np.ndarray], rnd: int = 0, mu: float = 0.0):
         req = _Request(header["type"], header, arrays, rnd, mu)
-        self._requests.append(req)
+        with self._claim:
+            if len(self._requests) >= MAX_QUEUED_REQUESTS:
+                raise ControlError("busy", f"{len(self._requests)} requests already wait for the learner; retry shortly")
+            self._requests.append(req)
         self.wake()
         if not req.done.wait(SERVICE_WAIT_S):
-            raise ControlError("busy", f"the learner did not reach the end of its micro-batch within {SERVICE_WAIT_S:.0f} s")
+            with self._claim:
+                cancelled = req.state == "queued"
+                if cancelled:  # never applied later: the client was told it was not
+                    req.state = "cancelled"
+                    self._requests.remove(req)
+            if cancelled:
+                raise ControlError("busy", f"the learner did not reach the end of its micro-batch within {SERVICE_WAIT_S:.0f} s; "
+                                           "nothing was changed, retry")
+            if not req.done.wait(SERVICE_WAIT_S):  # started just now: an apply takes milliseconds
+                raise ControlError("busy", "the learner started this request late and has not finished it; check the node's log")
         if req.error is not None:
             raise req.error
         assert req.result is not None
@@ -305,8 +323,12 @@ class FederationLink:
 
     def service(self) -> None:
         """Serve queued get / put requests (learner thread, between micro-batches)."""
-        while self._requests:
-            req = self._requests.popleft()
+        while True:
+            with self._claim:
+                if not self._requests:
+                    return
+                req = self._requests.popleft()
+                req.state = "started"
             try:
                 req.result = self._get() if req.kind == "get" else self._apply(req)
             except BaseException as err:  # reported to the client; the learner keeps going

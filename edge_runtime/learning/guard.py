@@ -58,7 +58,7 @@ class NumericGuard:
 
     def tensors(self) -> list[torch.Tensor]:
         """The float tensors an update may change, in a stable order."""
-        out = [p.data for p in self.model.parameters()]
+        out = [p for p in self.model.parameters()]  # the Parameters themselves: p.data is a new object on every access
         out += [b for b in self.model.buffers() if b.is_floating_point()]
         for group in self.optimizer.param_groups:
             for p in group["params"]:
@@ -70,10 +70,11 @@ class NumericGuard:
     def snapshot(self) -> None:
         """Remember the current state (reuses the mirrors while the set of tensors is unchanged)."""
         live = self.tensors()
-        if len(live) == len(self._live) and all(a is b for a, b in zip(live, self._live)):
-            torch._foreach_copy_(self._saved, live)
-        else:
-            self._saved = [t.detach().clone() for t in live]
+        with torch.no_grad():
+            if len(live) == len(self._live) and all(a is b for a, b in zip(live, self._live)):
+                torch._foreach_copy_(self._saved, live)
+            else:
+                self._saved = [t.detach().clone() for t in live]
         self._live = live
         self._state_keys = {p: set(s) for p, s in self.optimizer.state.items()}
 

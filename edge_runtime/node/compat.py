@@ -51,7 +51,9 @@ def stored_state_problem(config: Config, store: "SqliteStore", frame_size: tuple
             bins[int(np.shape(audio)[1])] += 1
         if video is not None and np.ndim(video) == 4:
             channels[int(np.shape(video)[1])] += 1
-            sizes[tuple(int(d) for d in np.shape(video)[2:])] += 1
+            size = tuple(int(d) for d in np.shape(video)[2:])
+            if min(size) >= 1:  # a 0x0 frame is wrong in itself (evicted), not another configuration's
+                sizes[size] += 1
     if labels and max(labels) >= mc.num_classes:
         over = sum(label >= mc.num_classes for label in labels)
         return (f"model.num_classes is {mc.num_classes} but {where} holds {over} replay samples labelled "

@@ -74,6 +74,7 @@ __all__ = ["EdgeNode", "LearnerLike", "serve"]
 log = logging.getLogger(NODE_LOGGER)
 
 RECV_BURST = 256  # messages read before the IO thread looks at acks again
+CURVE_FRAME_OVERHEAD = 64  # bytes: a CURVE MESSAGE command adds 33 to a frame (flags, nonce, MAC), rounded up
 
 
 class NetworkLoopError(RuntimeError):
@@ -141,7 +142,9 @@ class EdgeNode:
         self.metrics_port: int | None = None
         self.nofile: int | None = None  # the descriptor limit, when serve() raised it (caps node.max_connections)
         #: MAXMSGSIZE: per frame, the largest the node's schema can need (never over node.max_message_bytes)
-        self.max_frame_bytes = min(nc.max_message_bytes, max(self.schema.largest_frame(), wire.Limits().max_header_bytes))
+        # (+ CURVE_FRAME_OVERHEAD: libzmq checks MAXMSGSIZE against the encrypted frame, 33 bytes longer under CURVE)
+        self.max_frame_bytes = min(nc.max_message_bytes,
+                                   max(self.schema.largest_frame(), wire.Limits().max_header_bytes) + CURVE_FRAME_OVERHEAD)
         handoff = self._handoff
         self.metrics.queue_bytes.set_function(lambda: handoff.queued_bytes)  # read when scraped, no per-sample cost
         self.metrics.queue_depth.set_function(lambda: len(handoff.queue))  # the same: exact whenever it is read

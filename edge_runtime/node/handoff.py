@@ -54,6 +54,9 @@ class Handoff:
         self.outbox: deque[Acks] = deque()
         self.to_bind: deque[tuple[str, str | None]] = deque()
         self.forget: deque[str] = deque()
+        #: devices whose release (rows of an id that never delivered a valid sample) is queued or not yet
+        #: committed: a hello for one is answered busy until the learner thread has committed it
+        self.releasing: set[str] = set()
         self.draining = False  # set by the IO thread once stopping: decide what is queued, take nothing new
 
     def offer(self, item: Item) -> bool:

@@ -48,7 +48,8 @@ class TextFormatter(logging.Formatter):
         fields = extra_fields(record)
         fields.pop("event", None)
         if fields:
-            line += "  " + " ".join(f"{k}={v}" for k, v in fields.items())
+            # str values quoted (repr): a device id may hold a newline, and must not forge a log line
+            line += "  " + " ".join(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in fields.items())
         return line
 
 

@@ -285,6 +285,11 @@ class Sessions:
                            "(node.curve.max_ids_per_key); reuse one of them, or give each device its own key "
                            "(an id that never delivered a valid sample is released after node.device_idle_s or its bye)")
                 return
+        if device in self.handoff.releasing and rid not in self.devices:
+            # its rows are being deleted by the learner thread: a welcome now would resume from rows about to go
+            self.error(sock, rid, None, "busy", f"device {device!r} was just freed and its state is being released; "
+                       "say hello again in a moment")
+            return
         contract, raw, problem = self.schema.welcome(msg.schema)
         if problem:
             self.error(sock, rid, None, "bad_hello", problem)
@@ -442,6 +447,7 @@ class Sessions:
             if not self._new_binds[key]:
                 del self._new_binds[key]
         if not dev.delivered:
+            self.handoff.releasing.add(dev.device)
             self.handoff.to_bind.append((dev.device, None))  # Ledger.bind_key(device, None): release if never valid
         self.handoff.forget.append(dev.device)
         log.debug("device state freed", extra={"event": "device_freed", "device": dev.device})

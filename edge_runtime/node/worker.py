@@ -127,6 +127,7 @@ class LearnerWorker:
         self.error: BaseException | None = None  # set when the thread failed (a bug, not bad input)
         self.known_devices = len(ledger.next_seqs())  # devices with a ledger row (for edge-node status)
         self._trackers: dict[str, SeqTracker] = {}
+        self._released: list[str] = []  # devices released in the open transaction
         self._last_checkpoint = time.monotonic()
         self.disk = observer.disk  # failing writes (full disk): shared with the observer's status/history writes
         self.disk.retry_max_s = self.nc.disk_retry_max_s
@@ -221,6 +222,32 @@ class LearnerWorker:
             return None
         return (st.f_bfree if os.geteuid() == 0 else st.f_bavail) * st.f_frsize
 
+    def _wait_out(self, stop_deadline: float | None, reason: str, held: int) -> float | None:
+        """One backoff step of a write that waits for disk space; after a stop request at most ``STOP_GRACE_S`` in all."""
+        if not self._stop.is_set():
+            self._stop.wait(self.disk.delay("ledger"))
+            return stop_deadline
+        stop_deadline = stop_deadline or time.monotonic() + STOP_GRACE_S
+        left = stop_deadline - time.monotonic()
+        if left <= 0:
+            raise StateWriteError(f"stopping while the ledger cannot be written ({reason}): {held} sample(s) not acked "
+                                  "(devices resend them to the next run); free space in node.state_dir")
+        time.sleep(min(self.disk.delay("ledger"), left))
+        return stop_deadline
+
+    def _low_space(self, need: int) -> str | None:
+        """Why a write of ``need`` bytes should wait (the disk's free bytes), or None."""
+        free = self._free_bytes()
+        return None if free is None or free >= need else f"{free} bytes free, the batch waits for {need}"
+
+    def _wait_for_room(self, held: int, nbytes: int) -> None:
+        """Before a batch is written (the store's inserts may spill into the WAL before the commit): wait with
+        backoff while the disk has less than ``COMMIT_MARGIN_BYTES`` + 2 x ``nbytes`` free."""
+        stop_deadline: float | None = None
+        while (reason := self._low_space(COMMIT_MARGIN_BYTES + 2 * nbytes)) is not None:
+            self.disk.failed("ledger", self.store.path, OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} ({reason})"))
+            stop_deadline = self._wait_out(stop_deadline, reason, held)
+
     def _commit(self, held: int, nbytes: int = 0) -> None:
         """Commit the open transaction before any ack of it leaves (``held``: samples whose acks wait on it,
         ``nbytes``: their bytes).
@@ -231,9 +258,8 @@ class LearnerWorker:
         stop_deadline: float | None = None
         need = COMMIT_MARGIN_BYTES + 2 * nbytes
         while True:
-            free = self._free_bytes() if self.store.conn.in_transaction else None
-            if free is not None and free < need:
-                reason = f"{free} bytes free, the commit waits for {need}"
+            reason = self._low_space(need) if self.store.conn.in_transaction else None
+            if reason is not None:
                 self.disk.failed("ledger", self.store.path, OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} ({reason})"))
             else:
                 try:
@@ -247,22 +273,19 @@ class LearnerWorker:
                     self.disk.failed("ledger", self.store.path, err)
                 else:
                     self.disk.succeeded("ledger")
+                    while self._released:
+                        self.handoff.releasing.discard(self._released.pop())
                     return
-            if not self._stop.is_set():
-                self._stop.wait(self.disk.delay("ledger"))
-                continue
-            stop_deadline = stop_deadline or time.monotonic() + STOP_GRACE_S
-            left = stop_deadline - time.monotonic()
-            if left <= 0:
-                raise StateWriteError(f"stopping while the ledger commit fails ({reason}): {held} sample(s) not acked "
-                                      "(devices resend them to the next run); free space in node.state_dir")
-            time.sleep(min(self.disk.delay("ledger"), left))
+            stop_deadline = self._wait_out(stop_deadline, reason, held)
 
     def _apply_io_requests(self) -> None:
         """Key bindings to persist and freed devices to forget, as the IO thread asked (joins the open transaction)."""
         handoff = self.handoff
         while handoff.to_bind:
-            self.ledger.bind_key(*handoff.to_bind.popleft())
+            device, key = handoff.to_bind.popleft()
+            self.ledger.bind_key(device, key)
+            if key is None:
+                self._released.append(device)  # the IO thread answers its hellos busy until this commits
         while handoff.forget:
             self._trackers.pop(handoff.forget.popleft(), None)
 
@@ -297,6 +320,7 @@ class LearnerWorker:
                 except (ValueError, RuntimeError) as err:
                     it.verdict = "invalid:features"
                     log.warning("cannot compute features", extra={"event": "bad_raw", "device": it.device, "seq": it.seq, "reason": str(err)})
+        self._wait_for_room(len(fresh), sum(it.nbytes for it in fresh))  # before the store's inserts, not only at the commit
         self._observe([it for it in learnable if it.verdict is None])
         self._record(fresh)
         self._commit(len(fresh), sum(it.nbytes for it in fresh))  # acks only after this: an admitted verdict is durable

@@ -92,7 +92,7 @@ class NodeMetrics:
 
         ``timeout_s``: a request not complete within it is closed; ``max_connections``: served at once, more
         are closed at once (see the module docstring). None: :attr:`serve_timeout_s` / :attr:`serve_max_connections`
-        (the node's learner worker sets them from ``node.metrics_timeout_s`` / ``node.metrics_max_connections``)."""
+        (the defaults of ``node.metrics_timeout_s`` / ``node.metrics_max_connections``; the node passes its settings)."""
         timeout_s = self.serve_timeout_s if timeout_s is None else timeout_s
         max_connections = self.serve_max_connections if max_connections is None else max_connections
         server = MetricsServer.start(self.registry, host, port, timeout_s, max_connections, self.metrics_refused.inc)

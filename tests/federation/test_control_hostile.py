@@ -23,6 +23,7 @@ import zmq.auth
 from zmq.utils.monitor import recv_monitor_message
 
 from tests.support.nodeproc import NodeProcess
+from tests.support.wait import wait_until
 
 from edge_runtime.core.config import ConfigError, config_from_dict
 from edge_runtime.federation import control
@@ -345,3 +346,40 @@ def test_check_put_refuses_bools_and_numbers_out_of_range():
     packed = msgpack.unpackb(msgpack.packb({"round": 2**64 - 1}))
     with pytest.raises(ControlError):
         check_put(packed, arrays, spec, 1e4)
+
+
+def test_g8_a_put_that_timed_out_is_never_applied_later_and_waiting_puts_are_capped(tmp_path, monkeypatch):
+    """A put answered busy (the learner did not get to it in time) must not change the model when the learner
+    gets there afterwards, and no more than MAX_QUEUED_REQUESTS model copies wait for the learner."""
+    import threading
+
+    from edge_runtime.federation import node_link
+    from edge_runtime.learning.learner import Learner
+
+    monkeypatch.setattr(node_link, "SERVICE_WAIT_S", 0.3)
+    config = config_from_dict({"federation": {"enabled": True}, "num_threads": 1})
+    learner = Learner(config)
+    link = node_link.FederationLink(learner, tmp_path, config.federation, lambda: None, lambda: None, config.training.lr)
+    before = node_link.learner_arrays(learner, np.zeros(config.model.num_classes, dtype=np.int64))
+    moved = {k: (v + 0.5 if k.startswith(node_link.MODEL_PREFIX) else v) for k, v in before.items()}
+    with pytest.raises(ControlError) as busy:  # nobody services the queue: the put times out
+        link._put({"type": "put", "round": 1, "proximal_mu": 0.0}, moved)
+    assert busy.value.code == "busy" and "nothing was changed" in busy.value.message
+    link.service()  # the learner reaches the end of its micro-batch only now
+    after = node_link.learner_arrays(learner, np.zeros(config.model.num_classes, dtype=np.int64))
+    assert all(np.array_equal(after[k], before[k]) for k in before) and link.round == 0
+
+    monkeypatch.setattr(node_link, "SERVICE_WAIT_S", 30.0)
+    answers: list = []
+    waiting = [threading.Thread(target=lambda: answers.append(link._put({"type": "put", "round": 2, "proximal_mu": 0.0}, moved)))
+               for _ in range(node_link.MAX_QUEUED_REQUESTS)]
+    for t in waiting:
+        t.start()
+    wait_until(lambda: len(link._requests) == node_link.MAX_QUEUED_REQUESTS, 30, "the puts to queue")
+    with pytest.raises(ControlError) as full:
+        link._put({"type": "put", "round": 3, "proximal_mu": 0.0}, moved)
+    assert full.value.code == "busy" and len(link._requests) == node_link.MAX_QUEUED_REQUESTS
+    link.service()  # the queued ones are applied and answered
+    for t in waiting:
+        t.join(30)
+    assert link.round == 2 and not link._requests and len(answers) == node_link.MAX_QUEUED_REQUESTS

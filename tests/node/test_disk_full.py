@@ -163,6 +163,32 @@ def test_g7_failing_ledger_commit_holds_the_acks_until_it_commits(node_in_thread
     dev.close()
 
 
+def test_g7_low_space_holds_a_batch_before_the_learner_writes_it(node_in_thread, caplog):
+    """The store's inserts spill into SQLite's WAL before the commit: on a nearly full disk the batch must wait
+    before the learner writes anything (else the insert itself fails and the node stops), and be acked once there is room."""
+    start, ctx = node_in_thread
+    caplog.set_level(logging.INFO, logger="edge_runtime")
+    node = start()
+    worker = node._worker
+    real_free = worker._free_bytes
+    full = threading.Event()
+    worker._free_bytes = lambda: 100 << 10 if full.is_set() else real_free()  # type: ignore[method-assign]
+    dev = Device(ctx, node.endpoint, "dev")
+    assert dev.hello()["type"] == "welcome"
+    full.set()
+    for seq in range(4):
+        dev.sample(seq)
+    _wait(lambda: node.metrics.registry.get_sample_value("edge_disk_errors_total", {"what": "ledger"}) >= 3,
+          what="three waits for room")
+    assert node.learner.calls == 0 and not node.learner.seen  # nothing written while there is no room
+    assert dev.silent(300)
+    full.clear()
+    assert set(dev.acks(set(range(4))).values()) == {"trained"}
+    assert sum(node.learner.seen.values()) == 4
+    assert len(_events(caplog, "disk_writable")) == 1
+    dev.close()
+
+
 def test_g7_commit_rolled_back_by_sqlite_stops_the_node_without_acking(tmp_path, caplog):
     """When SQLite cancels the transaction itself, memory is ahead of the ledger: stop, no ack, a reason."""
     from edge_runtime.node.worker import StateWriteError

@@ -441,3 +441,31 @@ def test_io_guard_one_failing_message_is_answered_and_a_failing_loop_stops_the_n
     assert len(result) == 1 and isinstance(result[0], NetworkLoopError), result
     assert "the loop itself broke" in str(result[0])
     assert list((tmp_path / "state" / "checkpoints").glob("*")), "no final checkpoint"
+
+
+@pytest.mark.slow
+def test_g10_a_hello_right_after_bye_waits_for_the_release_and_resumes_where_the_ledger_does(tmp_path, ctx):
+    """bye then hello in one burst, from a device that never delivered a valid sample: the release of its rows
+    must not race the welcome (a welcome from rows about to be deleted left the ledger and the IO thread apart)."""
+    node = NodeProcess(tmp_path, {"node": {"credit": 8, "batch_size": 4, "frame_size": [16, 16]}}).start()
+    try:
+        dev = Device(ctx, node.endpoint, "flaky")
+        assert dev.hello()["type"] == "welcome"
+        for seq in range(3):
+            dev.sample(seq, label=10**6)
+        assert set(dev.acks({0, 1, 2}).values()) == {"invalid:label_out_of_range"}
+        dev.send({"v": 1, "type": "bye"})
+        dev.send({"v": 1, "type": "hello", "device": "flaky", "schema": SCHEMA_16})
+        answers = [dev.recv()]
+        while answers[-1]["type"] == "error":
+            assert answers[-1]["code"] == "busy", answers
+            dev.send({"v": 1, "type": "hello", "device": "flaky", "schema": SCHEMA_16})
+            answers.append(dev.recv())
+        assert answers[-1]["type"] == "welcome" and answers[-1]["next_seq"] == 0, answers  # its rows are gone
+        assert stream(dev, range(4)) and all(v in VALID for v in stream(dev, range(4, 8)).values())
+        dev.close()
+        _stop(node)
+        with sqlite3.connect(node.state_dir / "state.db") as db:
+            assert db.execute("SELECT next_seq FROM devices WHERE device = 'flaky'").fetchone() == (8,)
+    finally:
+        node.kill()

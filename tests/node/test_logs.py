@@ -39,7 +39,9 @@ def test_auto_is_text_on_a_terminal_and_json_elsewhere():
 def test_text_and_json_lines_carry_the_same_fields():
     record = _record(event="listening", endpoint="tcp://127.0.0.1:5555", pid=42)
     text = TextFormatter().format(record)
-    assert text.split(" ", 2)[1:] == ["INFO", "listening  endpoint=tcp://127.0.0.1:5555 pid=42"]
+    assert text.split(" ", 2)[1:] == ["INFO", "listening  endpoint='tcp://127.0.0.1:5555' pid=42"]
+    forged = TextFormatter().format(_record(device="uav-1\n12:00:00 INFO stopped"))
+    assert len(forged.splitlines()) == 1  # a device id cannot start a log line of its own
     data = json.loads(JsonFormatter().format(record))
     assert data["msg"] == "listening" and data["endpoint"] == "tcp://127.0.0.1:5555" and data["pid"] == 42
     assert data["event"] == "listening"
@@ -78,7 +80,7 @@ def test_run_on_a_terminal_logs_text_and_through_a_pipe_json(tmp_path):
             proc.kill()
         os.close(primary)
     line = next(raw for raw in seen.decode(errors="replace").splitlines() if "listening" in raw)
-    assert not line.lstrip().startswith("{") and " INFO listening" in line and "endpoint=tcp://127.0.0.1:" in line
+    assert not line.lstrip().startswith("{") and " INFO listening" in line and "endpoint='tcp://127.0.0.1:" in line
 
     piped = subprocess.Popen([*argv[:-3], f"node.state_dir={tmp_path / 'pipe'}", "--set", "num_threads=1"],
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, cwd=str(ROOT))

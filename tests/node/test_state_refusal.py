@@ -73,7 +73,7 @@ def test_a_start_that_does_not_fit_the_stored_state_is_one_line_and_changes_noth
     cases = [
         (("model.num_classes=6",), "model.num_classes is 6 but"),
         (("model.audio_features=20",), "model.audio_features is 20 but"),
-        (("node.frame_size=[32, 32]",), "node.frame_size is [32, 32] but"),
+        (("node.frame_size=[32, 32]", "node.max_frame_size=32"), "node.frame_size is [32, 32] but"),
         (("model.embed_dim=32",), "was written for another model"),
     ]
     for sets, message in cases:
