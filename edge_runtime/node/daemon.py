@@ -200,6 +200,7 @@ class EdgeNode:
         # Accepted minus disconnected is the count node.max_connections caps: monitored before the
         # bind, so that no connection goes uncounted.
         self._monitor = sock.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
+        self._sessions.monitor = self._monitor
         bind = nc.bind
         try:
             sock.bind(bind)
@@ -330,6 +331,7 @@ class EdgeNode:
                     except zmq.Again:
                         break
             sessions.send_acks(sock)
+            sessions.retry_deferred_hellos(sock, reader)
             sessions.connection_events(monitor)
             if sock in events:
                 for i in range(RECV_BURST):

@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(NODE_LOGGER)
 
 ACKS_PER_MESSAGE = 150  # keeps an ack header well inside wire.Limits.max_header_bytes
+DEFERRED_HELLOS_MAX = 256  # hellos held while their device's release commits; beyond, answered busy
 REFUSE_GRACE_S = 1.0  # a connection over node.max_connections may speak this long (to hear why), then it is closed
 REFUSE_FLUSH_S = 0.2  # after its too_many_connections answer: time for libzmq to write it before the close
 LARGE_MESSAGE = 2**20  # after a message this large (or a closed connection), the heap's free pages go back once a second
@@ -149,6 +150,8 @@ class Sessions:
         self.max_connections = nc.max_connections  # lowered under the descriptor limit by the daemon
         self.open_conns: dict[int, float] = {}  # connection (fd) -> when accepted
         self._refused: dict[int, float] = {}  # connection (fd) over the cap -> when to close it
+        self.monitor: zmq.Socket | None = None  # the ROUTER's connection events (set by the daemon when it binds)
+        self._deferred_hellos: list[tuple] = []  # (rid, device, hello, conn, key) of devices whose release is uncommitted
         self._answered: set[int] = set()  # refused connections already told why
         self.refused_total = 0
         self._trim_due = False  # a large message or a closed connection since the last release_free_memory
@@ -194,9 +197,13 @@ class Sessions:
         body = frames[1:]
         if len(body) > 2 and sum(len(f) for f in body) > LARGE_MESSAGE:
             self._trim_due = True
-        if self._refused and body and body[-1].get(zmq.SRCFD) in self._refused:
-            self._refuse(sock, rid, body[-1].get(zmq.SRCFD))
-            return
+        if body and self.monitor is not None:
+            fd = body[-1].get(zmq.SRCFD)
+            if fd not in self.open_conns:  # its ACCEPTED event is queued (it precedes any message): count it first
+                self.connection_events(self.monitor)
+            if fd in self._refused:
+                self._refuse(sock, rid, fd)
+                return
         dev = self.devices.get(rid)
         device = dev.device if dev is not None else self._device_id(sock, rid)
         if device is None or not body:
@@ -267,6 +274,15 @@ class Sessions:
         self.error(sock, rid, None, "bad_routing_id", f"{problem}; set ROUTING_ID to the device id (1..64 bytes of UTF-8)")
         return None
 
+    def retry_deferred_hellos(self, sock: zmq.Socket, reader: "LedgerReader") -> None:
+        """Answer the hellos held while their device's release was not yet committed (IO thread, every loop)."""
+        if not self._deferred_hellos:
+            return
+        waiting, self._deferred_hellos = self._deferred_hellos, []
+        now = time.monotonic()
+        for rid, device, msg, conn, key in waiting:
+            self._hello(sock, reader, rid, device, msg, conn, key, now)  # held again while still releasing
+
     def _hello(self, sock: zmq.Socket, reader: "LedgerReader", rid: bytes, device: str, msg: wire.Hello,
                conn: int, key: str | None, now: float) -> None:
         if msg.device != device:
@@ -286,9 +302,13 @@ class Sessions:
                            "(an id that never delivered a valid sample is released after node.device_idle_s or its bye)")
                 return
         if device in self.handoff.releasing and rid not in self.devices:
-            # its rows are being deleted by the learner thread: a welcome now would resume from rows about to go
-            self.error(sock, rid, None, "busy", f"device {device!r} was just freed and its state is being released; "
-                       "say hello again in a moment")
+            # its rows are being deleted by the learner thread: a welcome now would resume from rows about to go,
+            # so the hello is answered once that is committed (milliseconds; retry_deferred_hellos)
+            if len(self._deferred_hellos) >= DEFERRED_HELLOS_MAX:
+                self.error(sock, rid, None, "busy", f"device {device!r} was just freed and its state is being released; "
+                           "say hello again in a moment")
+            else:
+                self._deferred_hellos.append((rid, device, msg, conn, key))
             return
         contract, raw, problem = self.schema.welcome(msg.schema)
         if problem:
