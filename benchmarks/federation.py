@@ -155,6 +155,69 @@ def run_split(split: str, args: argparse.Namespace, train, test_samples, csv: Re
             print(f"{split:5s} single    round {r}: {acc:.3f}", flush=True)
 
 
+DRIFT_ARMS = {  # name: (learner overrides, FedProx mu); the remedies of issue 25 item 5 for local drift
+    "fedavg": ([], 0.0),
+    "fedprox_mu10": ([], 10.0),  # the node's FedProx pull w <- w - min(lr*mu, 1)(w - w_global) after every micro-batch
+    "lr_x0.3": (["training.lr=0.0003"], 0.0),
+    "kd_global": (["training.kd_lambda=1.0", "training.teacher_every=null"], 0.0),  # distil the replay towards the global model
+}
+
+
+def run_drift(split: str, args: argparse.Namespace, train, test_samples, out: Path) -> list[dict]:
+    """Per round and node: all-class accuracy right after the merge and right before the next one (drift).
+
+    The FedProx pull ("Federated Optimization in Heterogeneous Networks") is applied as the node does
+    (``FederationLink.after_batch``): ``w <- w - min(lr * mu, 1) (w - w_global)`` after every micro-batch.
+    """
+    import torch
+
+    from edge_runtime.federation.arrays import merge_prototypes, split as split_arrays
+    from edge_runtime.federation.node_link import apply_global, learner_arrays
+
+    parts = shares(train.labels(), split, args.seed, args.limit)
+    R = args.rounds
+    slices = [np.array_split(p, R) for p in parts]
+    rows = []
+    for arm, (overrides, mu) in DRIFT_ARMS.items():
+        learners = [make_learner(args.config, args.set + overrides, args.seed) for _ in range(3)]
+        counts = [np.zeros(learners[0].num_classes, dtype=np.int64) for _ in range(3)]
+        globals_: list[list[tuple]] = [[] for _ in range(3)]
+        after = None
+        for r in range(1, R + 1):
+            learned = []
+            for k, lr in enumerate(learners):
+                step = min(lr.config.training.lr * mu, 1.0)
+                n = 0
+                for i in range(0, len(slices[k][r - 1]), 32):
+                    n += learn(lr, train, slices[k][r - 1][i : i + 32], counts[k], f"node{k}", 100_000 * r + i)
+                    if step > 0 and globals_[k]:
+                        with torch.no_grad():
+                            for p, g in globals_[k]:
+                                p.sub_(step * (p - g))
+                learned.append(n)
+            before = [lr.evaluate(test_samples)["accuracy"] for lr in learners]
+            shared = [learner_arrays(lr, c) for lr, c in zip(learners, counts)]
+            glob = {**fedavg([split_arrays(a)[0] for a in shared], learned), **merge_prototypes([split_arrays(a)[1] for a in shared])}
+            for k, lr in enumerate(learners):
+                apply_global(lr, glob)
+                globals_[k] = [(p, p.detach().clone()) for p in lr.model.parameters()]
+            merged = learners[0].evaluate(test_samples)["accuracy"]  # every node holds the global model now
+            for k in range(3):
+                drift = (after - before[k]) if after is not None else None
+                rows.append({"split": split, "arm": arm, "round": r, "node": k, "before_merge": round(before[k], 4),
+                             "after_merge": round(merged, 4), "drop": None if drift is None else round(drift, 4)})
+            print(f"{split:5s} {arm:13s} round {r}: before merge {np.mean(before):.3f} (nodes {' '.join(f'{b:.3f}' for b in before)}), "
+                  f"after merge {merged:.3f}" + (f", drop since the last merge {after - np.mean(before):+.3f}" if after is not None else ""), flush=True)
+            after = merged
+    import csv
+
+    with open(out / f"drift_{split}.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return rows
+
+
 def plot(rows: list[dict], out: Path) -> None:
     splits = sorted({r["split"] for r in rows})
     plt, fig, axes = plt_figure(ncols=len(splits))
@@ -193,6 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--test-limit", type=int, default=None, help="at most this many test samples")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="a few seconds: 2 rounds, 96 samples per node, 200 test samples")
+    ap.add_argument("--drift", action="store_true", help="instead: accuracy after each merge vs before the next, per remedy "
+                    "(FedProx pull, lower local lr, KD towards the global model); writes drift_<split>.csv")
     args = ap.parse_args(argv)
     if args.quick:
         args.rounds, args.limit, args.test_limit = 2, 96, 200
@@ -203,6 +268,10 @@ def main(argv: list[str] | None = None) -> int:
     train, test = load_avdigits(0)
     n_test = len(test) if args.test_limit is None else min(args.test_limit, len(test))
     test_samples = [test.sample(i, split="eval") for i in range(n_test)]
+    if args.drift:
+        for split in args.splits.split(","):
+            run_drift(split, args, train, test_samples, out)
+        return 0
     csv = ResumableCSV(out / "federation.csv", FIELDS, ["split", "arm", "round", "node"])
     for split in args.splits.split(","):
         if split not in ("class", "iid"):

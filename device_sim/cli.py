@@ -5,14 +5,21 @@ Sub-commands:
   inspect   print the tensor shapes, labels and modality kinds of the first samples of a data set
   run       stream a data set from N simulated devices to an edge node (ZeroMQ, wire protocol v1);
             live progress, then a JSON summary; exit 0 when every sample sent got a verdict
-            (and the stream ended, or --seconds stopped it)
+            (and the stream ended, or --seconds stopped it); 1 when the node could not be reached,
+            refused the devices, went away, or left samples unanswered (one line on stderr says
+            which); 2 for a usage or configuration error; 130 after Ctrl-C (the first stops sending,
+            waits briefly for verdicts in flight and prints the summary; a second aborts at once)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
+import secrets
+import signal
 import sys
+import threading
 from collections import Counter
 from typing import Any
 
@@ -71,7 +78,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--rate", type=float, default=None, help="samples/s per device (default: as fast as credit allows)")
     run.add_argument("--jitter", type=float, default=0.0, help="+- fraction of random jitter on the send interval (default 0)")
     run.add_argument("--window", type=int, default=64, help="max unacknowledged samples per device, capped by the node's credit (default 64)")
-    run.add_argument("--resend-timeout", type=float, default=2.0, help="seconds before an unacknowledged sample is resent (default 2)")
+    run.add_argument("--resend-timeout", type=float, default=2.0,
+                     help="initial resend timeout in seconds; after the first verdicts it follows the measured "
+                          "send-to-verdict time as TCP's does (RFC 6298: SRTT + 4 RTTVAR, 1..60 s, doubled on each "
+                          "timeout) (default 2)")
+    run.add_argument("--hello-timeout", type=float, default=5.0,
+                     help="give up when the node has said nothing this many seconds after connecting, and say why "
+                          "(no node at the endpoint, a CURVE key it refuses); exit 1 (default 5)")
+    run.add_argument("--fresh", action="store_true",
+                     help="a new run: device ids get a run token (PREFIX-K.TOKEN), so the node streams every sample "
+                          "again instead of answering that it holds them (without it a rerun resumes: samples the node "
+                          "already decided are skipped). Each run adds new ids to the node's ledger and, with CURVE, "
+                          "to the key's ids (node.curve.max_ids_per_key)")
     run.add_argument("--eval-every", type=int, default=None, help="every K-th sample of a device is sent as split eval (default: none)")
     run.add_argument("--seed", type=int, default=0, help="seed of data set and order (default 0)")
     run.add_argument("--seconds", type=float, default=None,
@@ -82,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--curve-name", default="device", help="certificate name in --curve-dir (default device)")
     run.add_argument("--summary", default=None, metavar="FILE", help="also write the JSON summary here")
     run.add_argument("--no-progress", action="store_true", help="no live progress line")
+    run.add_argument("--debug", action="store_true", help="debug logging on stderr (and tracebacks of unexpected errors)")
     return parser
 
 
@@ -172,14 +191,21 @@ def _cmd_run(args: argparse.Namespace) -> int:
         curve = {"curve_public": public, "curve_secret": secret, "curve_server": server}
     try:
         base = ClientConfig(endpoint=args.endpoint, device_id="uav-0", max_in_flight=args.window, rate=args.rate,
-                            jitter=args.jitter, resend_timeout_s=args.resend_timeout,
+                            jitter=args.jitter, resend_timeout_s=args.resend_timeout, hello_give_up_s=args.hello_timeout,
                             drain_timeout_s=args.drain_timeout, **curve)
     except ValueError as err:
-        print(f"device-sim: {err}", file=sys.stderr)
+        print(f"device-sim: {err.args[0].replace('resend timeout', '--resend-timeout').replace('hello timeout', '--hello-timeout')}", file=sys.stderr)
         return 2
+    suffix = f".{secrets.token_hex(3)}" if args.fresh else ""
+    if args.fresh:
+        print(f"device-sim: --fresh: a new run as {args.device_prefix}-0{suffix} .. {args.device_prefix}-{args.devices - 1}{suffix}",
+              file=sys.stderr)
+    interrupt = threading.Event()
+    _on_sigint(interrupt, min(5.0, args.drain_timeout))
     try:
         result = run_fleet(dataset, order, base, args.devices, eval_every=args.eval_every, seconds=args.seconds,
-                           progress=not args.no_progress, owner=owner, prefix=args.device_prefix, infer=args.infer)
+                           progress=not args.no_progress, owner=owner, prefix=args.device_prefix, infer=args.infer,
+                           suffix=suffix, interrupt=interrupt, interrupt_drain_s=min(5.0, args.drain_timeout))
     except ValueError as err:
         print(f"device-sim: {err}", file=sys.stderr)
         return 2
@@ -187,7 +213,55 @@ def _cmd_run(args: argparse.Namespace) -> int:
     print(text)
     if args.summary:
         Path(args.summary).write_text(text + "\n")
+    return _verdict(args, result)
+
+
+def _on_sigint(interrupt: threading.Event, drain_s: float) -> None:
+    """First Ctrl-C: set ``interrupt`` (stop sending, drain ``drain_s``, summary, exit 130); second: exit 130 at once."""
+    def handler(signum: int, frame: Any) -> None:
+        if interrupt.is_set():
+            sys.stderr.write("\ndevice-sim: aborted (second Ctrl-C); no summary\n")
+            sys.stderr.flush()
+            import os
+
+            os._exit(130)
+        interrupt.set()
+        sys.stderr.write(f"\ndevice-sim: interrupted: sending stopped, waiting up to {drain_s:g} s for verdicts in flight "
+                         "(Ctrl-C again to abort)\n")
+        sys.stderr.flush()
+
+    signal.signal(signal.SIGINT, handler)
+
+
+def _resume_line(totals: dict[str, Any]) -> str | None:
+    """What resuming did: nothing to say, or that the node already held some or all of the run's samples."""
+    skipped, devices = totals["skipped_resume"], totals["devices"]
+    if not skipped:
+        return None
+    who = f"{devices} device{'s' if devices > 1 else ''}"
+    if totals["sent"] == 0 and totals["complete"]:
+        return f"{who}: the node already holds every sample of this run ({skipped} skipped); use --fresh to stream again"
+    return (f"{who} resumed: the node already held {skipped} of this run's samples (skipped); sent {totals['sent']} more; "
+            "use --fresh to stream everything again")
+
+
+def _verdict(args: argparse.Namespace, result: dict[str, Any]) -> int:
+    """The closing line(s) on stderr and the exit code of ``run``."""
+    from device_sim.fleet import failure_lines
+
     totals = result["totals"]
+    failures = failure_lines(result["devices"])
+    for line in failures:
+        print(f"device-sim: {line}", file=sys.stderr)
+    resumed = _resume_line(totals)
+    if resumed:
+        print(f"device-sim: {resumed}", file=sys.stderr)
+    if result.get("interrupted"):
+        print(f"device-sim: interrupted after {totals['sent']} samples sent, {totals['acked']} acked, "
+              f"{totals['unanswered']} unanswered", file=sys.stderr)
+        return 130
+    if failures:
+        return 1
     if totals["unanswered"]:
         print(f"device-sim: {totals['unanswered']} of {totals['sent']} samples sent got no verdict within the "
               f"{args.drain_timeout:g} s drain timeout (node overloaded or unreachable)" if args.seconds else
@@ -207,7 +281,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "run":
-        return _cmd_run(args)
+        logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, stream=sys.stderr,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        try:
+            return _cmd_run(args)
+        except KeyboardInterrupt:  # Ctrl-C before the devices started (e.g. while importing torch)
+            print("\ndevice-sim: interrupted before streaming started", file=sys.stderr)
+            return 130
     if args.command == "datasets":
         for name, (ok, why) in registry.availability(args.root).items():
             print(f"{name}: {'available' if ok else 'not available'} ({why})")

@@ -12,6 +12,9 @@
 * Every relative link (and ``#anchor``) points to a file (and heading) that exists, and every
   repository path written in inline code (``edge_runtime/...``, ``tests/...::test_x``) exists.
 * README.md stays at most 250 lines and keeps the exact test command CI runs.
+* Every README command is run by a test: its ``edge-node`` / ``device-sim`` lines, as written, by
+  ``tests/cli/test_help_examples.py`` (with every ``--help`` example); the rest (venv, pip, pytest)
+  have their reason in :data:`README_NOT_RUN`.
 
 :func:`check_commands` is the one checker: ``tests/benchmarks/test_benchmarks.py`` runs it on the
 ``benchmarks/`` commands (``--help`` without PYTHONPATH, as the docs run them), the slow test here
@@ -433,6 +436,33 @@ def test_architecture_picture_redraws_from_its_source(tmp_path):
     with Image.open(out) as fresh, Image.open(ROOT / "docs" / "architecture.png") as committed:
         assert fresh.size == committed.size
     assert ".venv/bin/python docs/architecture.py" in (ROOT / "docs" / "design.md").read_text()
+
+
+#: README commands no test runs, and why (every README ``edge-node`` / ``device-sim`` line is run as written by
+#: tests/cli/test_help_examples.py; the cheap ones also here).
+README_NOT_RUN = {
+    ("python3", "-m", "venv"): "creates the virtual environment; .ci/run runs this exact line on a clean clone",
+    ("pip",): "installs packages from the network; .ci/run runs the README's install line on a clean clone",
+    ("python", "-m", "pytest"): "the test suite itself; .ci/run runs the README's test command",
+}
+
+
+def _readme_reason(cmd: Command) -> str | None:
+    """Why ``cmd`` (a README command) is not run by a test, or None when it is."""
+    if cmd.program in CLIS:
+        return None  # run by tests/cli/test_help_examples.py (and the cheap ones by the slow test here)
+    words = (Path(cmd.argv[0]).name, *cmd.argv[1:])
+    return next((why for prefix, why in README_NOT_RUN.items() if words[:len(prefix)] == prefix), None)
+
+
+def test_every_readme_command_is_run_by_a_test_or_says_why_not():
+    from tests.cli.test_help_examples import readme_commands
+
+    readme = doc_commands([ROOT / "README.md"])
+    unexplained = [c.where() for c in readme if c.program not in CLIS and _readme_reason(c) is None]
+    assert not unexplained, "README commands no test runs, without a reason in README_NOT_RUN:\n" + "\n".join(unexplained)
+    run_there = set(readme_commands())
+    assert all(shlex.join(c.argv) in run_there for c in readme if c.program in CLIS)
 
 
 @pytest.mark.slow

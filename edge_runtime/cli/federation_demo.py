@@ -233,7 +233,6 @@ def print_table(report: dict[str, Any]) -> None:
 
 def demo_config(path: str | None, overrides: list[str]) -> Config:
     """The demo's defaults (:data:`DEMO_OVERRIDES`) under ``--config`` / ``--set``."""
-    from edge_runtime.core.config import _merge, config_from_dict, parse_overrides
+    from edge_runtime.core.config import load_config
 
-    base = yaml.safe_load(Path(path).read_text()) if path else {}
-    return config_from_dict(_merge(_merge(DEMO_OVERRIDES, base or {}), parse_overrides(overrides)), source=path or "federation-demo")
+    return load_config(path, overrides, defaults=DEMO_OVERRIDES)

@@ -12,10 +12,17 @@ Sub-commands:
   report  plots + one HTML page of a node's learning history (state_dir/history.csv)
   federate         Flower rounds over running nodes (SuperLink + a SuperNode per node + ServerApp)
   federation-demo  three nodes, disjoint classes, federated on Flower; report.json
+  state reset      move a state folder aside to a dated backup (start fresh after changing classes/model)
 
-A configuration or state problem (bad key, damaged state.db or checkpoints, unwritable state_dir,
-state_dir in use by another running node, metrics port in use, device: cuda without a GPU) is one
-line on stderr and exit code 2; add --debug for the Python traceback.
+Exit codes (every command):
+  0    success
+  1    a runtime failure: the work started and failed (an export that does not check out, a demo
+       or federation whose processes fail), or a question answered no
+  2    a usage or configuration error: bad option, bad key or value (the --set or the file line
+       it came from is named), a missing or damaged file or folder the command was pointed at,
+       a state folder in use by a running node or written under another configuration, metrics
+       port in use, device: cuda without a GPU; one line on stderr (--debug: the traceback)
+  130  Ctrl-C (run: SIGTERM / Ctrl-C drain, checkpoint and exit 0; status --watch: exit 0)
 """
 
 from __future__ import annotations
@@ -28,10 +35,13 @@ from pathlib import Path
 import yaml
 
 from edge_runtime import __version__
+from edge_runtime.cli.demo import add_demo_parser, run_demo_command
 from edge_runtime.cli.export import add_export_parser, run_export
 from edge_runtime.cli.federation import COMMANDS as FEDERATION_COMMANDS
 from edge_runtime.cli.federation import add_parsers as add_federation_parsers
+from edge_runtime.cli.helptext import HelpFormatter, epilog
 from edge_runtime.cli.report import add_report_parser, run_report
+from edge_runtime.cli.state import add_state_parser, run_state
 from edge_runtime.cli.status import add_status_parser, run_status
 from edge_runtime.core.config import ConfigError, load_config
 from edge_runtime.learning.checkpoint import CheckpointError
@@ -39,6 +49,18 @@ from edge_runtime.node.startup import StartupError, preflight
 
 #: Problems of the configuration or the state folder: one line on stderr, exit code 2.
 SETUP_ERRORS = (ConfigError, ValueError, StartupError, CheckpointError)
+
+#: The examples of each command's --help (tests/cli/test_help_examples.py runs every one as written).
+EXAMPLES = {
+    "edge-node": ["edge-node demo   # a node + 4 simulated UAVs on loopback, the whole 6,000-sample stream",
+                  "edge-node config --set buffer.max_items=500   # every setting, with one changed"],
+    "demo": ["edge-node demo   # 6,000 samples, 4 UAVs; summary table, demo-out/report.json, demo-out/report/index.html"],
+    "run": ["edge-node run   # tcp://127.0.0.1:5555, state in ./edge-state; Ctrl-C stops it cleanly",
+            "edge-node run --config configs/default.yaml --set node.metrics_port=9100   # with /metrics on 127.0.0.1:9100"],
+    "keys": ["edge-node keys keys/ --device uav-0 --device uav-1"],
+    "config": ["edge-node config   # every setting with its default",
+               "edge-node config --config configs/default.yaml --set selection.policy=mbs --set selection.keep_ratio=0.3"],
+}
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -56,37 +78,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edge-node",
         description="edge-runtime edge node: incremental multimodal learning from device streams, with a bounded replay buffer and pluggable sample selection.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=__doc__.split("\n", 1)[1],
+        formatter_class=HelpFormatter,
+        epilog=epilog(EXAMPLES["edge-node"], __doc__.split("\n", 1)[1]),
     )
     _add_debug_arg(parser, False)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    demo = sub.add_parser(
-        "demo",
-        help="a node plus simulated UAVs on loopback, synthetic audio-visual stream; summary + report.json",
-        description="Start `edge-node run` and `device-sim run` as child processes on 127.0.0.1: N simulated UAVs "
-        "stream the synthetic audio-visual data set class-incrementally to the node, which learns, acks and "
-        "checkpoints. At the end the node is stopped with SIGTERM, its final checkpoint is evaluated on held-out "
-        "samples, a summary table is printed, OUT/report.json written and the plots of the run (edge-node report) written "
-        "to OUT/report/index.html.",
-    )
-    _add_config_args(demo)
-    demo.add_argument("--devices", type=int, default=4, help="simulated UAVs (default 4)")
-    demo.add_argument("--samples", type=int, default=6000, help="samples in the stream, over all devices (default 6000)")
-    demo.add_argument("--seconds", type=float, default=60.0, help="stop sending after this long even if the stream is not over, "
-                      "then wait for the verdicts of what was sent (default 60)")
-    demo.add_argument("--drain-timeout", type=float, default=30.0, help="after --seconds: wait at most this long for in-flight verdicts (default 30)")
-    demo.add_argument("--rate", type=float, default=None, help="samples/s per device (default: as fast as credit allows)")
-    demo.add_argument("--eval-every", type=int, default=10, help="every k-th sample of a device is sent as split eval (default 10)")
-    demo.add_argument("--test-samples", type=int, default=1000, help="held-out samples for the final evaluation (default 1000)")
-    demo.add_argument("--seed", type=int, default=0, help="seed of the data stream (default 0)")
-    demo.add_argument("--out", metavar="DIR", default="demo-out", help="folder for report.json, node log and state (default demo-out)")
-    demo.add_argument("--no-progress", action="store_true", help="do not draw the live progress line")
+    add_demo_parser(sub, _add_config_args, formatter_class=HelpFormatter, epilog=epilog(EXAMPLES["demo"]))
 
     run = sub.add_parser(
-        "run",
+        "run", formatter_class=HelpFormatter, epilog=epilog(EXAMPLES["run"]),
         help="serve devices over ZeroMQ and learn from their streams (the daemon)",
         description="Bind node.bind, receive samples (wire protocol v1), learn in micro-batches, ack every sample, "
         "keep the replay buffer and verdict ledger in node.state_dir (SQLite), checkpoint periodically. "
@@ -97,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="log lines as text or JSON (default: node.log_format, auto: text on a terminal, JSON otherwise)")
 
     keys = sub.add_parser(
-        "keys",
+        "keys", formatter_class=HelpFormatter, epilog=epilog(EXAMPLES["keys"]),
         help="create CURVE certificates (server + device) for an encrypted, key-checked node",
         description="Write DIR/server.key, DIR/server.key_secret, DIR/<device>.key, DIR/<device>.key_secret and "
         "DIR/allowed/<device>.key. Point node.curve.server_secret_key at DIR/server.key_secret and "
@@ -106,12 +108,16 @@ def build_parser() -> argparse.ArgumentParser:
     keys.add_argument("dir", metavar="DIR", help="folder to write the certificates to (created)")
     keys.add_argument("--device", action="append", default=[], metavar="NAME", help="device certificate name (repeatable; default: device)")
 
-    cfg = sub.add_parser("config", help="validate a configuration and print it with defaults filled in", description="Validate a YAML configuration (and --set overrides) and print the resolved YAML.")
+    cfg = sub.add_parser("config", help="validate a configuration and print it with defaults filled in",
+                         description="Validate a YAML configuration (and --set overrides) and print the resolved YAML. "
+                         "An error names where the value came from: the --set, or the file and line.",
+                         formatter_class=HelpFormatter, epilog=epilog(EXAMPLES["config"]))
     _add_config_args(cfg)
     add_export_parser(sub)
     add_status_parser(sub)
     add_report_parser(sub)
     add_federation_parsers(sub, _add_config_args)
+    add_state_parser(sub)
     return parser
 
 
@@ -121,35 +127,12 @@ def _cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_demo(args: argparse.Namespace) -> int:
-    from edge_runtime.cli.demo import DemoError, run_demo
-
-    for name in ("devices", "samples", "eval_every", "test_samples"):
-        if getattr(args, name) < 1:
-            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(args, name)})")
-    if args.seconds <= 0:
-        raise ConfigError(f"--seconds must be > 0 (got {args.seconds})")
-    if args.drain_timeout < 0:
-        raise ConfigError(f"--drain-timeout must be >= 0 (got {args.drain_timeout})")
-    config = load_config(args.config, args.set)
-    out = Path(args.out)
-    try:
-        run_demo(config, out, devices=args.devices, samples=args.samples, seconds=args.seconds, rate=args.rate,
-                 eval_every=args.eval_every, test_samples=args.test_samples, seed=args.seed, progress=not args.no_progress,
-                 drain_timeout=args.drain_timeout)
-    except DemoError as err:
-        print(f"edge-node demo: {err}", file=sys.stderr)
-        return 1
-    print(f"report written to {out / 'report.json'}")
-    return 0
-
-
 def _cmd_run(args: argparse.Namespace) -> int:
+    overrides = args.set + ([f"node.log_format={args.log_format}"] if args.log_format else [])
+    config = load_config(args.config, overrides)  # before torch: a bad setting is answered at once
+    preflight(config)
     from edge_runtime.node.daemon import serve  # imports torch
 
-    overrides = args.set + ([f"node.log_format={args.log_format}"] if args.log_format else [])
-    config = load_config(args.config, overrides)
-    preflight(config)
     return serve(config)
 
 
@@ -160,11 +143,14 @@ def _cmd_keys(args: argparse.Namespace) -> int:
 
     out = Path(args.dir)
     allowed = out / "allowed"
-    allowed.mkdir(parents=True, exist_ok=True)
-    zmq.auth.create_certificates(out, "server")
-    for name in args.device or ["device"]:
-        public, _secret = zmq.auth.create_certificates(out, name)
-        shutil.copy(public, allowed / Path(public).name)
+    try:
+        allowed.mkdir(parents=True, exist_ok=True)
+        zmq.auth.create_certificates(out, "server")
+        for name in args.device or ["device"]:
+            public, _secret = zmq.auth.create_certificates(out, name)
+            shutil.copy(public, allowed / Path(public).name)
+    except OSError as err:
+        raise ValueError(f"keys: cannot write certificates to {out}/ ({err.strerror or err}); give a folder you can write") from None
     print(f"certificates written to {out}/ (allowed device keys in {allowed}/)")
     print(f"node config:  node.curve.enabled=true node.curve.server_secret_key={out / 'server.key_secret'} "
           f"node.curve.allowed_keys_dir={allowed}")
@@ -174,8 +160,8 @@ def _cmd_keys(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Run ``edge-node`` with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
     args = build_parser().parse_args(argv)
-    commands = {"demo": _cmd_demo, "config": _cmd_config, "run": _cmd_run, "keys": _cmd_keys, "export": run_export,
-                "status": run_status, "report": run_report}
+    commands = {"demo": run_demo_command, "config": _cmd_config, "run": _cmd_run, "keys": _cmd_keys, "export": run_export,
+                "status": run_status, "report": run_report, "state": run_state}
     commands.update(FEDERATION_COMMANDS)
     try:
         return commands[args.command](args)
@@ -184,6 +170,9 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"edge-node: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("edge-node: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -6,7 +6,10 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from edge_runtime.cli.helptext import HelpFormatter, epilog
 from edge_runtime.ops.report import write_report
+
+EXAMPLES = ["edge-node report --state-dir edge-state --out edge-report   # edge-report/index.html"]
 
 
 def add_report_parser(sub: Any) -> None:
@@ -14,7 +17,8 @@ def add_report_parser(sub: Any) -> None:
     p = sub.add_parser(
         "report", help="PNG plots + one HTML page of a node's learning history",
         description="Read STATE_DIR/history.csv (a row every node.history_every_s while the node runs) and write "
-        "accuracy.png, buffer.png, verdicts.png, latency.png and index.html (the plots with their numbers) to --out.")
+        "accuracy.png, buffer.png, verdicts.png, latency.png and index.html (the plots with their numbers) to --out.",
+        formatter_class=HelpFormatter, epilog=epilog(EXAMPLES))
     p.add_argument("state_dir", metavar="STATE_DIR", nargs="?", default=None, help="the node's node.state_dir (or --state-dir)")
     p.add_argument("--state-dir", dest="state_dir_option", metavar="DIR", default=None,
                    help="the node's node.state_dir, as every command that reads a state folder spells it (default: edge-state)")

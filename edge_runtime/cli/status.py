@@ -13,7 +13,14 @@ import sys
 import time
 from typing import Any
 
+from edge_runtime.cli.helptext import HelpFormatter, epilog
 from edge_runtime.ops.status import read_snapshot, render
+
+EXAMPLES = [
+    "edge-node status --state-dir edge-state   # one screen",
+    "edge-node status --state-dir edge-state --watch   # redraws every 2 s until Ctrl-C",
+    "edge-node status --metrics http://127.0.0.1:9100/metrics --json   # a node run with --set node.metrics_port=9100",
+]
 
 
 def add_status_parser(sub: Any) -> None:
@@ -24,7 +31,9 @@ def add_status_parser(sub: Any) -> None:
         "decided by verdict, queue, credit in flight, replay buffer and its per-class histogram, accuracy, updates, "
         "last checkpoint, model version, federation round, and writes to the state folder that fail (a full disk). Reads STATE_DIR/status.json (refreshed by the node "
         "every node.status_every_s), summary.json and the state DB read-only, or scrapes a /metrics URL "
-        "(no per-device table there).")
+        "(no per-device table there). Accuracy: prequential (each labelled train sample predicted, then learned "
+        "from) and streamed eval (the samples devices send as split eval: predicted, never learned from).",
+        formatter_class=HelpFormatter, epilog=epilog(EXAMPLES))
     src = p.add_mutually_exclusive_group()
     src.add_argument("--state-dir", metavar="DIR", help="the node's node.state_dir (default: edge-state)")
     src.add_argument("--metrics", metavar="URL", help="the node's Prometheus endpoint, e.g. http://127.0.0.1:9100/metrics")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, ValidationInfo, field_validator, model_validator
@@ -252,7 +252,12 @@ class Config(_Section):
         return value
 
 
-def _format(err: ValidationError, source: str) -> str:
+#: Where an error's key came from: "--set KEY=VALUE", "FILE line N", or None (a default).
+Origin = Callable[[str, str, str], "str | None"]
+
+
+def _error_lines(err: ValidationError) -> list[tuple[str, str, str]]:
+    """(dotted key, line text, pydantic error type) of each error of ``err``."""
     lines = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "<root>"
@@ -260,33 +265,62 @@ def _format(err: ValidationError, source: str) -> str:
         if e["type"] == "extra_forbidden":
             msg = "unknown key; check the spelling against configs/default.yaml"
         elif e["type"] == "not_a_setting":  # a key the section's policy does not have
-            lines.append(f"{key} {msg}")
+            lines.append((key, f"{key} {msg}", e["type"]))
             continue
         elif "input" in e and not isinstance(e["input"], dict):
             msg = f"{msg} (got {e['input']!r})"
-        lines.append(f"{key}: {msg}")
-    return f"invalid configuration in {source}:\n  " + "\n  ".join(lines)
+        lines.append((key, f"{key}: {msg}", e["type"]))
+    return lines
 
 
-def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+def _format(err: ValidationError, source: str, origin: Origin | None = None) -> str:
+    """The message of a :class:`ConfigError` for ``err``: each problem on a line that names its key.
+
+    With ``origin`` (:func:`load_config`), each line also names where the key was set: the ``--set``
+    it came from, or the file and line; one problem is one line.
+    """
+    lines = _error_lines(err)
+    if origin is None:
+        return f"invalid configuration in {source}:\n  " + "\n  ".join(text for _, text, _ in lines)
+    placed = []
+    for key, text, kind in lines:
+        where = origin(key, text, kind)
+        placed.append(f"{where}: {text}" if where else text)
+    if len(placed) == 1:
+        return placed[0] if placed[0] != lines[0][1] else f"invalid configuration ({source}): {placed[0]}"
+    return f"invalid configuration ({len(placed)} problems):\n  " + "\n  ".join(placed)
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any, item: str | None = None) -> None:
     node = tree
     parts = dotted.split(".")
     for part in parts[:-1]:
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
-            raise ConfigError(f"{dotted}: {part!r} is a value, not a section")
+            where = f"--set {item}: " if item else ""
+            raise ConfigError(f"{where}{dotted}: {part!r} is a value, not a section")
         node = child
     node[parts[-1]] = value
+
+
+def _split_override(item: str) -> tuple[str, str]:
+    """``("buffer.max_items", "500")`` of ``"buffer.max_items=500"``; ConfigError naming the item otherwise."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {item}: expected KEY=VALUE, e.g. --set buffer.max_items=500")
+    return key.strip(), raw
 
 
 def parse_overrides(items: list[str] | None) -> dict[str, Any]:
     """Turn ``["buffer.max_items=500", ...]`` into a nested dict; values are parsed as YAML."""
     tree: dict[str, Any] = {}
     for item in items or []:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. buffer.max_items=500")
-        _set_dotted(tree, key.strip(), yaml.safe_load(raw))
+        key, raw = _split_override(item)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"--set {item}: the value is not valid YAML ({str(err).splitlines()[0]})") from None
+        _set_dotted(tree, key, value, item)
     return tree
 
 
@@ -308,26 +342,96 @@ def config_from_dict(data: dict[str, Any] | None, source: str = "<dict>") -> Con
         raise ConfigError(_format(err, source)) from None
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Load a YAML file (or the defaults when ``path`` is None) and apply ``KEY=VALUE`` overrides."""
+def _read_yaml(path: str | Path) -> tuple[dict[str, Any], dict[str, int]]:
+    """The mapping of a YAML configuration file and the line of each dotted key in it."""
+    try:
+        text = Path(path).read_text()
+    except OSError as err:
+        raise ConfigError(f"cannot read config file {path}: {err.strerror}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {err.start} is 0x{err.object[err.start]:02x}); "
+                          "save it as UTF-8") from None
+    try:
+        data = yaml.safe_load(text) or {}
+        lines = _key_lines(yaml.compose(text))
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections (model, selection, ...)")
+    return data, lines
+
+
+def _key_lines(node: yaml.Node | None, prefix: str = "") -> dict[str, int]:
+    """1-based line of every dotted key of a composed YAML mapping (nested mappings included)."""
+    out: dict[str, int] = {}
+    if not isinstance(node, yaml.MappingNode):
+        return out
+    for key_node, value_node in node.value:
+        dotted = f"{prefix}{key_node.value}" if isinstance(key_node, yaml.ScalarNode) else f"{prefix}?"
+        out[dotted] = key_node.start_mark.line + 1
+        out.update(_key_lines(value_node, dotted + "."))
+    return out
+
+
+def _origin(path: str | Path | None, lines: dict[str, int], items: list[str]) -> Origin:
+    """Where a key of an error was set: the last ``--set`` of it (or of a section above it, or a key the
+    message names), else the line of ``path`` that sets it (or its section), else None (a default)."""
+    sets = [(_split_override(item)[0], item) for item in items]
+
+    def named_by(key: str, text: str, kind: str) -> list[str]:
+        """The --set items that set ``key`` (or a section above it), else those the message names
+        (a check across keys), else those under ``key`` when it is a section."""
+        found = [item for k, item in sets if key == k or key.startswith(k + ".")]
+        if not found and kind != "not_a_setting":
+            found = [item for k, item in sets if re.search(rf"(?<![\w.]){re.escape(k)}(?![\w])", text)]
+        if not found and key not in lines:
+            found = [item for k, item in sets if k.startswith(key + ".")]
+        return found
+
+    def where(key: str, text: str, kind: str) -> str | None:
+        named = named_by(key, text, kind)
+        if named:
+            return f"--set {named[-1]}"
+        policy = f"{key.split('.', 1)[0]}.policy"
+        via = [item for k, item in sets if k == policy] if kind == "not_a_setting" else []
+        mentioned = [k for k in lines if "." in k and re.search(rf"(?<![\w.]){re.escape(k)}(?![\w])", text)]
+        section = any(k.startswith(key + ".") for k in lines)  # a check over the section's keys: point at one it names
+        candidates = ([] if section else [key]) + mentioned[-1:] + [key, *_parents(key)]
+        found = next((k for k in candidates if k in lines), None)
+        if found is None:
+            return f"--set {via[-1]}" if via else None
+        place = f"{path} line {lines[found]}"
+        return f"{place} (the policy comes from --set {via[-1]})" if via else place
+
+    return where
+
+
+def _parents(key: str) -> list[str]:
+    """``["a.b", "a"]`` of ``"a.b.c"``."""
+    parts = key.split(".")
+    return [".".join(parts[:i]) for i in range(len(parts) - 1, 0, -1)]
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                defaults: dict[str, Any] | None = None) -> Config:
+    """Load a YAML file (or the defaults when ``path`` is None) and apply ``KEY=VALUE`` overrides.
+
+    ``defaults``: a nested dict under the file (a command's own defaults, e.g. a demo's). An error
+    names where the offending key was set: ``--set selection.keep_ratio=0.3: ...`` for an override,
+    ``configs/x.yaml line 12: ...`` for the file.
+    """
     data: dict[str, Any] = {}
+    lines: dict[str, int] = {}
     source = "defaults"
     if path is not None:
         source = str(path)
-        try:
-            text = Path(path).read_text()
-        except OSError as err:
-            raise ConfigError(f"cannot read config file {path}: {err.strerror}") from None
-        except UnicodeDecodeError as err:
-            raise ConfigError(f"config file {path} is not UTF-8 text (byte {err.start} is 0x{err.object[err.start]:02x}); "
-                              "save it as UTF-8") from None
-        try:
-            data = yaml.safe_load(text) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path} is not valid YAML: {err}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of sections (model, selection, ...)")
-    return config_from_dict(_merge(data, parse_overrides(overrides)), source)
+        data, lines = _read_yaml(path)
+    items = list(overrides or [])
+    merged = _merge(_merge(defaults or {}, data), parse_overrides(items))
+    try:
+        return Config.model_validate(merged)
+    except ValidationError as err:
+        raise ConfigError(_format(err, source, _origin(path, lines, items))) from None
 
 
 # --------------------------------------------------------------------------- federation (issue 12)

@@ -228,10 +228,11 @@ def _not_a_setting(kind: str, name: str, key: str, value: Any) -> InitErrorDetai
         text = f"is an old key: its setting is now {hint} (set {kind}.policy to that policy)"
     else:
         text = f"is not a setting of policy {name}"
+        own = sorted(k for k in settings_model(kind, name).model_fields if k != "policy")
         if has:
-            text += f" (it is a setting of {', '.join(has)}: set {kind}.policy to one of them, or remove it)"
+            text += (f" (it is a setting of {', '.join(has)}: set {kind}.policy to one of them, or remove it; "
+                     f"the settings of {name}: {', '.join(own) or 'none'})")
         else:
-            own = sorted(k for k in settings_model(kind, name).model_fields if k != "policy")
             text += f" (its settings: {', '.join(own) or 'none'})"
     return _error("not_a_setting", text, (key,), value)
 

@@ -16,8 +16,8 @@ batches are): the graph gathers each GRU's output at ``length - 1``.
 :func:`make_session` builds an :class:`onnxruntime.InferenceSession` with the providers in the
 order TensorRT, CUDA, CPU among those this onnxruntime build has (configurable), and
 :func:`verify_onnx` rejects a corrupt or truncated model with a :class:`ValueError` before a
-device swaps it in.  ``edge-node export`` (:mod:`edge_runtime.cli.export`) is :func:`load_checkpoint_model`,
-:func:`export_onnx` and :func:`difference_to_torch`.
+device swaps it in.  ``edge-node export`` (:mod:`edge_runtime.cli.export`) is :func:`read_checkpoint_file`,
+:func:`model_from_checkpoint`, :func:`onnx_bytes`, :func:`verify_onnx` and :func:`difference_to_torch`, step by step.
 """
 
 from __future__ import annotations
@@ -215,14 +215,10 @@ def _model_state(checkpoint: dict[str, Any], path: Path) -> dict[str, torch.Tens
                      "expected a node checkpoint with learner.model")
 
 
-def load_checkpoint_model(checkpoint_path: str | Path, config: Config | ModelConfig) -> nn.Module:
-    """The model of a checkpoint file (or of the newest valid ``ckpt-*.pt`` in a folder), in eval mode on CPU.
-
-    Checkpoints hold weights, not the model configuration: ``config`` must describe the model
-    the node ran with (its ``--config`` and ``--set model.*`` overrides).
-    """
+def read_checkpoint_file(checkpoint_path: str | Path) -> tuple[dict[str, Any], Path]:
+    """A checkpoint and the file it came from: ``checkpoint_path`` itself, or the newest valid
+    ``ckpt-*.pt`` of a folder (a state_dir or its ``checkpoints/``); :class:`CheckpointError` when there is none."""
     from edge_runtime.learning.checkpoint import CheckpointError, CheckpointManager, read_checkpoint
-    from edge_runtime.learning.model import build_model
 
     path = Path(checkpoint_path)
     if path.is_dir():
@@ -230,11 +226,17 @@ def load_checkpoint_model(checkpoint_path: str | Path, config: Config | ModelCon
         loaded = CheckpointManager(folder).load_latest()
         if loaded is None:
             raise CheckpointError(f"no checkpoint (ckpt-*.pt) in {folder}")
-        checkpoint, path = loaded
-    elif not path.exists():
+        return loaded
+    if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
-    else:
-        checkpoint = read_checkpoint(path)
+    return read_checkpoint(path), path
+
+
+def model_from_checkpoint(checkpoint: dict[str, Any], path: Path, config: Config | ModelConfig) -> nn.Module:
+    """The model of ``checkpoint`` (read from ``path``, named in errors), in eval mode on CPU; ValueError
+    when its weights do not fit the model ``config`` describes."""
+    from edge_runtime.learning.model import build_model
+
     model_cfg = config.model if isinstance(config, Config) else config
     model = build_model(model_cfg)
     try:
@@ -245,6 +247,16 @@ def load_checkpoint_model(checkpoint_path: str | Path, config: Config | ModelCon
             f"checkpoint {path} does not fit the model configuration ({' '.join(s.strip() for s in first[:3])}); "
             "pass the configuration the node ran with (--config FILE, --set model.KEY=VALUE)") from None
     return model.eval()
+
+
+def load_checkpoint_model(checkpoint_path: str | Path, config: Config | ModelConfig) -> nn.Module:
+    """The model of a checkpoint file (or of the newest valid ``ckpt-*.pt`` in a folder), in eval mode on CPU.
+
+    Checkpoints hold weights, not the model configuration: ``config`` must describe the model
+    the node ran with (its ``--config`` and ``--set model.*`` overrides).
+    """
+    checkpoint, path = read_checkpoint_file(checkpoint_path)
+    return model_from_checkpoint(checkpoint, path, config)
 
 
 def export_checkpoint(

@@ -10,7 +10,8 @@ imports no torch.
   keeps its own instead of); then wait until the node has learned ``samples_per_round`` samples
   since the last merge, or ``round_interval_s`` passed; then ``get`` and reply with the weights
   (``arrays``), the prototypes with their per-class counts (``prototypes``) and the counters
-  (``metrics``: ``num-examples`` = samples learned since the last merge, at least 1).
+  (``metrics``: ``num-examples`` = samples learned since the last merge; 0 for an idle node, which
+  then does not count in the average).
 * ``evaluate`` (round r): the message carries round r's aggregate; put it into the node (the merge).
 
 A node that does not answer within ``control_timeout_s`` makes this ClientApp fail, which Flower
@@ -83,9 +84,11 @@ def train(message: Message, context: Context) -> Message:
     while status["samples_since_round"] < wanted and time.monotonic() < deadline:
         time.sleep(0.2)
         status = node.status()
-    header, arrays = node.get()
+    header, arrays = node.get(round_=rnd)  # a round's get: the node carries its learning after it over the merge
     weights, protos = split(arrays)
-    metrics = MetricRecord({"num-examples": max(int(header["samples_since_round"]), 1),
+    # FedAvg weight = samples learned since the last merge; 0 for an idle node (no new information: the
+    # ServerApp leaves it out of the average, and keeps the global model when every node is idle)
+    metrics = MetricRecord({"num-examples": int(header["samples_since_round"]),
                             "samples-since-round": int(header["samples_since_round"]),
                             "samples-total": int(header["samples_total"]), "node-round": int(header["round"])})
     content = RecordDict({"arrays": ArrayRecord({k: Array(v) for k, v in weights.items()}),

@@ -455,8 +455,10 @@ class ControlClient:
     def status(self) -> dict[str, Any]:
         return self.request({"type": "status"})[0]
 
-    def get(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        return self.request({"type": "get"})
+    def get(self, round_: int | None = None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """The node's shared arrays; ``round_`` marks the get of a round's ``train`` reply (the node then
+        carries what it learns after it over the round's merge, see ``node_link.FederationLink``)."""
+        return self.request({"type": "get"} if round_ is None else {"type": "get", "round": int(round_)})
 
     def put(self, round_: int, arrays: Mapping[str, np.ndarray], proximal_mu: float = 0.0) -> dict[str, Any]:
         return self.request({"type": "put", "round": int(round_), "proximal_mu": float(proximal_mu)}, arrays)[0]

@@ -116,15 +116,22 @@ def _non_finite(learner: Any) -> str | None:
     return None
 
 
-def apply_global(learner: Any, arrays: dict[str, np.ndarray]) -> None:
+def apply_global(learner: Any, arrays: dict[str, np.ndarray], carry: dict[str, torch.Tensor] | None = None) -> None:
     """Load global weights and prototypes into ``learner`` (between micro-batches); new teacher snapshot.
 
-    All or nothing: when loading fails, or leaves a non-finite weight, the learner is restored and
-    :class:`ControlError` (or the failure) is raised; the teacher is snapshot only after success.
+    ``carry`` (state-dict key -> tensor) is added to the loaded weights: what the node learned after
+    the reply this global model was made from (:meth:`FederationLink._carry`), so a merge does not
+    discard it. All or nothing: when loading fails, or leaves a non-finite weight, the learner is
+    restored and :class:`ControlError` (or the failure) is raised; the teacher is snapshot only after success.
     """
     saved = _learner_state(learner)
     try:
         _load_global(learner, arrays)
+        if carry:
+            state = learner.model.state_dict()
+            with torch.no_grad():
+                for key, delta in carry.items():
+                    state[key].add_(delta)
         bad = _non_finite(learner)
         if bad is not None:
             raise ControlError("out_of_range", f"put refused, nothing changed: {bad} would hold NaN or Inf")
@@ -199,6 +206,11 @@ class FederationLink:
         self.samples_since_round = 0
         self.round_at = 0.0  # unix time the last global model was applied (0: none in this run)
         self.counts = np.zeros(self.num_classes, dtype=np.int64)
+        # The reference the node's local learning is measured from: the last global model applied, or the
+        # weights of the last round's get (what the node replied with), and samples_since_round then.
+        self.ref_path = self.state_dir / "federation_ref.npz"
+        self._ref: dict[str, torch.Tensor] | None = None
+        self._ref_samples = 0
         self._load()
         self._requests: deque[_Request] = deque()
         self._claim = threading.Lock()  # a request is started by the learner or cancelled by its client, never both
@@ -248,6 +260,17 @@ class FederationLink:
             counts = np.asarray(st["counts"], dtype=np.int64)
             if counts.shape == self.counts.shape:
                 self.counts = counts
+        if self.ref_path.exists():  # the last global model applied (written at every put)
+            try:
+                with np.load(self.ref_path) as ref:
+                    state = self.learner.model.state_dict()
+                    loaded = {k: torch.from_numpy(np.array(ref[f"{MODEL_PREFIX}{k}"])).to(v) for k, v in state.items()
+                              if v.dtype.is_floating_point}
+                if all(loaded[k].shape == state[k].shape for k in loaded):
+                    self._ref, self._ref_samples = loaded, 0
+            except (OSError, ValueError, KeyError) as err:  # unreadable: a rejoin then replaces the local learning
+                log.warning(f"cannot read {self.ref_path} ({err}); the next put replaces this node's weights",
+                            extra={"event": "federation_ref_unreadable", "error": str(err)})
 
     def _save(self) -> bool:
         """Write federation.json; on a full disk (any ``OSError``) log once and return False (retried later)."""
@@ -266,6 +289,15 @@ class FederationLink:
             log.warning(f"{self.state_path} written again", extra={"event": "federation_save_resumed"})
             self._save_failed = False
         return True
+
+    def _save_ref(self, arrays: dict[str, np.ndarray]) -> None:
+        """Write the global weights just applied (the reference a restarted node rejoins from); never raises."""
+        tmp = self.ref_path.with_suffix(".tmp.npz")
+        try:
+            np.savez(tmp, **{k: v for k, v in arrays.items() if k.startswith(MODEL_PREFIX)})
+            tmp.replace(self.ref_path)
+        except OSError as err:  # a full disk: the reference stays in memory; a restart rejoins without it
+            log.error(f"cannot write {self.ref_path} ({err})", extra={"event": "federation_ref_failed", "error": str(err)})
 
     # ------------------------------------------------------------------ control thread
     def _status(self, header: dict[str, Any], arrays: dict[str, np.ndarray]) -> tuple[dict[str, Any], None]:
@@ -330,23 +362,48 @@ class FederationLink:
                 req = self._requests.popleft()
                 req.state = "started"
             try:
-                req.result = self._get() if req.kind == "get" else self._apply(req)
+                req.result = self._get(req.header) if req.kind == "get" else self._apply(req)
             except BaseException as err:  # reported to the client; the learner keeps going
                 req.error = err
             req.done.set()
 
-    def _get(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    def _get(self, request: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """The shared arrays; a round's get (its header carries ``round``: the ClientApp's ``train`` reply)
+        moves the reference: what the node learns after it is carried over that round's merge."""
         header, _ = self._status({}, {})
         header["type"] = "state"
+        if request is not None and isinstance(request.get("round"), int) and not isinstance(request.get("round"), bool):
+            self._ref = {k: v.detach().clone() for k, v in self.learner.model.state_dict().items() if v.dtype.is_floating_point}
+            self._ref_samples = self.samples_since_round
         return header, learner_arrays(self.learner, self.counts)
 
+    def _carry(self) -> tuple[dict[str, torch.Tensor] | None, int]:
+        """(weights learned since the reference, samples learned since it): kept over a put.
+
+        Without it a put replaced the weights and zeroed ``samples_since_round``: whatever the node
+        learned after its reply (while the other nodes finished the round), and all its learning since
+        its last merge when it rejoined after a restart or missed rounds, was in neither the global
+        model nor the node. ``w <- w_global + (w - w_ref)`` keeps it, and the samples it came from count
+        in the next round's FedAvg weight.
+        """
+        if self._ref is None:  # never merged nor replied in this state folder: nothing to measure from
+            return None, 0
+        state = self.learner.model.state_dict()
+        return {k: state[k].detach() - ref for k, ref in self._ref.items()}, max(self.samples_since_round - self._ref_samples, 0)
+
     def _apply(self, req: _Request) -> tuple[dict[str, Any], None]:
-        apply_global(self.learner, req.arrays)  # all or nothing
+        carry, carried = self._carry()
+        apply_global(self.learner, req.arrays, carry)  # all or nothing
         self._mu = req.mu
         params = dict(self.learner.model.named_parameters())
-        self._global = [(p, p.detach().clone()) for p in params.values()] if self._mu > 0 else []
+        self._global = [(p, torch.from_numpy(np.array(req.arrays[f"{MODEL_PREFIX}{n}"])).to(p))
+                        for n, p in params.items()] if self._mu > 0 else []  # the pull is towards the global weights
+        self._ref = {k: torch.from_numpy(np.array(req.arrays[f"{MODEL_PREFIX}{k}"])).to(v)
+                     for k, v in self.learner.model.state_dict().items() if v.dtype.is_floating_point}
+        self._ref_samples = 0
+        self._save_ref(req.arrays)
         self.round = req.round
-        self.samples_since_round = 0
+        self.samples_since_round = carried
         self.round_at = time.time()
         try:
             self.checkpoint()

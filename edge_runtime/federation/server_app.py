@@ -1,7 +1,11 @@
 """The Flower ServerApp: a stock ``flwr`` strategy over the edge nodes, plus per-class prototype merging.
 
 Weights: FedAvg (default), FedProx or FedAdam from ``flwr.serverapp.strategy``, weighted by each
-node's ``num-examples`` = samples it learned since the last round. Prototypes travel beside the
+node's ``num-examples`` = samples it learned since the last round ("Communication-Efficient Learning of
+Deep Networks from Decentralized Data": ``w = sum_k n_k w_k / sum_k n_k``). A node that learned nothing
+since the last merge (``n_k = 0``) brings no new information and is left out of the average (the same
+sum without it); a round in which every replying node is idle keeps the global model (no division by
+zero), logs it, and sends nothing back. Prototypes travel beside the
 weights in their own ArrayRecord (``prototypes``) and are merged per class weighted by each
 node's per-class counts (:func:`edge_runtime.federation.arrays.merge_prototypes`), so the strategy
 never averages them with zeros. Each round: ``train`` (nodes learn locally, then reply with their
@@ -16,6 +20,7 @@ overrides of ``federation.*``), ``out-dir`` (``rounds.json`` and ``global.npz`` 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any, Iterable
@@ -30,8 +35,17 @@ from edge_runtime.federation.arrays import merge_prototypes, nbytes
 from edge_runtime.federation.client_app import PROTOTYPES_KEY
 
 app = ServerApp()
+log = logging.getLogger("edge_runtime.federation")
 
 STRATEGIES = {"fedavg": FedAvg, "fedprox": FedProx, "fedadam": FedAdam}
+
+
+def _weight(message: Message) -> float:
+    """A train reply's FedAvg weight: its ``num-examples`` (samples the node learned since the last merge)."""
+    record = next(iter(message.content.metric_records.values()), None)
+    if record is None or "num-examples" not in record:
+        return 1.0  # malformed: left to the stock strategy's checks
+    return float(record["num-examples"])
 
 
 def _record_bytes(record: ArrayRecord) -> int:
@@ -80,10 +94,19 @@ class PrototypeMerging:
                 del content[PROTOTYPES_KEY]  # the stock strategy expects exactly one ArrayRecord
         if parts:
             self.prototypes = merge_prototypes(parts)
-        arrays, metrics = super().aggregate_train(server_round, replies)  # type: ignore[misc]
+        weighted = [m for m in replies if m.has_error() or _weight(m) > 0]
+        idle = len(replies) - len(weighted)
+        if any(not m.has_error() for m in weighted):
+            arrays, metrics = super().aggregate_train(server_round, weighted)  # type: ignore[misc]
+        else:  # no node learned anything since the last merge (or none answered): nothing to average
+            arrays, metrics = None, None
+            if idle:
+                log.warning("round %s: all %s replying nodes idle (0 samples since the last merge); the global model is kept",
+                            server_round, idle)
         self._aggregated = arrays is not None
         self._current.update({
             "replies": sum(not m.has_error() for m in replies), "failures": sum(m.has_error() for m in replies),
+            "idle": idle,
             "errors": [m.error.reason for m in replies if m.has_error()],
             "shared_arrays": sorted(names), "metric_keys": sorted(metric_keys),
             "samples": int(sum(p["proto.counts"].sum() for p in parts)),

@@ -5,7 +5,9 @@ sizes, another frame size, another model) used to "repair" the folder on its way
 evicted the stored samples that did not fit and moved ``history.csv`` aside, then stopped on the
 checkpoint. These checks refuse such a start with one line naming the setting and the stored value,
 before anything in the folder is written, so the folder stays as it was (docs/operations.md, "The
-state folder"). Changing a node's classes or model on purpose means a new ``node.state_dir``.
+state folder"). Changing a node's classes or model on purpose is an explicit command:
+``edge-node state reset --state-dir DIR`` moves the folder aside to a dated backup (or give a new
+``node.state_dir``); the refusal says so.
 """
 
 from __future__ import annotations
@@ -21,7 +23,11 @@ from edge_runtime.core.config import Config
 if TYPE_CHECKING:
     from edge_runtime.learning.buffer.sqlite import SqliteStore
 
-FIX = "run with the configuration this folder was written with, or give a new node.state_dir to start fresh (the folder is unchanged)"
+def fix(state_dir: Path) -> str:
+    """What to do about a mismatch of the folder ``state_dir`` (the end of every refusal here)."""
+    return (f"run with the configuration this folder was written with, or, to start fresh on purpose, move it aside "
+            f"with `edge-node state reset --state-dir {state_dir}` (a dated backup) or give a new node.state_dir "
+            "(the folder is unchanged)")
 
 
 def _most_common(values: Counter) -> str:
@@ -57,16 +63,16 @@ def stored_state_problem(config: Config, store: "SqliteStore", frame_size: tuple
     if labels and max(labels) >= mc.num_classes:
         over = sum(label >= mc.num_classes for label in labels)
         return (f"model.num_classes is {mc.num_classes} but {where} holds {over} replay samples labelled "
-                f"{mc.num_classes}..{max(labels)}; {FIX}")
+                f"{mc.num_classes}..{max(labels)}; {fix(where.parent)}")
     if bins and set(bins) != {mc.audio_features}:
-        return f"model.audio_features is {mc.audio_features} but the samples stored in {where} have {_most_common(bins)} audio bins; {FIX}"
+        return f"model.audio_features is {mc.audio_features} but the samples stored in {where} have {_most_common(bins)} audio bins; {fix(where.parent)}"
     if channels and set(channels) != {mc.visual_channels}:
         return (f"model.visual_channels is {mc.visual_channels} but the samples stored in {where} have "
-                f"{_most_common(channels)} video channels; {FIX}")
+                f"{_most_common(channels)} video channels; {fix(where.parent)}")
     if config.node.frame_size is not None and sizes and set(sizes) != {tuple(frame_size or ())}:
         size, _count = sizes.most_common(1)[0]
         return (f"node.frame_size is {list(config.node.frame_size)} but the samples stored in {where} have "
-                f"{list(size)} frames ({_most_common(sizes).split(' ', 2)[-1].strip('()')}); {FIX}")
+                f"{list(size)} frames ({_most_common(sizes).split(' ', 2)[-1].strip('()')}); {fix(where.parent)}")
     return None
 
 
@@ -77,10 +83,10 @@ def checkpoint_problem(model_state: Mapping[str, Any], stored: Mapping[str, Any]
     if missing or extra:
         names = ", ".join((missing or extra)[:3])
         side = "lacks" if missing else "has parameters this model lacks:"
-        return f"checkpoint {path} was written for another model (it {side} {names}); check model.* settings; {FIX}"
+        return f"checkpoint {path} was written for another model (it {side} {names}); check model.* settings; {fix(path.parent.parent)}"
     for name, tensor in model_state.items():
         theirs = tuple(getattr(stored[name], "shape", ()))
         if tuple(tensor.shape) != theirs:
             return (f"checkpoint {path} was written for another model: {name} is {list(theirs)} there and "
-                    f"{list(tensor.shape)} here (model.num_classes, model.* sizes); {FIX}")
+                    f"{list(tensor.shape)} here (model.num_classes, model.* sizes); {fix(path.parent.parent)}")
     return None

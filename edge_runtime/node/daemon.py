@@ -165,7 +165,7 @@ class EdgeNode:
             except Exception as err:
                 raise CheckpointError(
                     f"checkpoint {path} does not fit this configuration ({err}); use the configuration it was "
-                    f"written with, or move {self.state_dir} aside to start fresh") from err
+                    f"written with, or, to start fresh, `edge-node state reset --state-dir {self.state_dir}` (a dated backup)") from err
             log.info("restored checkpoint", extra={"event": "restored", "path": str(path)})
         elif len(self.store):
             items = self.learner.restore_from_store()

@@ -129,6 +129,7 @@ class LearnerWorker:
         self._trackers: dict[str, SeqTracker] = {}
         self._released: list[str] = []  # devices released in the open transaction
         self._last_checkpoint = time.monotonic()
+        self._fresh: list[Item] = []  # the last micro-batch's items decided now (not answered from the ledger)
         self.disk = observer.disk  # failing writes (full disk): shared with the observer's status/history writes
         self.disk.retry_max_s = self.nc.disk_retry_max_s
 
@@ -183,7 +184,9 @@ class LearnerWorker:
     def _after_batch(self, batch: list[Item], publisher: "ModelPublisher | None") -> None:
         """Between micro-batches: federation get/put, publish the model, periodic checkpoint."""
         if self.federation is not None:  # between two micro-batches, never inside one
-            self.federation.after_batch(it.sample.label for it in batch if learned(it))  # type: ignore[union-attr]
+            # only what this batch decided now: a resend answered from the ledger was counted when first learned
+            fresh, self._fresh = self._fresh, []
+            self.federation.after_batch(it.sample.label for it in fresh if learned(it))  # type: ignore[union-attr]
         if publisher is not None and batch:
             self.observer.on_model(publisher.maybe_publish(self.learner.export_model(), self.learner.updates))
         if time.monotonic() - self._last_checkpoint >= self.nc.checkpoint_every_s and self.disk.due("checkpoint"):
@@ -326,6 +329,7 @@ class LearnerWorker:
         self._commit(len(fresh), sum(it.nbytes for it in fresh))  # acks only after this: an admitted verdict is durable
         self.handoff.outbox.append([(it.rid, it.seq, it.verdict) for it in batch])  # type: ignore[misc]
         self.decided_total += len(fresh)
+        self._fresh = fresh
         self._observe_metrics(batch, fresh, time.perf_counter() - started)
 
     def _observe(self, items: list[Item]) -> None:

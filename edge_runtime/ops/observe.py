@@ -252,7 +252,7 @@ class NodeObserver:
         if summary:
             snap["samples"]["learned"] = summary.get(SAMPLES_SEEN)
             snap["samples"]["learned_verdicts"] = verdict_kinds(summary.get("verdicts", {}))
-            snap["accuracy"] = {"prequential": summary.get(PREQUENTIAL_ACCURACY), "held_out": summary.get(EVAL_ACCURACY)}
+            snap["accuracy"] = {"prequential": summary.get(PREQUENTIAL_ACCURACY), "streamed_eval": summary.get(EVAL_ACCURACY)}
             snap[UPDATES] = summary.get(UPDATES)
             snap["buffer"] = {"items": summary.get(BUFFER_ITEMS), "bytes": summary.get(BUFFER_BYTES),
                               "classes": {str(c): n for c, n in summary.get("buffer_classes", {}).items()}}

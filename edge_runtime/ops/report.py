@@ -1,9 +1,13 @@
 """What ``edge-node report STATE_DIR --out DIR`` writes: how learning went, from ``STATE_DIR/history.csv``.
 
-Writes four PNG plots (accuracy over samples, replay-buffer composition over time, verdict mix
-over samples, update latency over time) and ``index.html``, one page that shows them with the
-numbers (final values, verdict totals, latency percentiles). Restarts of the node (a new ``pid``
-in the history) are marked on the time axes. matplotlib is a dependency of the package, so that
+Writes four PNG plots (accuracy, replay-buffer composition, verdict mix and update latency, all
+against the same time axis) and ``index.html``, one page that shows them with the numbers (final
+values, verdict totals, latency percentiles). Restarts of the node (a new ``pid`` in the history)
+are marked and break the lines; an interval in which no micro-batch was learned is a gap in the
+per-interval lines (NaN), not a line drawn across it. ``edge-node demo`` passes a summary of its
+run (held-out test accuracy, completeness with the cut if any, configuration) shown above the plots.
+
+Vocabulary (:data:`TERMS`): *prequential*, *streamed eval*, *held-out test*. matplotlib is a dependency of the package, so that
 ``edge-node demo`` from the Quick start writes this report too.
 """
 
@@ -19,25 +23,26 @@ from edge_runtime.core.names import BUFFER_BYTES, BUFFER_ITEMS, EVAL_ACCURACY, P
 from edge_runtime.ops.history import read_history
 from edge_runtime.ops.snapshot import VERDICT_KINDS
 
+TERMS = {  # the three accuracies, one name each, on the screen, in the HTML and in report.json
+    "prequential": "each labelled train sample is predicted by the model before the model learns from it "
+                   "(predict, then learn); cumulative over the stream.",
+    "streamed eval": "the samples the devices stream as split eval (every k-th sample of a device): predicted, never "
+                     "learned from; cumulative over the stream, so early samples count with the classes seen so far.",
+    "held-out test": "a separate test set, never streamed, scored once by the final checkpoint.",
+}
+
 PLOTS = {  # file -> caption on the page
-    "accuracy.png": "Cumulative prequential accuracy (every labelled train sample is predicted before it is learned) "
-                    "and accuracy on the samples streamed as split eval, against samples learned.",
+    "accuracy.png": "Cumulative prequential accuracy (predict, then learn) and streamed eval accuracy (split eval, never "
+                    "learned from) over time; a restart breaks the lines.",
     "buffer.png": "Items of each class in the replay buffer over time (stacked); dotted lines mark node restarts.",
-    "verdicts.png": "Share of each verdict among the samples decided in each history interval.",
-    "latency.png": "Learner time per micro-batch (observe + ledger commit): mean and slowest of each history interval.",
+    "verdicts.png": "Share of each verdict among the samples decided in each history interval; an interval with no "
+                    "verdict is a gap.",
+    "latency.png": "Learner time per micro-batch (observe + ledger commit): mean and slowest of each history interval; "
+                   "an interval with no micro-batch is a gap.",
 }
 
 
 # ----------------------------------------------------------------------------------- numbers
-
-
-def _col(rows: list[dict[str, float | None]], name: str) -> list[float | None]:
-    return [r.get(name) for r in rows]
-
-
-def _pairs(xs: list[float | None], ys: list[float | None]) -> tuple[list[float], list[float]]:
-    keep = [(x, y) for x, y in zip(xs, ys) if x is not None and y is not None]
-    return [x for x, _ in keep], [y for _, y in keep]
 
 
 def class_columns(rows: list[dict[str, float | None]]) -> list[str]:
@@ -49,22 +54,62 @@ def restarts(rows: list[dict[str, float | None]]) -> list[int]:
     return [i for i in range(1, len(rows)) if rows[i].get("pid") != rows[i - 1].get("pid")]
 
 
-def verdict_intervals(rows: list[dict[str, float | None]]) -> list[tuple[float, dict[str, float]]]:
-    """(samples learned at the interval's end, verdicts decided in the interval by kind) for each row
-    interval in which something was decided; counters that went back (a restore from an older
-    checkpoint) start a new base instead of giving negative counts."""
+def verdict_deltas(rows: list[dict[str, float | None]]) -> list[tuple[int, int, dict[str, float]]]:
+    """(row index of the interval's start, of its end, verdicts decided in the interval by kind) for each
+    interval between rows with learner values in which something was decided; counters that went back
+    (a restore from an older checkpoint) start a new base instead of giving negative counts."""
     out = []
-    prev: dict[str, float] | None = None
-    for r in rows:
+    prev: tuple[int, dict[str, float]] | None = None
+    for i, r in enumerate(rows):
         if r.get("samples_learned") is None:
             continue
         cur = {k: r.get(k) or 0.0 for k in VERDICT_KINDS}
         if prev is not None:
-            delta = {k: cur[k] - prev[k] for k in VERDICT_KINDS}
+            delta = {k: cur[k] - prev[1][k] for k in VERDICT_KINDS}
             if all(v >= 0 for v in delta.values()) and sum(delta.values()) > 0:
-                out.append((float(r["samples_learned"]), delta))  # type: ignore[arg-type]
-        prev = cur
+                out.append((prev[0], i, delta))
+        prev = (i, cur)
     return out
+
+
+def verdict_intervals(rows: list[dict[str, float | None]]) -> list[tuple[float, dict[str, float]]]:
+    """(samples learned at the interval's end, verdicts decided in the interval by kind): see :func:`verdict_deltas`."""
+    return [(float(rows[end]["samples_learned"]), d) for _, end, d in verdict_deltas(rows)]  # type: ignore[arg-type]
+
+
+def interval_series(rows: list[dict[str, float | None]], name: str, xs: list[float]) -> tuple[list[float], list[float]]:
+    """x and y of the per-interval column ``name`` (a latency) for a line plot: NaN, a gap in the line, where
+    the interval learned no micro-batch (``batches`` 0 or empty) or the value is missing, and a NaN point
+    before each restart, so that no line is drawn across an idle interval or the node's downtime."""
+    breaks = set(restarts(rows))
+    out_x: list[float] = []
+    out_y: list[float] = []
+    for i, (x, r) in enumerate(zip(xs, rows)):
+        if i in breaks:
+            out_x.append(x)
+            out_y.append(math.nan)
+        value = r.get(name)
+        learned = (r.get("batches") or 0) > 0 and value is not None
+        out_x.append(x)
+        out_y.append(float(value) if learned else math.nan)  # type: ignore[arg-type]
+    return out_x, out_y
+
+
+def state_series(rows: list[dict[str, float | None]], name: str, xs: list[float]) -> tuple[list[float], list[float]]:
+    """x and y of the cumulative column ``name`` (an accuracy): the value holds through an idle interval
+    (nothing was learned, so it did not change); NaN before the first value and a NaN point at each
+    restart, so that no line crosses the node's downtime."""
+    breaks = set(restarts(rows))
+    out_x: list[float] = []
+    out_y: list[float] = []
+    for i, (x, r) in enumerate(zip(xs, rows)):
+        if i in breaks:
+            out_x.append(x)
+            out_y.append(math.nan)
+        value = r.get(name)
+        out_x.append(x)
+        out_y.append(math.nan if value is None else float(value))
+    return out_x, out_y
 
 
 def _percentile(values: list[float], q: float) -> float | None:
@@ -112,14 +157,24 @@ def numbers(rows: list[dict[str, float | None]]) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------------- plots
 
+AXES_BOX = {"left": 0.11, "right": 0.79, "bottom": 0.14, "top": 0.91}  # figure fractions, the same in every panel
+LEGEND = {"loc": "upper left", "bbox_to_anchor": (1.01, 1.0), "fontsize": 7, "framealpha": 0.9}  # right of the axes
 
-def _elapsed(rows: list[dict[str, float | None]]) -> tuple[list[float], str]:
-    """Time since the first row, in seconds, minutes or hours (whichever reads best), and the axis label."""
+
+def elapsed(rows: list[dict[str, float | None]]) -> tuple[list[float], str]:
+    """Time since the first row, in seconds, minutes or hours (whichever reads best), and the axis label
+    with its unit; every panel uses this one x axis."""
     t0 = rows[0]["time"] or 0.0
     secs = [(r["time"] or t0) - t0 for r in rows]
     span = secs[-1] if secs else 0.0
-    unit, div = ("seconds", 1.0) if span < 180 else ("minutes", 60.0) if span < 3 * 3600 else ("hours", 3600.0)
-    return [t / div for t in secs], f"{unit} since the first history row"
+    unit, div = ("s", 1.0) if span < 180 else ("min", 60.0) if span < 3 * 3600 else ("h", 3600.0)
+    return [t / div for t in secs], f"time since the first history row ({unit})"
+
+
+def _time_axis(ax: Any, xs: list[float], label: str) -> None:
+    """The shared x axis: from 0 to the last row, labelled with its unit."""
+    ax.set_xlim(0, max(xs[-1] if xs else 0.0, 1e-9))
+    ax.set_xlabel(label)
 
 
 def _mark_restarts(ax: Any, rows: list[dict[str, float | None]], xs: list[float]) -> None:
@@ -129,88 +184,86 @@ def _mark_restarts(ax: Any, rows: list[dict[str, float | None]], xs: list[float]
 
 def _plot_accuracy(plt: Any, rows: list, nums: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 3.8))
-    xs = _col(rows, "samples_learned")
-    for name, label, style in ((PREQUENTIAL_ACCURACY, "prequential (predict, then learn)", "-"),
-                               (EVAL_ACCURACY, "held-out (streamed eval split)", "--")):
-        x, y = _pairs(xs, _col(rows, name))
-        if x:
-            ax.plot(x, y, style, linewidth=2, label=label)
+    xs_all, xlabel = elapsed(rows)
+    for name, label, style in ((PREQUENTIAL_ACCURACY, "prequential", "-"), (EVAL_ACCURACY, "streamed eval", "--")):
+        x, y = state_series(rows, name, xs_all)
+        if any(not math.isnan(v) for v in y):
+            ax.plot(x, y, style, linewidth=2, label=label, drawstyle="steps-post")
     if nums["chance"]:
         ax.axhline(nums["chance"], color="0.6", linewidth=1, label=f"chance ({nums['chance']:.2f})")
+    _mark_restarts(ax, rows, xs_all)
     ax.set_ylim(0, 1)
-    ax.set_xlabel("samples learned")
-    ax.set_ylabel("accuracy (cumulative)")
+    _time_axis(ax, xs_all, xlabel)
+    ax.set_ylabel("accuracy, cumulative (fraction)")
     ax.grid(alpha=0.3)
-    ax.legend(loc="best", fontsize=8, framealpha=0.9)
-    _save(plt, fig, ax, "Accuracy over samples learned", path)
+    ax.legend(**LEGEND)
+    _save(plt, fig, ax, "Prequential and streamed eval accuracy over time", path)
 
 
 def _plot_buffer(plt: Any, rows: list, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 3.8))
     cols = class_columns(rows)
     keep = [i for i, r in enumerate(rows) if r.get(BUFFER_ITEMS) is not None]
-    xs_all, xlabel = _elapsed(rows)
+    xs_all, xlabel = elapsed(rows)
     xs = [xs_all[i] for i in keep]
     if keep and cols:
         cmap = plt.get_cmap("tab10" if len(cols) <= 10 else "tab20")
         series = [[rows[i].get(c) or 0.0 for i in keep] for c in cols]
         ax.stackplot(xs, series, labels=[c.removeprefix("buffer_class_") for c in cols],
                      colors=[cmap(k % cmap.N) for k in range(len(cols))], alpha=0.9)
-        ax.legend(title="class", loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7, title_fontsize=8,
-                  ncol=1 if len(cols) <= 12 else 2)
+        ax.legend(title="class", title_fontsize=8, ncol=1 if len(cols) <= 12 else 2, **LEGEND)
     _mark_restarts(ax, rows, xs_all)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("items in the buffer")
+    _time_axis(ax, xs_all, xlabel)
+    ax.set_ylabel("items in the buffer (count)")
     ax.grid(alpha=0.3)
     _save(plt, fig, ax, "Replay buffer composition over time", path)
 
 
 def _plot_verdicts(plt: Any, rows: list, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 3.8))
-    intervals = verdict_intervals(rows)
+    xs_all, xlabel = elapsed(rows)
+    intervals = [(start, end, d) for start, end, d in verdict_deltas(rows)]
     if intervals:
-        # One stacked bar per interval, from the previous interval's end to its own: a short run with a
-        # single interval still shows its mix (an area plot needs two points).
-        xs = [x for x, _ in intervals]
-        widths = [b - a for a, b in zip(xs, xs[1:])]
-        first = min(widths) if widths else xs[0]
-        lefts = [xs[0] - first] + xs[:-1]
-        widths = [first] + widths
+        # One stacked bar per history interval, from its start row to its end row: an interval with no
+        # verdict has no bar (a gap), and a short run with a single interval still shows its mix.
+        lefts = [xs_all[s] for s, _, _ in intervals]
+        widths = [max(xs_all[e] - xs_all[s], 1e-9) for s, e, _ in intervals]
         colors = {"admitted": "#2b8cbe", "trained": "#7bccc4", "skipped": "#bdbdbd", "eval": "#fdae6b", "invalid": "#e34a33"}
         bottom = [0.0] * len(intervals)
         for k in VERDICT_KINDS:
-            share = [d[k] / sum(d.values()) for _, d in intervals]
+            share = [d[k] / sum(d.values()) for _, _, d in intervals]
             ax.bar(lefts, share, width=widths, bottom=bottom, align="edge", label=k, color=colors[k], linewidth=0)
             bottom = [b + v for b, v in zip(bottom, share)]
-        ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
+        ax.legend(**LEGEND)
+    _mark_restarts(ax, rows, xs_all)
     ax.set_ylim(0, 1)
-    ax.set_xlabel("samples learned")
-    ax.set_ylabel("share of the interval's verdicts")
+    _time_axis(ax, xs_all, xlabel)
+    ax.set_ylabel("share of the interval's verdicts (fraction)")
     ax.grid(alpha=0.3)
-    _save(plt, fig, ax, "Verdict mix over samples learned", path)
+    _save(plt, fig, ax, "Verdict mix over time", path)
 
 
 def _plot_latency(plt: Any, rows: list, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 3.8))
-    xs, xlabel = _elapsed(rows)
-    for name, label, style in (("update_max_s", "slowest batch of the interval", dict(color="#fdae6b", linewidth=1.2)),
-                               ("update_mean_s", "mean of the interval", dict(color="#2b8cbe", linewidth=2))):
-        x, y = _pairs(xs, _col(rows, name))  # type: ignore[arg-type]
-        if x:
-            ax.plot(x, [1000 * v for v in y], marker=".", label=label, **style)
+    xs, xlabel = elapsed(rows)
+    for name, label, style in (("update_max_s", "slowest of\nthe interval", dict(color="#fdae6b", linewidth=1.2)),
+                               ("update_mean_s", "mean of\nthe interval", dict(color="#2b8cbe", linewidth=2))):
+        x, y = interval_series(rows, name, xs)
+        if any(not math.isnan(v) for v in y):
+            ax.plot(x, [1000 * v for v in y], marker="o", markersize=4, label=label, **style)  # an isolated interval is a dot
     _mark_restarts(ax, rows, xs)
     ax.set_ylim(bottom=0)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("ms per micro-batch")
+    _time_axis(ax, xs, xlabel)
+    ax.set_ylabel("learner time per micro-batch (ms)")
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc="upper right", fontsize=8)
+        ax.legend(**LEGEND)
     _save(plt, fig, ax, "Learner update latency (observe + commit) over time", path)
 
 
 def _save(plt: Any, fig: Any, ax: Any, title: str, path: Path) -> None:
     ax.set_title(title, fontsize=11)
-    fig.tight_layout()
+    fig.subplots_adjust(**AXES_BOX)  # the same box in every panel, so that their x axes line up on the page
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -230,12 +283,35 @@ def _table(rows: list[tuple[str, str]]) -> str:
     return "<table>" + "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows) + "</table>"
 
 
-def _page(state_dir: Path, n: dict[str, Any]) -> str:
+def _glossary() -> str:
+    return "<dl class=\"terms\">" + "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in TERMS.items()) + "</dl>"
+
+
+def _run_block(run: dict[str, Any] | None) -> str:
+    """The run's summary above the plots: the headline accuracy, the cut (or that the stream is complete),
+    and the run's tables (accuracy, completeness, configuration) side by side."""
+    if not run:
+        return ""
+    label, value, note = run["headline"]
+    parts = [f'<div class="headline"><span class="label">{html.escape(label)}</span> '
+             f'<span class="value">{html.escape(value)}</span><div class="note">{html.escape(note)}</div></div>']
+    if run.get("cut"):
+        parts.append(f'<p class="cut"><strong>Stream cut:</strong> {html.escape(run["cut"])}. The accuracies cover only what '
+                     f'was streamed.</p>')
+    elif run.get("complete"):
+        parts.append('<p class="complete"><strong>Stream complete:</strong> every sample of the stream was sent and decided.</p>')
+    tables = "".join(f'<div><h2>{html.escape(title)}</h2>{_table(rows)}</div>' for title, rows in run.get("tables", []))
+    parts.append(f'<div class="runtables">{tables}</div>')
+    return "".join(parts)
+
+
+def _page(state_dir: Path, n: dict[str, Any], run: dict[str, Any] | None = None) -> str:
     started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(n["first_time"] or 0))
+    title = (run or {}).get("title", "edge-node learning report")
     summary = _table([
         ("samples learned", f"{n['samples_learned']:,}"),
         ("prequential accuracy", _f(n[PREQUENTIAL_ACCURACY])),
-        ("held-out accuracy (eval split)", _f(n[EVAL_ACCURACY])),
+        ("streamed eval accuracy", _f(n[EVAL_ACCURACY])),
         ("chance", _f(n["chance"])),
         ("updates", f"{n[UPDATES]:,}"),
         ("replay buffer", f"{n[BUFFER_ITEMS]:,} items, {n[BUFFER_BYTES] / 1024:,.0f} KiB"),
@@ -266,7 +342,7 @@ def _page(state_dir: Path, n: dict[str, Any]) -> str:
         f'<section><h2>{title}</h2><div class="row">{figure.format(src=src, alt=html.escape(PLOTS[src]))}'
         f'<div class="nums">{nums}</div></div></section>' for title, src, nums in sections)
     return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>edge-node report: {html.escape(str(state_dir))}</title>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}: {html.escape(str(state_dir))}</title>
 <style>
 body {{ font-family: system-ui, sans-serif; margin: 1.5em auto; max-width: 1150px; color: #222; }}
 h1 {{ font-size: 1.4em; margin-bottom: 0.2em; }} h2 {{ font-size: 1.1em; border-bottom: 1px solid #ddd; }}
@@ -278,17 +354,30 @@ figcaption {{ font-size: 0.85em; color: #666; }}
 table {{ border-collapse: collapse; font-size: 0.9em; }}
 th {{ text-align: left; font-weight: normal; color: #555; padding: 2px 14px 2px 0; vertical-align: top; white-space: nowrap; }}
 td {{ text-align: right; font-variant-numeric: tabular-nums; padding: 2px 0; white-space: nowrap; }}
+.runtables td {{ text-align: left; white-space: normal; }}
+.headline {{ margin: 0.8em 0; padding: 0.6em 1em; background: #f3f7fb; border-left: 5px solid #2b8cbe; }}
+.headline .label {{ font-size: 1.1em; }} .headline .value {{ font-size: 2.2em; font-weight: bold; margin-left: 0.3em; }}
+.headline .note {{ color: #555; font-size: 0.9em; }}
+.cut {{ padding: 0.5em 1em; background: #fdecea; border-left: 5px solid #e34a33; }}
+.complete {{ padding: 0.5em 1em; background: #eef7ee; border-left: 5px solid #41ab5d; }}
+.runtables {{ display: grid; grid-template-columns: repeat(auto-fit, minmax(340px, 1fr)); gap: 0 2em; }}
+dl.terms {{ font-size: 0.85em; color: #444; }} dl.terms dt {{ font-weight: bold; float: left; margin-right: 0.5em; }}
 </style></head><body>
-<h1>edge-node learning report</h1>
+<h1>{html.escape(title)}</h1>
 <p class="sub">{html.escape(str(state_dir))} &middot; generated {time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
-&middot; accuracies are cumulative over the stream</p>
+&middot; prequential and streamed eval accuracies are cumulative over the stream</p>
+{_run_block(run)}
+{_glossary()}
 {body}
 </body></html>
 """
 
 
-def write_report(state_dir: Path, out: Path) -> Path:
-    """Write the four plots and ``index.html`` of ``state_dir``'s history to ``out``; returns the page's path."""
+def write_report(state_dir: Path, out: Path, run: dict[str, Any] | None = None) -> Path:
+    """Write the four plots and ``index.html`` of ``state_dir``'s history to ``out``; returns the page's path.
+
+    ``run`` (from ``edge-node demo``) is shown above the plots: ``title``, ``headline`` (label, value,
+    note), ``cut`` (a sentence, or None), ``complete`` and ``tables`` (a list of (title, [(name, value)]))."""
     skipped: list[tuple[int, str]] = []
     rows = read_history(state_dir, skipped)  # malformed rows (a crash mid-write) left out, each with a warning
     import matplotlib
@@ -304,5 +393,5 @@ def write_report(state_dir: Path, out: Path) -> Path:
     _plot_verdicts(plt, rows, out / "verdicts.png")
     _plot_latency(plt, rows, out / "latency.png")
     page = out / "index.html"
-    page.write_text(_page(state_dir, nums))
+    page.write_text(_page(state_dir, nums, run))
     return page

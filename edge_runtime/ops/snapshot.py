@@ -105,7 +105,7 @@ def from_metrics(values: Values) -> dict[str, Any]:
                    "classes": dict(sorted(classes.items(), key=lambda kv: _label_key(kv[0])))},
         "accuracy": {  # the gauges read 0 before the first labelled sample
             "prequential": _total(values, "edge_prequential_accuracy") if learned else None,
-            "held_out": _total(values, "edge_eval_accuracy") if verdicts.get("eval") else None,
+            "streamed_eval": _total(values, "edge_eval_accuracy") if verdicts.get("eval") else None,
         },
         UPDATES: _int(_total(values, "edge_updates")),
         "update_seconds": {"count": _int(_total(values, "edge_update_seconds_count")), "sum": _total(values, "edge_update_seconds_sum")},
@@ -302,7 +302,7 @@ def read_state_dir(state_dir: str | Path) -> dict[str, Any]:
         snap["state"] = "unknown"
         if summary:
             snap["samples"].update(decided=summary.get("decided"), learned=summary.get(SAMPLES_SEEN))
-            snap["accuracy"] = {"prequential": summary.get(PREQUENTIAL_ACCURACY), "held_out": summary.get(EVAL_ACCURACY)}
+            snap["accuracy"] = {"prequential": summary.get(PREQUENTIAL_ACCURACY), "streamed_eval": summary.get(EVAL_ACCURACY)}
             snap[UPDATES] = summary.get(UPDATES)
             snap["endpoint"] = summary.get("endpoint")
     elif snap.get("state") == "running" and not _pid_alive(snap.get("pid")):

@@ -110,10 +110,7 @@ def render(snap: dict[str, Any], top: int = 10, width: int = 80) -> Any:
     flow.add_row("credit in flight", _num(snap.get("credit_in_flight")), "")
 
     learn = kv_table("learning (all runs)")
-    acc = snap.get("accuracy") or {}
-    learn.add_row("samples learned", _num(s.get("learned")), "")
-    learn.add_row("prequential acc", _pct(acc.get("prequential")), "")
-    learn.add_row("held-out acc", _pct(acc.get("held_out")), "eval split")
+    _accuracy_rows(learn, s, snap.get("accuracy") or {})
     learn.add_row("updates", _num(snap.get(UPDATES)), "")
     window = rates.get("interval_s")
     lat, how = rates.get("update_latency_s"), f"mean, last {window:.0f}s" if window else "mean"
@@ -155,6 +152,19 @@ def render(snap: dict[str, Any], top: int = 10, width: int = 80) -> Any:
     upper.add_row(flow, learn)
     lower.add_row(devices, hist)
     return Group(head, upper, lower)
+
+
+def _accuracy_rows(table: Any, samples: dict[str, Any], acc: dict[str, Any]) -> None:
+    """The learner's counts and its two accuracies, in the words README.md uses: *prequential* (each labelled
+    train sample predicted before it is learned from) and *streamed eval* (the samples devices stream as split
+    eval: predicted, never learned from). A *held-out test* set, never streamed, is not the node's to measure."""
+    kinds = samples.get("learned_verdicts") or {}
+    table.add_row("samples decided", _num(samples.get("learned")), "train + eval + invalid")
+    if kinds:
+        table.add_row("  learned from", _num(kinds.get("admitted", 0) + kinds.get("trained", 0)), "admitted + trained")
+    table.add_row("prequential acc", _pct(acc.get("prequential")), "predict, then learn")
+    evals = f"{kinds['eval']:,} eval samples" if kinds.get("eval") else "eval split, never learned"
+    table.add_row("streamed eval acc", _pct(acc.get("streamed_eval", acc.get("held_out"))), evals)
 
 
 def _federation(fed: dict[str, Any] | None) -> str:

@@ -108,10 +108,12 @@ def test_status_and_report_of_a_missing_state_dir_exit_2_with_one_line(tmp_path)
 
 
 @pytest.mark.slow
-def test_export_of_a_missing_checkpoint_exits_1_and_a_bad_setting_exits_2(tmp_path):
+def test_export_of_a_missing_checkpoint_and_a_bad_setting_exit_2(tmp_path):
+    """A checkpoint the command is pointed at that is missing is a usage error (2), as a missing --state-dir is
+    (docs/operations.md, "Exit codes"); 1 is for an export that started and failed."""
     out = tmp_path / "m.onnx"
     missing = _run("-m", "edge_runtime.cli.main", "export", "--checkpoint", str(tmp_path / "nope.pt"), "--out", str(out))
-    assert missing.returncode == 1
+    assert missing.returncode == 2
     assert missing.stderr == f"edge-node export: checkpoint {tmp_path / 'nope.pt'} does not exist\n"
     bad = _run("-m", "edge_runtime.cli.main", "export", "--checkpoint", str(tmp_path / "nope.pt"), "--out", str(out),
                "--set", "bogus=1")
@@ -133,11 +135,21 @@ def test_demo_runs_node_and_devices_and_report_adds_up(tmp_path):
     assert r.returncode == 0, r.stderr + r.stdout
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["samples_sent"] == report["samples_acked"] == 400 and report["stream_complete"]
+    stream = report["stream"]  # completeness: the whole stream, every class
+    assert stream["samples_streamed"] == stream["samples_total"] == 400 and stream["cut"] is None
+    assert stream["classes_streamed"] == list(range(10)) and stream["classes_never_streamed"] == []
+    assert sum(stream["streamed_per_class"].values()) == 400
+    assert "STREAM CUT" not in r.stdout and "400 of 400 samples; classes streamed 10 of 10" in r.stdout
     assert sum(report["verdicts"].values()) == 400
     assert report["device_verdicts"] == report["verdicts"], "what devices were told must equal what the node decided"
     assert report["verdicts"]["eval"] == 40  # every 10th sample of each device
     assert 0 < report["buffer_items"] <= report["verdicts"].get("admitted", 0)
-    assert 0.0 <= report["held_out_accuracy"] <= 1.0
+    assert 0.0 <= report["held_out_test_accuracy"] <= 1.0 and report["held_out_test_samples"] == 100
+    assert f"held-out test accuracy, all 10 classes   {report['held_out_test_accuracy']:.3f}" in r.stdout
+    for key, term in (("prequential_accuracy", "prequential: "), ("eval_accuracy", "streamed eval: "),
+                      ("held_out_test_accuracy", "held-out test: ")):
+        assert report["descriptions"][key].startswith(term)
+    assert {"admission policy", "buffer size", "model", "time limit"} <= set(report["config"])
     assert report["updates"] > 0 and report["wall_seconds"] > 0
     assert "demo summary" in r.stdout
     from edge_runtime.core.config import load_config
@@ -170,3 +182,15 @@ def test_demo_stopped_by_seconds_waits_for_every_verdict(tmp_path):
     assert report["samples_sent"] == report["samples_acked"] and report["samples_unanswered"] == 0
     assert sum(report["verdicts"].values()) == report["samples_sent"], "the node decided exactly what was sent"
     assert report["device_verdicts"] == report["verdicts"]
+    stream = report["stream"]  # the cut is named: on the screen, in report.json and in the HTML
+    assert not stream["complete"] and stream["samples_streamed"] == report["samples_sent"] < stream["samples_total"] == 50000
+    assert stream["cut"].startswith(f"stopped at the 5 s limit (--seconds) after {report['samples_sent']:,} of 50,000 samples")
+    assert f"STREAM CUT: {stream['cut']}" in r.stdout
+    assert sum(stream["streamed_per_class"].values()) == report["samples_sent"]
+    assert set(stream["classes_streamed"]) | set(stream["classes_never_streamed"]) == set(range(10))
+    if stream["classes_never_streamed"]:
+        assert "never streamed" in stream["cut"]
+    page = (tmp_path / "report" / "index.html").read_text()
+    import html
+
+    assert f"Stream cut:</strong> {html.escape(stream['cut'])}" in page

@@ -98,8 +98,9 @@ def scenario(tmp_path_factory):
             f.terminate()
         log = wait_for_rounds(out, ROUNDS, 240, fed)
         federated = {k: node_evaluation(evaluator, control[k]) for k in SPLIT}
-        arrays = {k: ControlClient(control[k], timeout_s=30).get()[1] for k in SPLIT}
-        yield {"arrays": arrays, "global": dict(np.load(out / "global.npz")), "nodes": nodes, "isolated": isolated, "federated": federated, "log": log["rounds"], "out": out,
+        got = {k: ControlClient(control[k], timeout_s=30).get() for k in SPLIT}
+        arrays, headers = {k: v[1] for k, v in got.items()}, {k: v[0] for k, v in got.items()}
+        yield {"arrays": arrays, "headers": headers, "global": dict(np.load(out / "global.npz")), "nodes": nodes, "isolated": isolated, "federated": federated, "log": log["rounds"], "out": out,
                "killed_at": killed_at, "restarted_at": restarted_at, "config": config}
     finally:
         for f in fleets:
@@ -133,7 +134,10 @@ def test_federated_accuracy_far_above_isolated(scenario):
         assert _unseen(fed[k], classes) >= 0.25, f"node {k}: {_unseen(fed[k], classes):.3f} on the classes it never saw"
         assert fed[k]["accuracy"] >= iso[k]["accuracy"] + 0.1
     assert all(h["round"] == ROUNDS for _, h in scenario["federated"].values())
-    for k in SPLIT:  # what was evaluated is the last round's global model, as the ServerApp wrote it
+    exact = [k for k in SPLIT if scenario["headers"][k]["samples_since_round"] == 0]
+    assert exact, "at least one node learned nothing after its last reply"
+    for k in exact:  # what was evaluated is the last round's global model, as the ServerApp wrote it (a node that
+        # learned after its reply carries that learning over the merge: global + its own since-reply delta)
         for name, value in scenario["arrays"][k].items():
             if name.startswith("model."):
                 np.testing.assert_array_equal(value, scenario["global"][name], err_msg=f"node {k} {name}")

@@ -17,7 +17,10 @@ import numpy as np
 from PIL import Image
 
 from edge_runtime.ops.history import columns, read_history, verdict_kinds
-from edge_runtime.ops.report import PLOTS, numbers, restarts, verdict_intervals
+import math
+
+from edge_runtime.ops.report import (PLOTS, TERMS, elapsed, interval_series, numbers, restarts, state_series,
+                                      verdict_deltas, verdict_intervals, write_report)
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -68,7 +71,8 @@ def test_report_of_a_finished_demo(tmp_path):
         img = Image.open(out / name)
         assert img.format == "PNG" and img.width >= 400 and img.height >= 300
         ink, colours = _ink(out / name)
-        assert ink > 0.03 and colours > 50, f"{name} looks blank: {ink:.3f} inked, {colours} colours"
+        least = 0.02 if name == "latency.png" else 0.03  # latency: a dot per interval with a batch, gaps between
+        assert ink > least and colours > 50, f"{name} looks blank: {ink:.3f} inked, {colours} colours"
     parsed = _Page()
     parsed.feed(page.read_text())
     assert sorted(parsed.images) == sorted(PLOTS)
@@ -149,3 +153,66 @@ def test_a_run_with_a_single_history_interval_still_plots_its_verdict_mix(tmp_pa
 def test_report_without_history_is_a_clear_error(tmp_path):
     r = _cli("report", str(tmp_path), "--out", str(tmp_path / "out"))
     assert r.returncode == 2 and "history.csv does not exist" in r.stderr and "Traceback" not in r.stderr
+
+
+def _rows_with_idle_intervals() -> list[dict]:
+    base = {"uptime_s": 1, "received": 0, "decided": 0, "updates": 1, "buffer_items": 2, "buffer_bytes": 10,
+            "buffer_class_0": 1, "buffer_class_1": 1, "queue_depth": 0, "invalid": 0, "trained": 0, "eval": 0}
+    spec = [  # time, pid, batches, mean latency, samples learned, prequential accuracy
+        (100, 1, None, None, None, None),  # before the first batch
+        (101, 1, 2, 0.010, 32, 0.5),
+        (102, 1, 0, None, 32, 0.5),  # idle: no batch
+        (103, 1, 0, None, 32, 0.5),  # idle
+        (104, 1, 1, 0.030, 64, 0.6),
+        (110, 2, 1, 0.020, 96, 0.7),  # restarted (new pid)
+        (111, 2, 3, 0.040, 192, 0.8),
+    ]
+    rows = []
+    for t, pid, batches, mean, learned, acc in spec:
+        row = {**base, "time": t, "pid": pid, "batches": batches, "update_mean_s": mean, "update_max_s": mean,
+               "samples_learned": learned, "prequential_accuracy": acc}
+        if learned is not None:
+            row.update({"admitted": learned // 2, "skipped": learned - learned // 2})
+        rows.append(row)
+    return rows
+
+
+def test_an_interval_without_a_batch_is_a_gap_in_the_latency_line(tmp_path):
+    _write(tmp_path, _rows_with_idle_intervals())
+    rows = read_history(tmp_path)
+    xs, label = elapsed(rows)
+    assert xs == [0, 1, 2, 3, 4, 10, 11] and label == "time since the first history row (s)"
+    x, y = interval_series(rows, "update_mean_s", xs)
+    # Direct: a value only where the row's interval learned a batch; NaN elsewhere; one NaN point before the restart.
+    expected = [(0, None), (1, 0.010), (2, None), (3, None), (4, 0.030), (10, None), (10, 0.020), (11, 0.040)]
+    assert x == [e[0] for e in expected]
+    assert all((math.isnan(got) if want is None else got == want) for got, (_, want) in zip(y, expected))
+    x, y = state_series(rows, "prequential_accuracy", xs)  # a cumulative value holds through idle intervals
+    assert x == [0, 1, 2, 3, 4, 10, 10, 11]
+    assert math.isnan(y[0]) and y[1:5] == [0.5, 0.5, 0.5, 0.6] and math.isnan(y[5]) and y[6:] == [0.7, 0.8]
+    # Verdict bars span their own interval; the idle intervals have none.
+    assert [(a, b) for a, b, _ in verdict_deltas(rows)] == [(3, 4), (4, 5), (5, 6)]
+    assert verdict_intervals(rows)[0] == (64.0, {"admitted": 16, "trained": 0, "skipped": 16, "eval": 0, "invalid": 0})
+
+
+def test_the_page_shows_the_runs_accuracy_cut_completeness_and_configuration(tmp_path):
+    _write(tmp_path, _rows_with_idle_intervals())
+    run = {"title": "edge-node demo report",
+           "headline": ("held-out test accuracy, all 10 classes", "0.647", "on 1,000 held-out test samples never streamed"),
+           "cut": "stopped at the 60 s limit (--seconds) after 2,528 of 6,000 samples; classes 6-9 never streamed",
+           "complete": False,
+           "tables": [("Completeness", [("samples streamed / total", "2,528 / 6,000")]),
+                      ("Configuration", [("admission policy", "all (train_on all)"), ("buffer size", "200 items")])]}
+    page = write_report(tmp_path, tmp_path / "out", run=run)
+    parsed = _Page()
+    parsed.feed(page.read_text())
+    text = " ".join(" ".join(parsed.text).split())
+    assert "held-out test accuracy, all 10 classes 0.647" in text
+    assert "Stream cut: stopped at the 60 s limit (--seconds) after 2,528 of 6,000 samples; classes 6-9 never streamed" in text
+    for words in ("Completeness samples streamed / total 2,528 / 6,000", "Configuration admission policy all (train_on all)"):
+        assert words in text
+    for term, meaning in TERMS.items():
+        assert f"{term} {meaning}" in text
+    assert "held-out accuracy" not in text, "the streamed eval is not called held-out"
+    plain = write_report(tmp_path, tmp_path / "plain").read_text()  # edge-node report: no run block
+    assert "Stream cut" not in plain and "edge-node learning report" in plain

@@ -113,7 +113,7 @@ def test_status_mid_stream_and_at_the_end_matches_the_node(tmp_path):
     assert end["samples"]["learned"] == summary["samples_seen"]
     assert end["buffer"]["classes"] == {str(k): v for k, v in summary["buffer_classes"].items()} == _store(node.state_dir)[0]
     assert end["buffer"]["items"] == summary["buffer_items"] and end["buffer"]["bytes"] == summary["buffer_bytes"]
-    assert end["accuracy"] == {"prequential": summary["prequential_accuracy"], "held_out": summary["eval_accuracy"]}
+    assert end["accuracy"] == {"prequential": summary["prequential_accuracy"], "streamed_eval": summary["eval_accuracy"]}
     assert end["updates"] == summary["updates"]
     assert {d["device"]: d["samples"] for d in end["devices"]["top"]} == per_device == {f"uav-{k}": 100 for k in range(3)}
     assert end["devices"]["known"] == 3 and end["devices"]["connected"] == 0
@@ -160,7 +160,7 @@ def test_snapshot_from_a_registry_rates_and_federation_line():
     prev = from_metrics(metric_values(m.registry.collect()))
     assert prev["samples"]["decided"] == 80 and prev["samples"]["verdicts"] == {"admitted": 30, "skipped": 50}
     assert prev["buffer"]["classes"] == {"3": 4}
-    assert prev["accuracy"] == {"prequential": None, "held_out": None}  # gauges at 0 before any sample learned
+    assert prev["accuracy"] == {"prequential": None, "streamed_eval": None}  # gauges at 0 before any sample learned
     assert prev["checkpoint"]["written_at"] is None and prev["model"]["version"] is None
     assert prev["federation"] == {"round": 0.0}
     m.received.inc(60)
