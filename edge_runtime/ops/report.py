@@ -17,7 +17,7 @@ import html
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from edge_runtime.core.names import BUFFER_BYTES, BUFFER_ITEMS, EVAL_ACCURACY, PREQUENTIAL_ACCURACY, UPDATES
 from edge_runtime.ops.history import read_history
@@ -77,10 +77,9 @@ def verdict_intervals(rows: list[dict[str, float | None]]) -> list[tuple[float, 
     return [(float(rows[end]["samples_learned"]), d) for _, end, d in verdict_deltas(rows)]  # type: ignore[arg-type]
 
 
-def interval_series(rows: list[dict[str, float | None]], name: str, xs: list[float]) -> tuple[list[float], list[float]]:
-    """x and y of the per-interval column ``name`` (a latency) for a line plot: NaN, a gap in the line, where
-    the interval learned no micro-batch (``batches`` 0 or empty) or the value is missing, and a NaN point
-    before each restart, so that no line is drawn across an idle interval or the node's downtime."""
+def _broken_series(rows: list[dict[str, float | None]], xs: list[float],
+                   value: Callable[[dict[str, float | None]], float]) -> tuple[list[float], list[float]]:
+    """x and y of ``value(row)`` per row, with a NaN point before each restart (no line across the downtime)."""
     breaks = set(restarts(rows))
     out_x: list[float] = []
     out_y: list[float] = []
@@ -88,28 +87,31 @@ def interval_series(rows: list[dict[str, float | None]], name: str, xs: list[flo
         if i in breaks:
             out_x.append(x)
             out_y.append(math.nan)
-        value = r.get(name)
-        learned = (r.get("batches") or 0) > 0 and value is not None
         out_x.append(x)
-        out_y.append(float(value) if learned else math.nan)  # type: ignore[arg-type]
+        out_y.append(value(r))
     return out_x, out_y
+
+
+def interval_series(rows: list[dict[str, float | None]], name: str, xs: list[float]) -> tuple[list[float], list[float]]:
+    """x and y of the per-interval column ``name`` (a latency) for a line plot: NaN, a gap in the line, where
+    the interval learned no micro-batch (``batches`` 0 or empty) or the value is missing, and a NaN point
+    before each restart, so that no line is drawn across an idle interval or the node's downtime."""
+    def value(r: dict[str, float | None]) -> float:
+        v = r.get(name)
+        return float(v) if (r.get("batches") or 0) > 0 and v is not None else math.nan
+
+    return _broken_series(rows, xs, value)
 
 
 def state_series(rows: list[dict[str, float | None]], name: str, xs: list[float]) -> tuple[list[float], list[float]]:
     """x and y of the cumulative column ``name`` (an accuracy): the value holds through an idle interval
     (nothing was learned, so it did not change); NaN before the first value and a NaN point at each
     restart, so that no line crosses the node's downtime."""
-    breaks = set(restarts(rows))
-    out_x: list[float] = []
-    out_y: list[float] = []
-    for i, (x, r) in enumerate(zip(xs, rows)):
-        if i in breaks:
-            out_x.append(x)
-            out_y.append(math.nan)
-        value = r.get(name)
-        out_x.append(x)
-        out_y.append(math.nan if value is None else float(value))
-    return out_x, out_y
+    def value(r: dict[str, float | None]) -> float:
+        v = r.get(name)
+        return math.nan if v is None else float(v)
+
+    return _broken_series(rows, xs, value)
 
 
 def _percentile(values: list[float], q: float) -> float | None:
