@@ -234,10 +234,10 @@ def test_cli_export(trained, synthetic, tmp_path, capsys):
     learner.model.train()
     bad = parser.parse_args(["export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "n.onnx"),
                              "--set", "model.embed_dim=8"])
-    assert run_export(bad) == 1
+    assert run_export(bad) == 2  # a checkpoint that does not fit the settings: a configuration error, as everywhere
     assert "does not fit" in capsys.readouterr().err
     missing = parser.parse_args(["export", "--checkpoint", str(tmp_path / "nope.pt"), "--out", str(tmp_path / "n.onnx")])
-    assert run_export(missing) == 1
+    assert run_export(missing) == 2  # a checkpoint the command was pointed at is missing: a usage error
     assert "does not exist" in capsys.readouterr().err
     assert not (tmp_path / "n.onnx").exists()
 
