@@ -177,6 +177,17 @@ def test_killed_node_does_not_stop_the_round_and_rejoins_with_the_global_model(s
     assert json.loads((c.state_dir / "federation.json").read_text())["round"] == 3
 
 
+def test_the_server_app_looks_for_replies_every_reply_poll_s_and_logs_each_wait(scenario):
+    """Flower 1.42's grid pulls a phase's replies every 3 s; the ServerApp's PollingGrid every REPLY_POLL_S
+    (docs/federation.md, "Where a round's time goes"), and rounds.json keeps what each phase waited."""
+    from edge_runtime.federation.server_app import REPLY_POLL_S
+
+    assert json.loads((scenario["out"] / "done.json").read_text())["reply_poll_s"] == REPLY_POLL_S < 3.0
+    for r in scenario["log"]:
+        assert 0 < r["train_wait_s"] <= r["seconds"] + 0.1, r
+        assert r["merged_into"] and 0 < r["evaluate_wait_s"] <= r["seconds"] - r["train_wait_s"] + 0.1, r
+
+
 # ---------------------------------------------------------------------- without Flower
 def test_mismatched_put_is_refused_naming_the_array_and_changes_nothing(tmp_path):
     node = NodeProcess(tmp_path, CONFIG, name="solo").start()
