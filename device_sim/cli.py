@@ -84,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "timeout) (default 2)")
     run.add_argument("--hello-timeout", type=float, default=5.0,
                      help="give up when the node has said nothing this many seconds after connecting, and say why "
-                          "(no node at the endpoint, a CURVE key it refuses); exit 1 (default 5)")
+                          "(no node at the endpoint, a CURVE key it refuses); exit 1 (default 5). A peer that "
+                          "completed the ZeroMQ handshake is given at least --drain-timeout: a busy node answers late")
     run.add_argument("--fresh", action="store_true",
                      help="a new run: device ids get a run token (PREFIX-K.TOKEN), so the node streams every sample "
                           "again instead of answering that it holds them (without it a rerun resumes: samples the node "

@@ -23,7 +23,8 @@ receiving (and resending) until every sample already sent has its verdict, for a
 So ``sent == acked + unanswered + <error verdicts>`` always holds in a summary.
 
 A device that hears nothing from the node within ``hello_give_up_s`` of opening (no node there, a
-CURVE key the node refuses), or whose node stays silent for ``drain_timeout_s`` mid-run, gives up
+CURVE key the node refuses; a peer that completed the ZeroMQ handshake is given at least
+``drain_timeout_s``, since a busy node answers late), or whose node stays silent for ``drain_timeout_s`` mid-run, gives up
 and says why in :attr:`DeviceClient.failure` (connection events come from a ZeroMQ socket monitor).
 
 One :class:`DeviceClient` is a small state machine (:meth:`DeviceClient.open`, ``step``,
@@ -267,10 +268,18 @@ class DeviceClient:
             with self._lock:
                 self.summary.failure = why
 
+    def _hello_bound(self) -> float:
+        """How long to wait for a first answer: the hello timeout, or, once a ZeroMQ peer completed the
+        handshake (a node is there, perhaps busy or still holding this id's previous connection), at least
+        the drain timeout, so that a loaded node is not taken for a missing one."""
+        cfg = self.cfg
+        assert cfg.hello_give_up_s is not None
+        return max(cfg.hello_give_up_s, cfg.drain_timeout_s) if self._handshake_ok else cfg.hello_give_up_s
+
     def _hello_failure(self) -> str:
         """Why no node answered within the hello timeout, as far as the connection events tell."""
         cfg = self.cfg
-        wait = f"within {cfg.hello_give_up_s:g} s"
+        wait = f"within {self._hello_bound():g} s"
         if self._handshake_failed == "protocol":
             mode = "this device uses CURVE (--curve-dir)" if cfg.curve_server else "this device does not use CURVE"
             return (f"the ZeroMQ handshake with {cfg.endpoint} failed: {mode}; does the node agree "
@@ -444,7 +453,7 @@ class DeviceClient:
     def _check_give_up(self, now: float) -> None:
         """Give up when no node ever said anything within the hello timeout, or the node went silent for good."""
         cfg = self.cfg
-        if self._last_rx is None and cfg.hello_give_up_s is not None and now - self._started >= cfg.hello_give_up_s:
+        if self._last_rx is None and cfg.hello_give_up_s is not None and now - self._started >= self._hello_bound():
             self._fail(self._hello_failure())
         elif self.silent_for(now) >= max(cfg.drain_timeout_s, SILENT_AFTER_S) and (self._unacked or not self._exhausted):
             self._fail(f"the node at {cfg.endpoint} went silent {self.silent_for(now):.0f} s ago and did not come back "
