@@ -77,6 +77,17 @@ def node_in_thread(tmp_path):
         assert not thread.is_alive()
 
 
+def _four_samples_onto_a_full_disk(ctx, node, full: threading.Event, what: str) -> "Device":
+    """A welcomed device sends seqs 0-3 once ``full`` is set; returns when the ledger counted 3 disk errors."""
+    dev = Device(ctx, node.endpoint, "dev")
+    assert dev.hello()["type"] == "welcome"
+    full.set()
+    for seq in range(4):
+        dev.sample(seq)
+    _wait(lambda: node.metrics.registry.get_sample_value("edge_disk_errors_total", {"what": "ledger"}) >= 3, what=what)
+    return dev
+
+
 def test_g7_checkpoint_enospc_is_logged_once_retried_and_learning_goes_on(node_in_thread, caplog):
     start, ctx = node_in_thread
     caplog.set_level(logging.INFO, logger="edge_runtime")
@@ -145,13 +156,7 @@ def test_g7_failing_ledger_commit_holds_the_acks_until_it_commits(node_in_thread
         real_commit()
 
     node.store.commit = commit  # type: ignore[method-assign]
-    dev = Device(ctx, node.endpoint, "dev")
-    assert dev.hello()["type"] == "welcome"
-    full.set()
-    for seq in range(4):
-        dev.sample(seq)
-    _wait(lambda: node.metrics.registry.get_sample_value("edge_disk_errors_total", {"what": "ledger"}) >= 3,
-          what="three failed commits")
+    dev = _four_samples_onto_a_full_disk(ctx, node, full, what="three failed commits")
     assert dev.silent(500)  # no ack while the ledger cannot commit
     with sqlite3.connect(node.state_dir / "state.db") as db:
         assert db.execute("SELECT COUNT(*) FROM verdicts").fetchone() == (0,)
@@ -173,13 +178,7 @@ def test_g7_low_space_holds_a_batch_before_the_learner_writes_it(node_in_thread,
     real_free = worker._free_bytes
     full = threading.Event()
     worker._free_bytes = lambda: 100 << 10 if full.is_set() else real_free()  # type: ignore[method-assign]
-    dev = Device(ctx, node.endpoint, "dev")
-    assert dev.hello()["type"] == "welcome"
-    full.set()
-    for seq in range(4):
-        dev.sample(seq)
-    _wait(lambda: node.metrics.registry.get_sample_value("edge_disk_errors_total", {"what": "ledger"}) >= 3,
-          what="three waits for room")
+    dev = _four_samples_onto_a_full_disk(ctx, node, full, what="three waits for room")
     assert node.learner.calls == 0 and not node.learner.seen  # nothing written while there is no room
     assert dev.silent(300)
     full.clear()
