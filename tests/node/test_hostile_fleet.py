@@ -70,12 +70,16 @@ def _stop(node: NodeProcess) -> None:
     assert code == 0, f"edge-node exited {code}:\n{node.log()[-4000:]}"
 
 
-def _peak_rss(pid: int) -> int:
-    """VmHWM (peak resident set) of ``pid`` in bytes."""
+def _proc_status_bytes(pid: int, field: str) -> int:
+    """A memory line of /proc/PID/status (``VmHWM``: peak resident set, ``VmRSS``: resident now) in bytes."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) * 1024
-    raise AssertionError("no VmHWM")
+    raise AssertionError(f"no {field}")
+
+
+def _peak_rss(pid: int) -> int:
+    return _proc_status_bytes(pid, "VmHWM")
 
 
 # --------------------------------------------------------------------------- G3
@@ -165,10 +169,7 @@ def test_g5_a_frame_larger_than_the_schema_needs_is_dropped_before_the_message_i
 
 
 def _rss(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
+    return _proc_status_bytes(pid, "VmRSS")
 
 
 @pytest.mark.slow
