@@ -8,7 +8,11 @@ Sub-commands:
             (and the stream ended, or --seconds stopped it); 1 when the node could not be reached,
             refused the devices, went away, or left samples unanswered (one line on stderr says
             which); 2 for a usage or configuration error; 130 after Ctrl-C (the first stops sending,
-            waits briefly for verdicts in flight and prints the summary; a second aborts at once)
+            waits briefly for verdicts in flight and prints the summary; a second aborts at once).
+            With an eval split (--eval-split, or the data set's default such as watch's held-out
+            subjects), once every device's training stream is acknowledged one more device,
+            PREFIX-eval-0, sends that split as split eval (predicted, never learned), so the node's
+            held-out accuracy is the accuracy on that split
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import secrets
 import signal
 import sys
 import threading
+import time
 from collections import Counter
 from typing import Any
 
@@ -27,7 +32,10 @@ import numpy as np
 
 from device_sim.datasets import registry
 from edge_runtime import __version__
-from device_sim.scenario import CORRUPTIONS, SCENARIOS, STREAMS, Corrupted, StreamOrder, assign_devices, make_order, make_stream
+from device_sim.scenario import (CORRUPTIONS, SCENARIOS, STREAMS, Corrupted, StreamOrder, assign_devices, assign_natural, iid,
+                                 make_order, make_stream, natural_shards)
+
+SHARDINGS = ("auto", "natural", "dealt")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="stream a data set from N simulated devices to an edge node",
                          description="Each device is a DEALER (routing id uav-K) that says hello, keeps at most its credit "
                          "window of samples unacknowledged, resends after a timeout with the same seq, and resumes from the "
-                         "node's next_seq after a restart. Device K replays positions K, K+N, ... of the scenario's order.")
+                         "node's next_seq after a restart. Device K replays positions K, K+N, ... of the scenario's order, or, "
+                         "for a data set with natural shards (watch: one subject per device), its shard's positions.")
     run.add_argument("--endpoint", default="tcp://127.0.0.1:5555", help="node endpoint (default tcp://127.0.0.1:5555)")
     run.add_argument("--devices", type=int, default=4, help="simulated devices (default 4)")
     run.add_argument("--infer", default=None, metavar="ENDPOINT",
@@ -64,12 +73,20 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--drift-width", type=float, default=0.3, help="gradual: transition length between tasks, in task lengths (default 0.3)")
     run.add_argument("--corrupt-fraction", type=float, default=0.0, help="share of samples with one modality corrupted (default 0)")
     run.add_argument("--corrupt-kind", choices=list(CORRUPTIONS), default="noise", help="noise | occlusion | drop | degrade (default noise)")
-    run.add_argument("--corrupt-modality", choices=["audio", "video"], default="video", help="modality to corrupt (default video)")
+    run.add_argument("--corrupt-modality", default="video", metavar="NAME",
+                     help="modality to corrupt, any the data set's samples hold; rank-4 frames are corrupted in blocks of pixels, "
+                          "other arrays along time (default video)")
     run.add_argument("--stream", choices=list(STREAMS), default=None,
                      help="a named stream where modalities are unequal (corrupted-audio-25, weak-video, ...; docs/datasets.md, "
                           "'Streams where modalities are unequal'); instead of --corrupt-*")
     run.add_argument("--class-skew", type=float, default=0.0,
-                     help="0: classes spread evenly over devices; 1: each device sees only its own classes (default 0)")
+                     help="0: classes spread evenly over devices; 1: each device sees only its own classes (default 0; "
+                          "implies --sharding dealt)")
+    run.add_argument("--sharding", choices=list(SHARDINGS), default="auto",
+                     help="how stream positions go to devices: natural = by the data set's natural shards (watch: subjects; "
+                          "folder: each file's device), round-robin over devices when their numbers differ; dealt = position "
+                          "K to device K mod N (and --class-skew); auto = natural when the data set has shards and no "
+                          "--class-skew is given (default auto)")
     run.add_argument("--classes", default=None, metavar="LIST",
                      help="stream only these class ids, e.g. 0,1,2 (a box whose drones see a share of the classes; default: all)")
     run.add_argument("--samples", type=int, default=None,
@@ -92,6 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
                           "already decided are skipped). Each run adds new ids to the node's ledger and, with CURVE, "
                           "to the key's ids (node.curve.max_ids_per_key)")
     run.add_argument("--eval-every", type=int, default=None, help="every K-th sample of a device is sent as split eval (default: none)")
+    run.add_argument("--eval-split", default=None, metavar="SPLIT",
+                     help="after every device's training stream is acknowledged, device PREFIX-eval-0 sends this split of the "
+                          "data set as split eval (predicted, never learned): the node's held-out accuracy is then measured on "
+                          "it (with --eval-every, on both). Default: the data set's own (watch: test, the held-out subjects; "
+                          "folder: test when it has one), none for the others; 'none' sends none")
     run.add_argument("--seed", type=int, default=0, help="seed of data set and order (default 0)")
     run.add_argument("--seconds", type=float, default=None,
                      help="stop sending after this many seconds, then wait for the verdicts of what was sent (default: when the stream ends)")
@@ -138,7 +160,30 @@ def fleet_data(args: argparse.Namespace) -> tuple[Any, StreamOrder, np.ndarray]:
 
     Raises ValueError (or FileNotFoundError) naming the option to change.
     """
-    dataset = registry.build_from(args.dataset, vars(args))
+    return _training_data(args)[1:]
+
+
+def _owners(args: argparse.Namespace, dataset: Any, order: StreamOrder) -> np.ndarray:
+    """The device of every stream position: by natural shard (:func:`assign_natural`) or dealt (:func:`assign_devices`)."""
+    sharding = getattr(args, "sharding", "auto")
+    shards = natural_shards(dataset)
+    if sharding == "natural":
+        if shards is None:
+            raise ValueError(f"--sharding natural: {args.dataset} has no natural shards (subjects, recording devices); "
+                             "use --sharding dealt")
+        if args.class_skew:
+            raise ValueError("--class-skew deals classes over devices; it needs --sharding dealt (or auto), not natural")
+    if shards is not None and (sharding == "natural" or (sharding == "auto" and not args.class_skew)):
+        owner, note = assign_natural(shards[order.indices], args.devices, getattr(dataset, "shard_noun", "natural shard"))
+        if note:
+            print(f"device-sim: {note}", file=sys.stderr)
+        return owner
+    return assign_devices(dataset.labels()[order.indices], args.devices, args.class_skew, seed=args.seed)
+
+
+def _training_data(args: argparse.Namespace) -> tuple[Any, Any, StreamOrder, np.ndarray]:
+    """The data set as built (before corruption), then :func:`fleet_data`'s three."""
+    dataset = raw = registry.build_from(args.dataset, vars(args))
     if args.stream and args.corrupt_fraction:
         raise ValueError("--stream and --corrupt-fraction both corrupt the stream: give one of them")
     if args.stream:
@@ -151,8 +196,38 @@ def fleet_data(args: argparse.Namespace) -> tuple[Any, StreamOrder, np.ndarray]:
         order.indices, order.task_of = order.indices[: args.samples], order.task_of[: args.samples]
     if args.classes:
         order.indices, order.task_of = _only_classes(dataset.labels(), order.indices, order.task_of, args.classes)
-    owner = assign_devices(dataset.labels()[order.indices], args.devices, args.class_skew, seed=args.seed)
-    return dataset, order, owner
+    return raw, dataset, order, _owners(args, dataset, order)
+
+
+def eval_data(args: argparse.Namespace, raw: Any) -> tuple[str, Any, StreamOrder] | None:
+    """The split sent as ``eval`` after the training stream (``--eval-split``), or None.
+
+    ``raw`` is the training data set as built (its ``eval_split`` attribute is the default).  The
+    whole split is sent, in a seeded shuffled order, restricted to ``--classes`` when given (not
+    cut by ``--samples``); a ``weak-*`` stream degrades it as it does any test split.
+    ValueError naming the option to change.
+    """
+    chosen = getattr(args, "eval_split", None)
+    if chosen == "none":
+        return None
+    if chosen is None:
+        chosen = getattr(raw, "eval_split", None)
+        if chosen is None or chosen == args.split:
+            return None
+    if chosen == args.split:
+        raise ValueError(f"--eval-split {chosen} is the split streamed for training (--split {args.split}); evaluate on another split")
+    cls = registry.dataset_class(args.dataset)
+    if not cls.splits:
+        raise ValueError(f"--eval-split {chosen}: {args.dataset} is generated and has no splits to hold out; use --eval-every")
+    if chosen not in cls.splits:
+        raise ValueError(f"--eval-split {chosen}: {args.dataset} has the splits {', '.join(cls.splits)} (or give none)")
+    held = registry.build_from(args.dataset, {**vars(args), "split": chosen})
+    if args.stream:
+        held = make_stream(args.stream, raw, held, seed=args.seed)[1]
+    order = iid(held.labels(), seed=args.seed)
+    if args.classes:
+        order.indices, order.task_of = _only_classes(held.labels(), order.indices, order.task_of, args.classes)
+    return chosen, held, order
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -176,7 +251,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"device-sim: --samples must be at least 1 (got {args.samples})", file=sys.stderr)
         return 2
     try:
-        dataset, order, owner = fleet_data(args)
+        raw, dataset, order, owner = _training_data(args)
+        held = eval_data(args, raw)
     except (ValueError, FileNotFoundError) as err:
         print(f"device-sim: {err}", file=sys.stderr)
         return 2
@@ -203,10 +279,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
               file=sys.stderr)
     interrupt = threading.Event()
     _on_sigint(interrupt, min(5.0, args.drain_timeout))
+    started = time.monotonic()
     try:
         result = run_fleet(dataset, order, base, args.devices, eval_every=args.eval_every, seconds=args.seconds,
                            progress=not args.no_progress, owner=owner, prefix=args.device_prefix, infer=args.infer,
                            suffix=suffix, interrupt=interrupt, interrupt_drain_s=min(5.0, args.drain_timeout))
+        if held is not None:
+            result["eval"] = _run_eval(args, held, base, suffix, result, interrupt, started)
     except ValueError as err:
         print(f"device-sim: {err}", file=sys.stderr)
         return 2
@@ -215,6 +294,30 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.summary:
         Path(args.summary).write_text(text + "\n")
     return _verdict(args, result)
+
+
+def _run_eval(args: argparse.Namespace, held: tuple[str, Any, StreamOrder], base: Any, suffix: str, result: dict[str, Any],
+              interrupt: threading.Event, started: float) -> dict[str, Any]:
+    """Send the eval split from one more device once the training stream is acknowledged; its summary."""
+    from device_sim.fleet import run_fleet
+
+    split, dataset, order = held
+    totals = result["totals"]
+    if result.get("interrupted") or not totals["complete"] or totals["failed"]:
+        why = ("interrupted" if result.get("interrupted") else f"--seconds {args.seconds:g} stopped the training stream"
+               if args.seconds and not totals["failed"] else "the training stream was not acknowledged in full")
+        print(f"device-sim: {why}: split {split} not sent for evaluation", file=sys.stderr)
+        return {"split": split, "skipped": why}
+    left = None if args.seconds is None else args.seconds - (time.monotonic() - started)
+    if left is not None and left <= 0:
+        print(f"device-sim: --seconds {args.seconds:g} spent on the training stream: split {split} not sent for evaluation",
+              file=sys.stderr)
+        return {"split": split, "skipped": "--seconds spent"}
+    print(f"device-sim: training stream acknowledged; {args.device_prefix}-eval-0{suffix} sends the {len(order.indices)} "
+          f"samples of split {split} as eval (predicted, never learned)", file=sys.stderr)
+    out = run_fleet(dataset, order, base, 1, seconds=left, progress=not args.no_progress, prefix=f"{args.device_prefix}-eval",
+                    suffix=suffix, interrupt=interrupt, interrupt_drain_s=min(5.0, args.drain_timeout), split="eval")
+    return {"split": split, **out}
 
 
 def _on_sigint(interrupt: threading.Event, drain_s: float) -> None:
@@ -247,33 +350,42 @@ def _resume_line(totals: dict[str, Any]) -> str | None:
 
 
 def _verdict(args: argparse.Namespace, result: dict[str, Any]) -> int:
-    """The closing line(s) on stderr and the exit code of ``run``."""
+    """The closing line(s) on stderr and the exit code of ``run``: the training stream's, then the eval split's."""
+    code = _phase_verdict(args, result, "")
+    evaluation = result.get("eval")
+    if code == 0 and evaluation is not None and "totals" in evaluation:
+        code = _phase_verdict(args, evaluation, f"eval split {evaluation['split']}: ")
+    return code
+
+
+def _phase_verdict(args: argparse.Namespace, result: dict[str, Any], what: str) -> int:
+    """The closing line(s) and exit code of one fleet run (``what`` prefixes its lines)."""
     from device_sim.fleet import failure_lines
 
     totals = result["totals"]
     failures = failure_lines(result["devices"])
     for line in failures:
-        print(f"device-sim: {line}", file=sys.stderr)
+        print(f"device-sim: {what}{line}", file=sys.stderr)
     resumed = _resume_line(totals)
     if resumed:
-        print(f"device-sim: {resumed}", file=sys.stderr)
+        print(f"device-sim: {what}{resumed}", file=sys.stderr)
     if result.get("interrupted"):
-        print(f"device-sim: interrupted after {totals['sent']} samples sent, {totals['acked']} acked, "
+        print(f"device-sim: {what}interrupted after {totals['sent']} samples sent, {totals['acked']} acked, "
               f"{totals['unanswered']} unanswered", file=sys.stderr)
         return 130
     if failures:
         return 1
     if totals["unanswered"]:
-        print(f"device-sim: {totals['unanswered']} of {totals['sent']} samples sent got no verdict within the "
+        print(f"device-sim: {what}{totals['unanswered']} of {totals['sent']} samples sent got no verdict within the "
               f"{args.drain_timeout:g} s drain timeout (node overloaded or unreachable)" if args.seconds else
-              f"device-sim: {totals['unanswered']} of {totals['sent']} samples sent got no verdict (interrupted)", file=sys.stderr)
+              f"device-sim: {what}{totals['unanswered']} of {totals['sent']} samples sent got no verdict (interrupted)", file=sys.stderr)
         return 1
     if not totals["complete"]:
         if args.seconds:
-            print(f"device-sim: stopped at --seconds {args.seconds:g} after {totals['sent']} of {totals['samples']} samples; "
+            print(f"device-sim: {what}stopped at --seconds {args.seconds:g} after {totals['sent']} of {totals['samples']} samples; "
                   "every sample sent got a verdict", file=sys.stderr)
             return 0
-        print(f"device-sim: {totals['samples'] - totals['decided']} of {totals['samples']} samples got no verdict "
+        print(f"device-sim: {what}{totals['samples'] - totals['decided']} of {totals['samples']} samples got no verdict "
               "(node unreachable, or interrupted)", file=sys.stderr)
         return 1
     return 0

@@ -23,14 +23,17 @@ from edge_runtime.wire import schema_of
 
 
 def shard(dataset: Any, order: StreamOrder, k: int, n: int, eval_every: int | None, owner: np.ndarray | None = None,
-          follower: Any = None) -> Iterator[Sample]:
+          follower: Any = None, split: str | None = None) -> Iterator[Sample]:
     """Device ``k`` of ``n`` replays its stream positions in order: those with ``owner == k`` (see
-    :func:`device_sim.scenario.assign_devices`), or k, k+n, ... without an owner array.  Every
-    ``eval_every``-th of them is split ``eval``."""
+    :func:`device_sim.scenario.assign_devices` and :func:`~device_sim.scenario.assign_natural`), or
+    k, k+n, ... without an owner array.  Every ``eval_every``-th of them is split ``eval``;
+    ``split`` stamps every sample with that split instead (``"eval"``: a held-out split sent after training)."""
     mine = order.indices[k::n] if owner is None else order.indices[owner == k]
     for j, index in enumerate(mine.tolist()):
         sample = dataset.sample(int(index))
-        if eval_every and j % eval_every == eval_every - 1:
+        if split is not None:
+            sample.split = split
+        elif eval_every and j % eval_every == eval_every - 1:
             sample.split = "eval"
         if follower is not None:
             follower.observe(sample)  # on-device inference with the newest model, before sending
@@ -69,8 +72,10 @@ class _SilenceWatch:
 def run_fleet(dataset: Any, order: StreamOrder, base: ClientConfig, devices: int, eval_every: int | None = None,
               seconds: float | None = None, progress: bool = True, owner: np.ndarray | None = None, prefix: str = "uav",
               infer: str | None = None, suffix: str = "", interrupt: threading.Event | None = None,
-              interrupt_drain_s: float = 5.0) -> dict[str, Any]:
+              interrupt_drain_s: float = 5.0, split: str | None = None) -> dict[str, Any]:
     """Stream ``order`` from ``devices`` clients named ``{prefix}-K{suffix}``; returns per-device summaries and totals.
+
+    ``split`` (e.g. ``"eval"``) stamps every sample with that split (see :func:`shard`).
 
     ``interrupt`` (set by a first Ctrl-C) stops sending and waits at most ``interrupt_drain_s`` for
     the verdicts in flight; the result then has ``"interrupted": True``.
@@ -94,7 +99,7 @@ def run_fleet(dataset: Any, order: StreamOrder, base: ClientConfig, devices: int
     for k in range(devices):
         cfg = ClientConfig(**{**base.__dict__, "device_id": f"{prefix}-{k}{suffix}"})
         follower = followers[k] if followers else None
-        clients.append(DeviceClient(cfg, shard(dataset, order, k, devices, eval_every, owner, follower), schema, ctx=ctx))
+        clients.append(DeviceClient(cfg, shard(dataset, order, k, devices, eval_every, owner, follower, split), schema, ctx=ctx))
     stop, drain = threading.Event(), interrupt or threading.Event()
     results: list[DeviceSummary] = []
     timeout = f", hello timeout {base.hello_give_up_s:g} s" if base.hello_give_up_s else ""

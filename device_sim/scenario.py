@@ -97,7 +97,13 @@ def gradual(labels: np.ndarray, classes_per_task: int, width: float, seed: int =
     return StreamOrder(base.indices[order], base.task_of[order], base.task_classes)
 
 
-SCENARIOS = ("iid", "class-incremental", "blurry", "gradual")
+def ordered(labels: np.ndarray) -> StreamOrder:
+    """The data set's own order (a folder's ``time``, recordings in sequence); one task holding every class."""
+    n = len(labels)
+    return StreamOrder(np.arange(n, dtype=np.int64), np.zeros(n, dtype=np.int64), [sorted(int(c) for c in np.unique(labels))])
+
+
+SCENARIOS = ("iid", "class-incremental", "blurry", "gradual", "ordered")
 
 
 def make_order(name: str, labels: np.ndarray, seed: int = 0, classes_per_task: int = 2, blur: float = 0.1,
@@ -111,6 +117,8 @@ def make_order(name: str, labels: np.ndarray, seed: int = 0, classes_per_task: i
         return blurry(labels, classes_per_task, blur, seed)
     if name == "gradual":
         return gradual(labels, classes_per_task, drift_width, seed)
+    if name == "ordered":
+        return ordered(labels)
     raise ValueError(f"unknown scenario {name!r}; choose one of {list(SCENARIOS)}")
 
 
@@ -132,6 +140,61 @@ def assign_devices(stream_labels: np.ndarray, devices: int, skew: float = 0.0, s
     return np.where(rng.random(len(home)) < skew, home, dealt)
 
 
+def natural_shards(dataset) -> np.ndarray | None:
+    """The natural shard of every index of ``dataset`` (a subject, a recording device), or None.
+
+    A data set declares natural shards with a ``shards()`` method returning one value per index
+    (ints or strings, computed without decoding samples); its samples carry the same value as
+    ``meta["shard"]``.  Wrappers (:class:`Corrupted`) pass their data set's shards on.
+    """
+    get = getattr(dataset, "shards", None)
+    if get is None:
+        return None
+    shards = get()
+    if shards is None:
+        return None
+    shards = np.asarray(shards)
+    if len(shards) != len(dataset):
+        raise ValueError(f"{getattr(dataset, 'name', 'data set')}: shards() gave {len(shards)} values for {len(dataset)} samples")
+    return shards
+
+
+def assign_natural(stream_shards: np.ndarray, devices: int, noun: str = "shard") -> tuple[np.ndarray, str | None]:
+    """Device index of every stream position from its natural shard, and a line saying how shards met devices.
+
+    Shards are taken in sorted order (shard j = the j-th smallest value).  With as many devices as
+    shards, device j replays shard j.  With fewer devices, shards are dealt round-robin (device k
+    replays shards k, k + devices, ..., whole).  With more devices, every device still replays one
+    shard only: shard j gets devices j, j + S, j + 2S, ... (S shards) and its positions are dealt
+    among them in stream order, so no device idles and none mixes two shards.  The line (``noun``
+    names a shard: "subject") is None when devices and shards match one to one.
+    """
+    if devices < 1:
+        raise ValueError(f"devices must be at least 1 (got {devices})")
+    keys, which = np.unique(np.asarray(stream_shards), return_inverse=True)
+    which = which.reshape(-1)
+    n_shards = len(keys)
+    owner = np.empty(len(which), dtype=np.int64)
+    if n_shards == 0 or devices == n_shards:
+        owner[:] = which
+        return owner, None
+    names = [str(k) for k in keys.tolist()]
+    if devices < n_shards:
+        owner[:] = which % devices
+        held = [", ".join(names[k::devices]) for k in range(devices)]
+        shown = "; ".join(f"device {k}: {h}" for k, h in enumerate(held[:6])) + ("; ..." if devices > 6 else "")
+        return owner, (f"{n_shards} {noun}s over {devices} device{'s' if devices > 1 else ''}: dealt round-robin, whole "
+                       f"({shown})")
+    for j in range(n_shards):
+        mine = np.flatnonzero(which == j)
+        theirs = np.arange(j, devices, n_shards)
+        owner[mine] = theirs[np.arange(len(mine)) % len(theirs)]
+    split = [f"{names[j]} (devices {', '.join(map(str, range(j, devices, n_shards)))})" for j in range(min(n_shards, devices - n_shards))]
+    shown = "; ".join(split[:6]) + ("; ..." if len(split) > 6 else "")
+    return owner, (f"{n_shards} {noun}s over {devices} devices: every device replays part of one {noun}; "
+                   f"{noun}s split between devices: {shown}")
+
+
 def eval_mask(n: int, every: int | None) -> np.ndarray:
     """Interleaved eval split: True at every ``every``-th position (the 10th, 20th, ... for 10)."""
     mask = np.zeros(n, dtype=bool)
@@ -143,13 +206,26 @@ def eval_mask(n: int, every: int | None) -> np.ndarray:
 
 
 CORRUPTIONS = ("noise", "occlusion", "drop", "degrade")
-#: ``degrade``'s noise (times the tensor's std) per modality, calibrated on AV-Digits so that the
-#: degraded modality's unimodal accuracy falls to about 50-60 % (docs/datasets.md, "Streams where modalities
-#: are unequal"); other kinds default to 2.0.
-DEGRADE_STRENGTH = {"video": 1.0, "audio": 1.0}
-#: ``degrade``'s block size: video frames are averaged over blocks of this many pixels per side,
-#: audio over this many time steps (then repeated back to the original shape).
-DEGRADE_BLOCK = {"video": 2, "audio": 4}
+#: How a modality is corrupted follows its array's rank: ``spatial`` for rank-4 frames (T, C, H, W)
+#: (blocks of pixels), ``temporal`` for every other rank (blocks of the first, time axis).
+LAYOUTS = ("spatial", "temporal")
+#: ``degrade``'s noise (times the tensor's std) per layout, calibrated on AV-Digits so that the
+#: degraded modality's unimodal accuracy falls to about 50-60 % (docs/datasets.md, "Streams where
+#: modalities are unequal"); the other kinds default to 2.0.
+DEGRADE_STRENGTH_BY_LAYOUT = {"spatial": 1.0, "temporal": 1.0}
+#: ``degrade``'s block size per layout: frames are averaged over blocks of this many pixels per
+#: side, other arrays over this many time steps (then repeated back to the original shape).
+DEGRADE_BLOCK_BY_LAYOUT = {"spatial": 2, "temporal": 4}
+#: The same numbers by the modality names of the preset streams (:data:`STREAMS`), for callers
+#: that look them up by name: ``video`` is rank-4 frames, ``audio`` (T, F) features.
+_PRESET_LAYOUT = {"video": "spatial", "audio": "temporal"}
+DEGRADE_STRENGTH = {m: DEGRADE_STRENGTH_BY_LAYOUT[lay] for m, lay in _PRESET_LAYOUT.items()}
+DEGRADE_BLOCK = {m: DEGRADE_BLOCK_BY_LAYOUT[lay] for m, lay in _PRESET_LAYOUT.items()}
+
+
+def layout_of(x: np.ndarray) -> str:
+    """``spatial`` for a rank-4 (T, C, H, W) array, ``temporal`` otherwise (:data:`LAYOUTS`)."""
+    return "spatial" if np.ndim(x) == 4 else "temporal"
 
 
 def _block_average(x: np.ndarray, block: int, axes: tuple[int, ...]) -> np.ndarray:
@@ -171,19 +247,23 @@ def _block_average(x: np.ndarray, block: int, axes: tuple[int, ...]) -> np.ndarr
 class Corrupted:
     """Wraps a data set and corrupts one modality of a seeded ``fraction`` of its samples.
 
-    Exactly ``round(fraction * len(dataset))`` indices are corrupted (chosen once by ``seed``),
-    creating modality imbalance on purpose:
+    Any modality the data set's samples hold can be named; what is done follows the rank of its
+    array (:func:`layout_of`): rank-4 frames (T, C, H, W) are corrupted in space, every other rank
+    along its first (time) axis.  Exactly ``round(fraction * len(dataset))`` indices are corrupted
+    (chosen once by ``seed``), creating modality imbalance on purpose:
 
     * ``noise``: add Gaussian noise of standard deviation ``strength`` times the tensor's own std;
-    * ``occlusion``: zero a random block (video: half the height by half the width, a quarter of
-      every frame; audio: a contiguous half of the time steps);
+    * ``occlusion``: zero a random block (frames: half the height by half the width, a quarter of
+      every frame; other arrays: a contiguous half of the time steps);
     * ``drop``: zero the whole modality (the sensor failed);
-    * ``degrade``: a worse sensor: average over blocks (:data:`DEGRADE_BLOCK`: video 2x2 pixels,
-      audio 4 time steps), then add Gaussian noise of ``strength`` times the original std
-      (default :data:`DEGRADE_STRENGTH`).  With ``fraction=1`` every sample is degraded: a
-      weak-modality stream.
+    * ``degrade``: a worse sensor: average over blocks (:data:`DEGRADE_BLOCK_BY_LAYOUT`: frames 2x2
+      pixels, other arrays 4 time steps), then add Gaussian noise of ``strength`` times the original
+      std (default :data:`DEGRADE_STRENGTH_BY_LAYOUT`).  With ``fraction=1`` every sample is
+      degraded: a weak-modality stream.
 
-    ``strength=None`` takes the kind's default.  The other modality and the label are unchanged; ``meta["corrupted"]`` names what was done.
+    ``strength=None`` takes the kind's default.  The other modalities and the label are unchanged;
+    ``meta["corrupted"]`` names what was done.  ValueError when the data set's samples have no
+    such modality.
     """
 
     def __init__(self, dataset, fraction: float, kind: str = "noise", modality: str = "video", strength: float | None = None,
@@ -192,22 +272,35 @@ class Corrupted:
             raise ValueError(f"corruption fraction must be in [0, 1] (got {fraction})")
         if kind not in CORRUPTIONS:
             raise ValueError(f"corruption kind must be one of {list(CORRUPTIONS)} (got {kind!r})")
-        if modality not in ("audio", "video"):
-            raise ValueError(f"corrupted modality must be audio or video (got {modality!r})")
-        if strength is None:
-            strength = DEGRADE_STRENGTH[modality] if kind == "degrade" else 2.0
-        self.dataset, self.fraction, self.kind, self.modality, self.strength, self.seed = dataset, fraction, kind, modality, strength, seed
+        self.name = getattr(dataset, "name", "dataset")
         n = len(dataset)
+        layout = "temporal"
+        if n:
+            tensors = dataset.sample(0).tensors
+            if modality not in tensors:
+                raise ValueError(f"corrupted modality {modality!r}: the samples of {self.name} hold "
+                                 f"{', '.join(sorted(tensors))}; name one of them")
+            layout = layout_of(tensors[modality])
+        if strength is None:
+            strength = DEGRADE_STRENGTH_BY_LAYOUT[layout] if kind == "degrade" else 2.0
+        self.dataset, self.fraction, self.kind, self.modality, self.strength, self.seed = dataset, fraction, kind, modality, strength, seed
         rng = np.random.default_rng([seed, 0xC0])
         self._hit = np.zeros(n, dtype=bool)
         self._hit[rng.choice(n, size=int(round(fraction * n)), replace=False)] = True
-        self.name = getattr(dataset, "name", "dataset")
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def labels(self) -> np.ndarray:
         return self.dataset.labels()
+
+    def shards(self) -> np.ndarray | None:
+        """The wrapped data set's natural shards (:func:`natural_shards`), or None."""
+        return natural_shards(self.dataset)
+
+    @property
+    def shard_noun(self) -> str:
+        return getattr(self.dataset, "shard_noun", "natural shard")
 
     def corrupted(self) -> np.ndarray:
         """Boolean mask of the corrupted indices."""
@@ -219,16 +312,17 @@ class Corrupted:
             return s
         rng = np.random.default_rng([self.seed, 0xC1, int(index)])
         x = np.array(s.tensors[self.modality], dtype=np.float32, copy=True)
+        spatial = layout_of(x) == "spatial"
         if self.kind == "noise":
             x = x + rng.standard_normal(x.shape).astype(np.float32) * self.strength * float(x.std() or 1.0)
         elif self.kind == "drop":
             x[...] = 0.0
         elif self.kind == "degrade":
             std = float(x.std() or 1.0)
-            axes = (x.ndim - 2, x.ndim - 1) if self.modality == "video" else (0,)
-            x = _block_average(x, DEGRADE_BLOCK[self.modality], axes)
+            axes = (x.ndim - 2, x.ndim - 1) if spatial else (0,)
+            x = _block_average(x, DEGRADE_BLOCK_BY_LAYOUT[layout_of(x)], axes)
             x = x + rng.standard_normal(x.shape).astype(np.float32) * self.strength * std
-        elif self.modality == "video":
+        elif spatial:
             h, w = x.shape[-2:]
             bh, bw = max(1, h // 2), max(1, w // 2)
             r, c = int(rng.integers(0, h - bh + 1)), int(rng.integers(0, w - bw + 1))

@@ -24,6 +24,8 @@ DATASETS: dict[str, str | type] = {
     "avdigits": "device_sim.datasets.avdigits:AVDigits",
     "cremad": "device_sim.datasets.cremad:CremaD",
     "ave": "device_sim.datasets.ave:AVE",
+    "watch": "device_sim.datasets.watch:Watch",
+    "folder": "device_sim.datasets.folder:Folder",
 }
 
 #: Canonical order of the usual split names in listings; other names follow in registration order.
