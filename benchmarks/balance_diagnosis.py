@@ -11,7 +11,8 @@ of the AV-Digits training samples) through ``Learner.observe`` for each variant 
   on which side of the batch median it lay, and whether it was selected.
 
 The MBS is read from the policy's own selection context: the learner's policy is wrapped in a
-recorder that computes ``p_audio / p_video`` from the context it is handed, then delegates.
+recorder that computes ``p_audio / p_video`` from the context it is handed (``ctx.p``, the first
+modality over the second), then delegates.
 Writes ``diagnosis.png`` (buffer share over time; MBS of clean vs corrupted samples with the batch
 medians; corrupted share of the selected samples) and prints a summary table.
 
@@ -54,9 +55,12 @@ class Recorder:
         from edge_runtime.learning.policies.admission.mbs import batch_median
 
         out = self.policy.select(ctx)
-        score = mbs(ctx.p_audio, ctx.p_video).detach().cpu().double()
+        if len(ctx.p) != 2:
+            raise ValueError(f"balance_diagnosis records the MBS of two modalities (audio and video); the stream has {list(ctx.p)}")
+        p_1, p_2 = ctx.p.values()  # the model's order: audio, video
+        score = mbs(p_1, p_2).detach().cpu().double()
         self.last = (score.numpy(), ctx.labels.cpu().numpy(), out.indices.cpu().numpy(), float(batch_median(score)),
-                     ctx.p_audio.detach().cpu().double().numpy(), ctx.p_video.detach().cpu().double().numpy())
+                     p_1.detach().cpu().double().numpy(), p_2.detach().cpu().double().numpy())
         return out
 
     def state_dict(self) -> dict:

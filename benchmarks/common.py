@@ -221,10 +221,24 @@ def run_stream(job: dict, probe: Callable[[Any, int, list], None] | None = None)
     summary = learner.summary()
     row = {"buffer_bytes": summary["buffer_bytes"], "final_accuracy": final["accuracy"],
            "average_incremental_accuracy": tasks.average_incremental_accuracy, "forgetting": tasks.forgetting,
-           "audio_only_accuracy": final["audio_accuracy"], "visual_only_accuracy": final["video_accuracy"],
+           **modality_columns(learner.config, final["modality_accuracy"]),
            PREQUENTIAL_ACCURACY: summary[PREQUENTIAL_ACCURACY], SAMPLES_SEEN: summary[SAMPLES_SEEN],
            UPDATES: summary[UPDATES], "seconds": seconds}
     return row, curve
+
+
+def modality_columns(config: Any, accuracy: dict[str, float | None]) -> dict[str, Any]:
+    """Each modality's own head's accuracy: ``<name>_only_accuracy`` per modality name, and ``modality_accuracy``
+    (the dict). The sweeps' CSV columns name the head of the (first) frames modality ``visual_only_accuracy``
+    (buffer_sweep, balance_sweep): given too when the configuration has one."""
+    from edge_runtime.core.modalities import frames_modalities
+
+    out: dict[str, Any] = {f"{name}_only_accuracy": acc for name, acc in accuracy.items()}
+    out["modality_accuracy"] = dict(accuracy)
+    frames = frames_modalities(config)
+    if frames:
+        out.setdefault("visual_only_accuracy", accuracy.get(frames[0]))
+    return out
 
 
 def save_figure(plt, fig, path: Path, title: str | None = None, dpi: int = 85) -> Path:

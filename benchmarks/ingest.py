@@ -1,7 +1,8 @@
 """Node ingest throughput versus raw pyzmq PUSH/PULL, and the node's memory over a long stream.
 
-One run, two measurements on the same payload (CREMA-D sized: about 140 KB per sample, audio
-(250, 40) float32 + video (2, 3, 64, 64) float32):
+One run, two measurements on the same payload (CREMA-D sized: about 140 KB per sample, one tensor
+per modality of the default configuration: audio features (250, 40) float32 + frames (2, 3, 64, 64)
+float32; :func:`payload_shapes`):
 
 * raw: a PUSH socket in a child process sends N multipart messages (header + 2 tensor frames) to
   a PULL socket in this process, which receives them (``copy=False``) and does nothing else;
@@ -41,13 +42,33 @@ from edge_runtime.core.config import config_from_dict
 from edge_runtime.core.names import SAMPLES_SEEN
 from edge_runtime.node.daemon import EdgeNode
 
-AUDIO = (250, 40)
-VIDEO = (2, 3, 64, 64)
+AUDIO_FEATURES, FRAME_CHANNELS, FRAME_PX = 40, 3, 64
+#: Time steps of the payload's tensors: 250 feature frames of a time series, 2 image frames.
+SERIES_STEPS, FRAME_STEPS = 250, 2
+#: The node's configuration: the default modalities at CREMA-D sizes.
+CONFIG = {"model": {"audio_features": AUDIO_FEATURES, "visual_channels": FRAME_CHANNELS, "num_classes": 6}}
 
 
-def _payload(seq: int, device: str) -> list:
+def payload_shapes(overrides: dict | None = None) -> dict[str, tuple[int, ...]]:
+    """The shape of each modality's tensor in the payload: the modality's own shape (its spec at the node's
+    frame size), axis 0 (time) ``SERIES_STEPS`` long, or ``FRAME_STEPS`` for frames (rank 4)."""
+    from edge_runtime.core.modalities import modalities_of
+
+    config = config_from_dict(overrides or CONFIG)
+    out: dict[str, tuple[int, ...]] = {}
+    for name, m in modalities_of(config).items():
+        shape = m.spec((FRAME_PX, FRAME_PX)).shape
+        steps = FRAME_STEPS if len(shape) == 4 else SERIES_STEPS
+        out[name] = tuple(steps if d == -1 else d for d in shape)
+    return out
+
+
+SHAPES = payload_shapes()
+
+
+def _payload(seq: int, device: str, shapes: dict[str, tuple[int, ...]] = SHAPES) -> list:
     rng = np.random.default_rng(seq % 64)
-    sample = wire.Sample({"audio": rng.normal(size=AUDIO).astype(np.float32), "video": rng.normal(size=VIDEO).astype(np.float32)},
+    sample = wire.Sample({name: rng.normal(size=shape).astype(np.float32) for name, shape in shapes.items()},
                          label=seq % 6, device=device, seq=seq)
     return wire.encode_sample(sample)
 
@@ -88,7 +109,7 @@ def _device_sender(endpoint: str, device: str, n: int, window: int, done: Any) -
     sock.setsockopt(zmq.ROUTING_ID, device.encode())
     sock.connect(endpoint)
     templates = [[bytes(f) for f in _payload(i, device)] for i in range(64)]
-    schema = {"audio": wire.TensorSpec("float32", (-1, AUDIO[1])), "video": wire.TensorSpec("float32", (-1,) + VIDEO[1:])}
+    schema = {name: wire.TensorSpec("float32", (-1, *shape[1:])) for name, shape in SHAPES.items()}
     sock.send_multipart(wire.encode_hello(device, schema))
     welcome = wire.decode(sock.recv_multipart(), direction="to_device")
     if not isinstance(welcome, wire.Welcome):
@@ -151,10 +172,10 @@ def _rss_mib() -> float:
 
 def node_ingest(n: int, devices: int, window: int, state_dir: str) -> tuple[float, list[tuple[int, float]]]:
     cfg = config_from_dict({
-        "model": {"audio_features": AUDIO[1], "visual_channels": VIDEO[1], "num_classes": 6},
+        **CONFIG,
         "node": {"bind": "tcp://127.0.0.1:*", "state_dir": state_dir, "credit": window, "queue_max": 4 * devices * window,
                  "batch_size": 64, "batch_window_ms": 5.0, "checkpoint_every_s": 3600.0, "log_format": "text",
-                 "max_frame_size": VIDEO[-1], "frame_size": list(VIDEO[-2:])},
+                 "max_frame_size": FRAME_PX, "frame_size": [FRAME_PX, FRAME_PX]},
     })
     node = EdgeNode(cfg, learner=NoopLearner())
     ready = threading.Event()

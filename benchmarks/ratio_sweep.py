@@ -45,6 +45,12 @@ from benchmarks.common import ResumableCSV, add_data_options, check_data_options
 FIELDS = ["seed", "pretrain_epochs", "strategy", "keep_ratio", "kept", "accuracy", "audio_accuracy", "video_accuracy"]
 KEY = ["seed", "pretrain_epochs", "strategy", "keep_ratio"]
 
+
+def fields(modalities: list[str]) -> list[str]:
+    """The CSV columns for a configuration's modalities: fused ``accuracy``, then ``<name>_accuracy`` of each
+    modality's own head (:data:`FIELDS` for the default audio + video)."""
+    return FIELDS[: FIELDS.index("accuracy") + 1] + [f"{name}_accuracy" for name in modalities]
+
 def scored() -> list[str]:
     """Score-based strategies: every registered admission policy but the controls."""
     from edge_runtime.learning.offline import CONTROLS, strategies
@@ -154,7 +160,9 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--ratios: kept fractions must be in (0, 1]")
     check_data_options(ap, args)
     args.out.mkdir(parents=True, exist_ok=True)
-    results = ResumableCSV(args.out / "results.csv", FIELDS, KEY)
+    from edge_runtime.core.config import load_config
+
+    results = ResumableCSV(args.out / "results.csv", fields(list(load_config(args.config, args.set).modalities)), KEY)
     done = {tuple(r[k] for k in KEY) for r in results.rows}
     jobs = [{"seed": s, "pretrain": pretrain, "ratios": ratios, "strategies": strategies + ["random", "base"], "epochs": args.epochs,
              "limit": limit, "set": args.set, "config": args.config, "done": done,

@@ -47,7 +47,9 @@ def _sender(endpoint: str, device: str, n: int, window: int) -> None:
     welcome = wire.decode(sock.recv_multipart(), direction="to_device")
     if not isinstance(welcome, wire.Welcome):
         raise RuntimeError(f"{device}: hello refused: {welcome}")
-    tensors = {"audio": np.ones((2, 13), np.float32), "video": np.ones((1, 1, 4, 4), np.float32)}
+    # tiny samples of the welcome's schema (the node's modalities): 2 steps of a free axis 0, 1 of any other free axis
+    tensors = {name: np.ones([(2 if axis == 0 else 1) if d == -1 else d for axis, d in enumerate(spec.shape)], spec.dtype)
+               for name, spec in welcome.schema.items()}
     body = wire.encode_sample(wire.Sample(tensors, label=1, device=device, seq=0))
     header = msgpack.unpackb(bytes(body[0]))
     frames = [bytes(f) for f in body[1:]]
@@ -80,7 +82,7 @@ def soak(n: int, devices: int, retention: int, state_dir: Path) -> list[dict[str
     cfg = config_from_dict({"node": {
         "bind": "tcp://127.0.0.1:*", "state_dir": str(state_dir), "credit": 256, "queue_max": 1024 * devices,
         "batch_size": 256, "batch_window_ms": 5.0, "checkpoint_every_s": 3600.0, "log_format": "text",
-        "ledger_retention": retention}})
+        "ledger_retention": retention}, "features": {"image_size": 4}})  # tiny frames: 4 x 4 (when there are frames)
     node = EdgeNode(cfg, learner=NoopLearner())
     ready = threading.Event()
     server = threading.Thread(target=node.run, kwargs={"ready": ready}, daemon=True)

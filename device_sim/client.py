@@ -12,10 +12,12 @@ resends are safe. When the node restarts, the socket reconnects by itself, the n
 node answers ``no_hello``, and the device says hello again and resumes from ``next_seq``.
 Only unacknowledged samples are kept, so memory is bounded by the window.
 
-Frames follow the node: the node's configuration decides its one frame size, so a device declares
-its video's height and width as ``-1`` (any) and resizes its frames (bilinear) to the size the
-welcome's schema names, when they differ (a synthetic data set's 16 x 16 frames become a default
-node's 32 x 32).
+The schema a device declares in its hello names its samples' tensors (the node's modalities, e.g.
+``audio`` + ``video``, or ``accel`` + ``gyro``): the one given, or, without one, read from its first
+sample (:func:`schema_of`). Frames follow the node: the node's configuration decides its one frame
+size, so a device declares the height and width of every frames tensor (a rank-4 float tensor
+(T, C, H, W)) as ``-1`` (any) and resizes each (bilinear) to the size the welcome's schema names for it,
+when they differ (a synthetic data set's 16 x 16 frames become a default node's 32 x 32).
 
 Stopping by time (a ``deadline``) stops *sending* new samples at the deadline, then keeps
 receiving (and resending) until every sample already sent has its verdict, for at most
@@ -35,6 +37,7 @@ process need no 1,000 threads).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import random
 import threading
@@ -62,21 +65,46 @@ MONITOR_EVENTS = (zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDS
                   | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
 
 
+def _is_frames(spec: TensorSpec) -> bool:
+    """A frames tensor: (T, C, H, W) of floats (features; raw uint8 frames are (T, H, W, 3) and any size)."""
+    try:
+        return len(spec.shape) == 4 and np.dtype(spec.dtype).kind == "f"
+    except TypeError:  # a dtype numpy does not know is no frames tensor
+        return False
+
+
+def schema_of(sample: Sample) -> dict[str, TensorSpec]:
+    """The schema a device declares for samples like ``sample``: each tensor's dtype and shape, its first
+    (time) axis free (``-1``) when it has more than one axis (a 1-D tensor is a fixed-length vector, but a
+    raw waveform has any length)."""
+    from edge_runtime.core.features import RAW_AUDIO  # the raw media's one 1-D tensor of any length
+
+    out: dict[str, TensorSpec] = {}
+    for name, t in sample.tensors.items():
+        a = np.asarray(t)
+        shape = tuple(int(d) for d in a.shape)
+        if a.ndim >= 2 or name == RAW_AUDIO:
+            shape = (-1, *shape[1:])
+        out[name] = TensorSpec(a.dtype.name, shape)
+    return free_frame_axes(out)
+
+
 def free_frame_axes(schema: Mapping[str, TensorSpec]) -> dict[str, TensorSpec]:
-    """``schema`` with the height and width of ``video`` (T, C, H, W) left to the node (``-1``)."""
-    out = dict(schema)
-    video = out.get("video")
-    if video is not None and len(video.shape) == 4:
-        out["video"] = TensorSpec(video.dtype, (*video.shape[:2], -1, -1))
-    return out
+    """``schema`` with the height and width of every frames tensor (T, C, H, W) left to the node (``-1``)."""
+    return {name: TensorSpec(spec.dtype, (*spec.shape[:2], -1, -1)) if _is_frames(spec) else spec
+            for name, spec in schema.items()}
+
+
+def welcome_frame_sizes(schema: Mapping[str, TensorSpec]) -> dict[str, tuple[int, int]]:
+    """``name -> (H, W)`` for each frames tensor whose size a welcome's schema fixes."""
+    return {name: (int(spec.shape[2]), int(spec.shape[3])) for name, spec in schema.items()
+            if _is_frames(spec) and min(spec.shape[2:]) >= 1}
 
 
 def welcome_frame_size(schema: Mapping[str, TensorSpec]) -> tuple[int, int] | None:
-    """The frame size a welcome's schema fixes for ``video`` (None: any)."""
-    video = schema.get("video")
-    if video is None or len(video.shape) != 4 or min(video.shape[2:]) < 1:
-        return None
-    return int(video.shape[2]), int(video.shape[3])
+    """The frame size a welcome's schema fixes (the node has one for all its frames tensors; None: any, or none)."""
+    sizes = welcome_frame_sizes(schema)
+    return next(iter(sizes.values()), None)
 
 
 def _axis_weights(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -178,12 +206,18 @@ class _InFlight:
 class DeviceClient:
     """Streams ``samples`` (numbered 0, 1, 2, ... here) to the node; :meth:`run` returns a summary."""
 
-    def __init__(self, cfg: ClientConfig, samples: Iterable[Sample], schema: Mapping[str, TensorSpec],
+    def __init__(self, cfg: ClientConfig, samples: Iterable[Sample], schema: Mapping[str, TensorSpec] | None = None,
                  ctx: zmq.Context | None = None) -> None:
         self.cfg = cfg
+        self._samples: Iterator[Sample] = iter(samples)
+        if schema is None:  # declared from the samples' own tensors (the first sample is put back)
+            first = next(self._samples, None)
+            schema = schema_of(first) if first is not None else {}
+            if first is not None:
+                self._samples = itertools.chain([first], self._samples)
         self.schema = free_frame_axes(schema)
         self.frame_size: tuple[int, int] | None = None  # the node's, from its welcome
-        self._samples: Iterator[Sample] = iter(samples)
+        self.frame_sizes: dict[str, tuple[int, int]] = {}  # per frames tensor: the size the welcome fixes
         self._ctx = ctx or zmq.Context.instance()
         self.summary = DeviceSummary(cfg.device_id)
         self.verdicts: dict[int, str] = {}  # final outcome per seq
@@ -301,9 +335,13 @@ class DeviceClient:
 
     # ------------------------------------------------------------------ helpers
     def _send_sample(self, sock: zmq.Socket, sample: Sample, resend: bool) -> None:
-        video = sample.tensors.get("video")
-        if self.frame_size is not None and video is not None and video.ndim == 4 and tuple(video.shape[2:]) != self.frame_size:
-            sample = replace(sample, tensors={**sample.tensors, "video": resize_frames(video, self.frame_size)})
+        resized = {}
+        for name, size in self.frame_sizes.items():
+            frames = sample.tensors.get(name)
+            if frames is not None and frames.ndim == 4 and tuple(frames.shape[2:]) != size:
+                resized[name] = resize_frames(frames, size)
+        if resized:
+            sample = replace(sample, tensors={**sample.tensors, **resized})
         try:
             sock.send_multipart(wire.encode_sample(sample), zmq.NOBLOCK, copy=False)
         except zmq.Again:  # not connected yet (IMMEDIATE): it stays unacked and is resent later
@@ -384,6 +422,7 @@ class DeviceClient:
             self._welcomed = self._ever_welcomed = True
             self._node_credit, self._node_pending = max(self._node_credit, msg.credit), None
             self._credit = msg.credit
+            self.frame_sizes = welcome_frame_sizes(msg.schema)
             self.frame_size = welcome_frame_size(msg.schema)
             while self._next < msg.next_seq and not self._exhausted:  # decided before: resume after them
                 if self._take() is not None:

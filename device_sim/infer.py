@@ -4,7 +4,8 @@ A :class:`ModelFollower` subscribes to the node's model endpoint (``device-sim r
 ENDPOINT``), checks every model it receives (sha256 of the payload, then
 :func:`edge_runtime.export.onnx.verify_onnx`) and swaps it in only when it is sound: a corrupt model is
 refused, the previous one stays in use, and the refusal is recorded in the summary.  Before a
-sample is sent, :meth:`ModelFollower.observe` predicts it with the current model and records
+sample is sent, :meth:`ModelFollower.observe` predicts it with the current model (:func:`predict_sample`:
+the model's inputs are read from the ONNX model, one per modality, whatever their names) and records
 accuracy and latency under that model's version.
 """
 
@@ -105,15 +106,14 @@ class ModelFollower:
 
     def observe(self, sample: Sample) -> None:
         """Predict ``sample`` with the current model (if any) and count it under that version."""
-        from edge_runtime.export.onnx import predict
-
         with self._lock:
             session, version = self._session, self.version
-        if session is None or sample.label is None or "audio" not in sample.tensors:
+        if session is None or sample.label is None:
             return
-        audio, video = sample.tensors["audio"], sample.tensors["video"]
         start = time.perf_counter()
-        out = predict(session, audio[None], np.array([audio.shape[0]]), video[None], np.array([video.shape[0]]))
+        out = predict_sample(session, sample)
+        if out is None:  # not the model's tensors (e.g. raw media, turned into features by the node only)
+            return
         latency = 1000 * (time.perf_counter() - start)
         st = self.stats[version]
         st.n += 1
@@ -128,3 +128,21 @@ class ModelFollower:
     def close(self) -> None:
         self._stop.set()
         self._thread.join(5)
+
+
+def predict_sample(session: Any, sample: Sample) -> dict[str, np.ndarray] | None:
+    """The exported model's outputs (``logits``, ``<name>_logits``) on one sample, a batch of one: each of the
+    model's inputs (read from the session: ``<name>`` and ``<name>_lengths`` per modality) fed from the
+    sample's tensor of that name and its length (axis 0). None when the sample lacks one of the model's
+    modalities (raw media, which only the node turns into features)."""
+    from edge_runtime.export.onnx import LENGTHS, predict, session_modalities
+
+    feeds: dict[str, np.ndarray] = {}
+    for name in session_modalities(session):
+        x = sample.tensors.get(name)
+        if x is None:
+            return None
+        x = np.asarray(x)
+        feeds[name] = x[None]
+        feeds[name + LENGTHS] = np.array([x.shape[0] if x.ndim else 1], dtype=np.int64)
+    return predict(session, feeds)

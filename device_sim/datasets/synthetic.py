@@ -25,7 +25,7 @@ from typing import Any, ClassVar, Iterator
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from device_sim.datasets.base import Dataset
+from device_sim.datasets.base import Dataset, Option
 from edge_runtime.core.sample import Sample
 
 KINDS = ("balanced", "audio", "video")
@@ -67,10 +67,13 @@ class SyntheticConfig(BaseModel):
     audio_scale: float = Field(0.14, ge=0.0, description="rms of the audio templates' per-feature level")
     audio_wave: float = Field(0.6, ge=0.0, description="rms of the audio templates' zero-mean sinusoids")
     video_scale: float = Field(1.0, ge=0.0, description="rms of the visual templates")
+    imu_channels: int = Field(0, ge=0, le=64, description="channels of an optional third modality, imu (a series); 0: none")
+    imu_frames: tuple[int, int] = (10, 20)
+    imu_scale: float = Field(0.8, ge=0.0, description="rms of the imu templates")
     size: int = Field(5000, ge=1, description="samples in the stream (indices 0 .. size-1)")
     seed: int = Field(0, ge=0)
 
-    @field_validator("audio_frames", "video_frames", "informative", "dominated")
+    @field_validator("audio_frames", "video_frames", "imu_frames", "informative", "dominated")
     @classmethod
     def _range(cls, value: tuple[float, float], info: ValidationInfo) -> tuple[float, float]:
         """A (min, max) pair: frame counts start at 1, strengths at 0."""
@@ -96,6 +99,10 @@ class SyntheticDataset(Dataset):
     name = "synthetic"
     title = "synthetic"
     splits: ClassVar[tuple[str, ...]] = ()  # one generated stream; test_set() draws held-out samples
+    cli_options: ClassVar[tuple[Option, ...]] = (
+        Option("--imu-channels", "synthetic: add a third modality, imu, a series of this many channels (default 0: "
+                                 "audio + video only; the node's configuration must declare imu: {kind: series, channels: N})",
+               default=0, type=int, metavar="N"),)
     #: The benchmarks' (train, test) pair: sizes of the stream (seed 0) and of the held-out draw (seed 1).
     TRAIN_TEST_SIZES: ClassVar[tuple[int, int]] = (2400, 600)
 
@@ -111,6 +118,8 @@ class SyntheticDataset(Dataset):
         self._make_audio_params(rng)
         self._video = self._make_video_templates(rng)
         self._audio_cache: dict[int, np.ndarray] = {}
+        # drawn after the other templates, so that the audio-visual data set is the same with or without imu
+        self._imu_freq = rng.uniform(0.5, 3.0, (cfg.num_classes, cfg.imu_channels)) if cfg.imu_channels else None
         self._labels = self._label_range(0, cfg.size)
 
     @property
@@ -165,6 +174,13 @@ class SyntheticDataset(Dataset):
             bank = self._a_level[:, None, :] / level_rms * self.cfg.audio_scale + wave / wave_rms * self.cfg.audio_wave
             self._audio_cache[frames] = bank
         return bank[label]
+
+    def imu_template(self, label: int, frames: int) -> np.ndarray:
+        """Class ``label``'s imu template, (frames, imu_channels) float64: one sinusoid per channel at a
+        class-specific number of cycles per clip, rms ``imu_scale``."""
+        assert self._imu_freq is not None
+        t = np.arange(frames)[:, None] / max(frames, 1)
+        return np.sqrt(2.0) * self.cfg.imu_scale * np.sin(2 * np.pi * self._imu_freq[label][None, :] * t * 2)
 
     def _make_video_templates(self, rng: np.random.Generator) -> np.ndarray:
         cfg = self.cfg
@@ -241,17 +257,16 @@ class SyntheticDataset(Dataset):
         audio = s_a * self.audio_template(label, t_a) + cfg.noise * rng.standard_normal((t_a, cfg.audio_features))
         shape_v = (t_v, cfg.channels, cfg.image_size, cfg.image_size)
         video = s_v * self.video_template(label, t_v) + cfg.noise * rng.standard_normal(shape_v)
-        return Sample(
-            tensors={
-                "audio": np.ascontiguousarray(audio, dtype=np.float32),
-                "video": np.ascontiguousarray(video, dtype=np.float32),
-            },
-            label=label,
-            split=split,
-            device=self.name,
-            seq=int(index),
-            meta={"informativeness": {"audio": s_a, "video": s_v}, "kind": kind, "index": int(index)},
-        )
+        tensors = {"audio": np.ascontiguousarray(audio, dtype=np.float32), "video": np.ascontiguousarray(video, dtype=np.float32)}
+        informativeness = {"audio": s_a, "video": s_v}
+        if cfg.imu_channels:  # drawn last: the audio-visual part of a sample is the same with or without imu
+            s_i = float(rng.uniform(*strong))
+            t_i = int(rng.integers(cfg.imu_frames[0], cfg.imu_frames[1] + 1))
+            imu = s_i * self.imu_template(label, t_i) + cfg.noise * rng.standard_normal((t_i, cfg.imu_channels))
+            tensors["imu"] = np.ascontiguousarray(imu, dtype=np.float32)
+            informativeness["imu"] = s_i
+        return Sample(tensors=tensors, label=label, split=split, device=self.name, seq=int(index),
+                      meta={"informativeness": informativeness, "kind": kind, "index": int(index)})
 
     def test_set(self, n: int, offset: int = 0) -> list[Sample]:
         """``n`` held-out samples (indices ``size + offset ...``, never in the stream), split ``eval``."""

@@ -285,6 +285,23 @@ def describe_policies(config: Config) -> str:
             f"({config.buffer.max_items} items), replay {config.replay.policy}")
 
 
+def describe_modalities(config: Config) -> str:
+    """Each modality of the configuration with its kind and size (frames: the visual backbone too)."""
+    from edge_runtime.core.modalities import modalities_of
+
+    parts = []
+    for name, m in modalities_of(config).items():
+        extra = f", visual {config.model.visual_backbone}" if m.kind == "frames" else ""
+        parts.append(f"{name} ({m.kind}, {m.channels} ch{extra})")
+    return ", ".join(parts)
+
+
+def modality_line(accuracy: dict[str, float | None]) -> tuple[str, str]:
+    """``("held-out test, <a>-only / <b>-only", "0.512 / 0.433")``: each modality's own head, by name."""
+    names = list(accuracy)
+    return (f"held-out test, {' / '.join(f'{n}-only' for n in names)}", " / ".join(_fmt(accuracy[n]) for n in names))
+
+
 def config_rows(config: Config, devices: int, samples: int, eval_every: int, test_samples: int, seed: int,
                 seconds: float | None) -> dict[str, str]:
     """The configuration of the run in one table: policies, buffer, model, training and stream settings."""
@@ -295,7 +312,7 @@ def config_rows(config: Config, devices: int, samples: int, eval_every: int, tes
         "retention policy": b.retention,
         "buffer size": f"{b.max_items:,} items (at most {b.max_bytes / 2**20:,.0f} MiB)",
         "replay": f"{config.replay.policy}, {b.replay_batch_size} per step, {t.replay_steps} step(s) per micro-batch",
-        "model": f"{m.num_classes} classes; audio {m.audio_features} features; visual {m.visual_backbone}; "
+        "model": f"{m.num_classes} classes; modalities {describe_modalities(config)}; "
                  f"embedding {m.embed_dim}, fusion {m.fusion}",
         "training": f"{t.optimizer}, lr {t.lr:g}, distillation lambda {t.kd_lambda:g} (T {t.kd_temperature:g}), seed {t.seed}",
         "micro-batch": f"{n.batch_size} samples (window {n.batch_window_ms:g} ms), credit {n.credit} per device",
@@ -365,7 +382,8 @@ def run_demo(
 
 def build_report(config: Config, fleet: dict[str, Any], node: dict[str, Any], held_out: dict[str, Any],
                  stream: dict[str, Any], settings: dict[str, str]) -> dict[str, Any]:
-    """report.json's content (without the wall time and paths): counts, the three accuracies, completeness, configuration."""
+    """report.json's content (without the wall time and paths): counts, the accuracies (fused, and each modality's own
+    head by name: ``held_out_test_modality_accuracy``), completeness, configuration."""
     from edge_runtime.ops.report import TERMS
 
     totals = fleet["totals"]
@@ -383,8 +401,7 @@ def build_report(config: Config, fleet: dict[str, Any], node: dict[str, Any], he
         PREQUENTIAL_ACCURACY: node[PREQUENTIAL_ACCURACY],
         EVAL_ACCURACY: node[EVAL_ACCURACY],
         HELD_OUT_TEST_ACCURACY: held_out["accuracy"],
-        "held_out_test_audio_accuracy": held_out["audio_accuracy"],
-        "held_out_test_visual_accuracy": held_out["video_accuracy"],
+        "held_out_test_modality_accuracy": dict(held_out["modality_accuracy"]),
         "held_out_test_per_class_accuracy": {str(c): a for c, a in held_out["per_class_accuracy"].items()},
         "held_out_test_samples": held_out["n"],
         "chance": 1.0 / config.model.num_classes,
@@ -430,7 +447,7 @@ def html_summary(r: dict[str, Any]) -> dict[str, Any]:
         "tables": [
             ("Accuracy", [
                 (f"held-out test, all {n_classes} classes", _fmt(r[HELD_OUT_TEST_ACCURACY])),
-                ("held-out test, audio-only / visual-only", f"{_fmt(r['held_out_test_audio_accuracy'])} / {_fmt(r['held_out_test_visual_accuracy'])}"),
+                modality_line(r["held_out_test_modality_accuracy"]),
                 ("prequential (cumulative)", _fmt(r[PREQUENTIAL_ACCURACY])),
                 ("streamed eval (cumulative)", _fmt(r[EVAL_ACCURACY])),
                 ("chance", f"{r['chance']:.3f}"),
@@ -461,7 +478,7 @@ def _print_table(r: dict[str, Any]) -> None:
         ("prequential accuracy", _fmt(r[PREQUENTIAL_ACCURACY])),
         ("streamed eval accuracy", _fmt(r[EVAL_ACCURACY])),
         (f"held-out test accuracy, all {s['classes_total']} classes", f"{_fmt(r[HELD_OUT_TEST_ACCURACY])}  (chance {r['chance']:.3f})"),
-        ("held-out test, audio-only / visual-only", f"{_fmt(r['held_out_test_audio_accuracy'])} / {_fmt(r['held_out_test_visual_accuracy'])}"),
+        modality_line(r["held_out_test_modality_accuracy"]),
         ("replay buffer", f"{r[BUFFER_ITEMS]} items, {r[BUFFER_BYTES] / 1024:.0f} KiB, per class {r['buffer_classes']}"),
         ("policies", r["policies"]),
         ("updates", str(r[UPDATES])),

@@ -26,10 +26,12 @@ def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add ``export`` to ``edge-node``'s sub-command parsers (the action of ``add_subparsers()``)."""
     p = subparsers.add_parser(
         "export",
-        help="export a checkpoint's model to ONNX (fused + unimodal logits, dynamic batch and time axes)",
+        help="export a checkpoint's model to ONNX (fused + per-modality logits, dynamic batch and time axes)",
         description="Load the model of a node checkpoint (a ckpt-*.pt file, or a state_dir / checkpoints folder: "
-        "its newest valid checkpoint), export its inference path to ONNX (inputs audio, audio_lengths, video, "
-        "video_lengths; outputs logits, audio_logits, video_logits; batch, time and frame-size axes dynamic), "
+        "its newest valid checkpoint), export its inference path to ONNX (inputs <name> and <name>_lengths for each "
+        "modality of the configuration, in its order; outputs logits and <name>_logits; batch, time and frame-size axes "
+        "dynamic; the default audio + video configuration: audio, audio_lengths, video, video_lengths -> logits, "
+        "audio_logits, video_logits), "
         "check the file with onnxruntime and compare it with PyTorch on a random batch. Checkpoints hold no model "
         "configuration: give the configuration the node ran with. Prints each step and which checkpoint it used "
         "(path, step, age: a running node checkpoints every node.checkpoint_every_s). The folder of --out must exist.",
@@ -116,12 +118,12 @@ def run_export(args: argparse.Namespace) -> int:
         return 2
     try:
         step(f"tracing the model to ONNX (opset {args.opset}) ...")
-        data = export.onnx_bytes(model, args.opset)
+        data = export.onnx_bytes(model, args.opset, config=config)
         step("checking the graph with onnx and onnxruntime ...")
-        export.verify_onnx(data)
+        export.verify_onnx(data, list(config.modalities))
         out = atomic_write_bytes(Path(args.out), data)
         step("comparing onnxruntime with PyTorch on a random batch ...")
-        diff = export.difference_to_torch(model, out)
+        diff = export.difference_to_torch(model, out, config)
     except (ValueError, RuntimeError, OSError) as err:
         print(f"edge-node export: the export failed: {err}", file=sys.stderr)
         return 1

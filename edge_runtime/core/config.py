@@ -27,7 +27,7 @@ class _Section(BaseModel):
 
 
 class ModelConfig(_Section):
-    """Encoders and fusion of :class:`edge_runtime.learning.model.MultimodalNet`."""
+    """Encoders and fusion of :class:`edge_runtime.learning.model.MultimodalNet`, or a model of your own (``builder``)."""
 
     num_classes: int = Field(10, ge=2, le=100_000)
     audio_features: int = Field(13, ge=1, description="feature bins per audio frame (MFCC or mel)")
@@ -36,8 +36,56 @@ class ModelConfig(_Section):
     visual_channels: int = Field(1, ge=1, le=4, description="colour channels of a frame")
     mobilenet_width: float = Field(1.0, gt=0.0, le=2.0, description="MobileNetV2 width multiplier")
     tiny_channels: int = Field(16, ge=1, description="width of the tiny per-frame CNN")
-    embed_dim: int = Field(64, ge=2, description="size of z_a and z_v")
+    series_channels: int = Field(32, ge=1, description="width of the series encoder's conv front-end (and the vector encoder's MLP)")
+    embed_dim: int = Field(64, ge=2, description="size of each modality's embedding z_m")
     fusion: Literal["sum", "concat", "film", "gated"] = "sum"
+    builder: str | None = Field(
+        None, description="bring your own model: 'package.module:function' called as function(config) -> nn.Module "
+                          "(docs/modalities.md, the model interface); null: the built-in encoders and fusion")
+
+    @field_validator("builder")
+    @classmethod
+    def _builder(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", value):
+            raise ValueError(f"must be 'package.module:function' (got {value!r})")
+        return value
+
+
+#: The kinds of modality a configuration may declare (docs/modalities.md): what a sample's tensor of that
+#: modality looks like and which encoder the built-in model gives it.
+#: Most modalities one configuration may declare (inputs of the exported model, federation arrays, labels).
+MAX_MODALITIES = 8  # a sample carries at most wire Limits.max_tensors (8) tensors
+MODALITY_KINDS = ("audio", "frames", "series", "vector")
+_MODALITY_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
+_RESERVED_NAMES = ("logits", "label", "labels", "device", "split", "time", "waveform", "frames")
+
+
+class ModalityConfig(_Section):
+    """One named modality: its kind and the size of what one time step of it carries.
+
+    * ``audio``: (T, F) float32 feature frames (MFCC or log-mel); ``channels`` = F (null: model.audio_features);
+    * ``frames``: (T, C, H, W) float32 image frames; ``channels`` = C (null: model.visual_channels);
+    * ``series``: (T, C) float32 multichannel time series (an IMU, a radar range profile); ``channels`` = C (required);
+    * ``vector``: (C,) float32 fixed-length feature vector; ``channels`` = C (required).
+    """
+
+    kind: Literal["audio", "frames", "series", "vector"]
+    channels: int | None = Field(None, ge=1, le=1_000_000, description="size of one time step (see the kinds above)")
+    max_steps: int | None = Field(
+        None, ge=1, le=10_000_000, description="longest sample (axis 0); over it a sample is invalid:too_many_frames "
+                                               "(null: node.max_audio_frames / node.max_video_frames for audio / frames, 4096 for series)")
+
+    @model_validator(mode="after")
+    def _channels_required(self) -> "ModalityConfig":
+        if self.kind in ("series", "vector") and self.channels is None:
+            raise ValueError(f"channels: a {self.kind} modality needs its channel count (e.g. channels: 3 for a 3-axis IMU)")
+        if self.kind == "vector" and self.max_steps is not None:
+            raise ValueError("max_steps: a vector modality has no time axis; remove max_steps")
+        return self
+
+
+def _default_modalities() -> dict[str, ModalityConfig]:
+    return {"audio": ModalityConfig(kind="audio"), "video": ModalityConfig(kind="frames")}
 
 
 class FeatureConfig(_Section):
@@ -173,21 +221,16 @@ class NodeConfig(_Section):
     # 17.3 at 300 frames), video frames are [0, 1] pixels normalised by ImageNet constants (|x| <= 2.7), a waveform
     # is in [-1, 1] (int16-scaled floats: 32768). A finite 3e38 overflows the first layer.
     max_abs_value: dict[str, float | None] = Field(
-        {"audio": 1e4, "video": 1e4, "waveform": 1e5},
-        description="largest magnitude of a float value per tensor (audio, video, waveform; null: unbounded); "
-                    "over it a sample is invalid:value_too_large. Keys given are merged over the defaults")
+        {"waveform": 1e5},
+        description="largest magnitude of a float value per tensor: a modality's name (default 1e4 for every modality), "
+                    "or waveform for raw audio; null: unbounded. Over it a sample is invalid:value_too_large")
 
     @field_validator("max_abs_value", mode="before")
     @classmethod
     def _max_abs_value(cls, value: Any) -> Any:
         if not isinstance(value, dict):
             return value  # pydantic names the type error
-        defaults = cls.model_fields["max_abs_value"].default
-        unknown = sorted(set(value) - set(defaults), key=str)
-        if unknown:
-            raise ValueError(f"unknown tensor name(s) {unknown}: the float tensors are {sorted(defaults)} "
-                             "(uint8 frames are bounded by their dtype)")
-        merged = dict(defaults)
+        merged = dict(cls.model_fields["max_abs_value"].default)
         for name, v in value.items():
             if isinstance(v, str):  # YAML reads 1e6 (no dot) as a string
                 with contextlib.suppress(ValueError):
@@ -215,6 +258,9 @@ class NodeConfig(_Section):
 class Config(_Section):
     """The whole configuration of a learner (and of the node that hosts it)."""
 
+    modalities: dict[str, ModalityConfig] = Field(
+        default_factory=_default_modalities, description="the named modalities a sample carries, in order (docs/modalities.md); "
+                                                         "the default is audio + video")
     model: ModelConfig = ModelConfig()
     prototypes: PrototypeConfig = PrototypeConfig()
     selection: SerializeAsAny[SelectionSettings] = Field(
@@ -229,6 +275,19 @@ class Config(_Section):
     device: str = Field("cpu", description="auto | cpu | cuda | cuda:N")
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads (None: torch default)")
 
+    @field_validator("modalities")
+    @classmethod
+    def _modality_names(cls, value: dict[str, ModalityConfig]) -> dict[str, ModalityConfig]:
+        if not value:
+            raise ValueError("declare at least one modality, e.g. {accel: {kind: series, channels: 3}}")
+        if len(value) > MAX_MODALITIES:
+            raise ValueError(f"{len(value)} modalities declared; at most {MAX_MODALITIES} are supported")
+        for name in value:
+            if not _MODALITY_NAME.fullmatch(name) or name in _RESERVED_NAMES or name.endswith(("_lengths", "_logits")):
+                raise ValueError(f"modality name {name!r}: use 1-32 lowercase letters, digits or _ starting with a letter, "
+                                 f"not ending in _lengths or _logits and not one of {list(_RESERVED_NAMES)}")
+        return value
+
     @field_validator("selection", "replay", mode="before")
     @classmethod
     def _policy_settings(cls, value: Any, info: ValidationInfo) -> Any:
@@ -242,6 +301,15 @@ class Config(_Section):
         if nc.frame_size is not None and max(nc.frame_size) > limit:
             raise ValueError(f"node.frame_size {list(nc.frame_size)} is over node.max_frame_size ({limit}; unset, it is "
                              "features.image_size): every sample would be refused frame_too_large; raise node.max_frame_size")
+        return self
+
+    @model_validator(mode="after")
+    def _max_abs_names(self) -> "Config":
+        known = [*self.modalities, "waveform"]
+        unknown = sorted(set(self.node.max_abs_value) - set(known), key=str)
+        if unknown:
+            raise ValueError(f"node.max_abs_value: unknown tensor name(s) {unknown}: the float tensors are {known} "
+                             "(the modalities and the raw waveform; uint8 frames are bounded by their dtype)")
         return self
 
     @field_validator("device")

@@ -234,23 +234,26 @@ def is_raw(tensors: Mapping[str, np.ndarray]) -> bool:
     return RAW_AUDIO in tensors or RAW_VIDEO in tensors
 
 
-def to_features(tensors: Mapping[str, np.ndarray], cfg: FeatureConfig) -> dict[str, np.ndarray]:
-    """Map raw ``{"waveform", "frames"}`` tensors to ``{"audio": (T, F), "video": (T, C, S, S)}``.
+def to_features(tensors: Mapping[str, np.ndarray], cfg: FeatureConfig, audio: str = AUDIO,
+                video: str = VIDEO) -> dict[str, np.ndarray]:
+    """Map raw ``{"waveform", "frames"}`` tensors to features ``{audio: (T, F), video: (T, C, S, S)}``.
 
-    The waveform must be at ``cfg.sample_rate`` (as :func:`raw_tensors` makes it).  Tensors that
-    already are features (``"audio"`` / ``"video"``) and any other names are passed through
+    ``audio`` / ``video`` name the features: the node's one ``audio``-kind and one ``frames``-kind
+    modality (the defaults are the default configuration's ``"audio"`` and ``"video"``). The
+    waveform must be at ``cfg.sample_rate`` (as :func:`raw_tensors` makes it).  Tensors that
+    already are features (named ``audio`` / ``video``) and any other names are passed through
     unchanged; a dict holding both a raw tensor and its feature (e.g. ``waveform`` and ``audio``)
     is ambiguous and raises ``ValueError``.
     """
     out: dict[str, np.ndarray] = {}
-    for raw, feat in ((RAW_AUDIO, AUDIO), (RAW_VIDEO, VIDEO)):
+    for raw, feat in ((RAW_AUDIO, audio), (RAW_VIDEO, video)):
         if raw in tensors and feat in tensors:
             raise ValueError(f"tensors hold both raw {raw!r} and feature {feat!r}; send one or the other")
     for name, value in tensors.items():
         if name == RAW_AUDIO:
-            out[AUDIO] = audio_features(np.asarray(value, dtype=np.float32), cfg.sample_rate, cfg)
+            out[audio] = audio_features(np.asarray(value, dtype=np.float32), cfg.sample_rate, cfg)
         elif name == RAW_VIDEO:
-            out[VIDEO] = frame_features(np.asarray(value), cfg)
+            out[video] = frame_features(np.asarray(value), cfg)
         else:
             out[name] = value
     return out

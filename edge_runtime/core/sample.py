@@ -19,8 +19,9 @@ import numpy as np
 class Sample:
     """One labelled (or unlabelled) multimodal sample (what a device sends and the learner learns from).
 
-    ``tensors`` maps a modality name to a C-contiguous array: ``"audio"`` is (T_a, F) float32
-    features, ``"video"`` is (T_v, C, H, W) float32 frames.  ``meta`` carries data-set facts that
+    ``tensors`` maps a modality name (the configuration's ``modalities``) to a C-contiguous array of
+    that modality's kind (docs/modalities.md): audio (T, F), frames (T, C, H, W), series (T, C) or
+    vector (C,), float32.  ``meta`` carries data-set facts that
     are not sent on the wire (for instance the synthetic stream's per-modality informativeness).
     """
 

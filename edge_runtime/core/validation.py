@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
+from edge_runtime.core.modalities import max_abs_of, modalities_of
 from edge_runtime.core.sample import TensorSpec
 
 if TYPE_CHECKING:  # only for type hints: wire imports this module for its content checks
@@ -32,7 +33,8 @@ SPLITS = ("train", "eval")
 REASONS: dict[str, str] = {
     "schema_mismatch": "tensor names, dtypes or shapes differ from the schema the device was welcomed with",
     "empty": "a tensor has an axis of length 0 (no audio frames, no video frames, a 0x0 frame)",
-    "too_many_frames": "more audio or video frames (axis 0) than node.max_audio_frames / node.max_video_frames",
+    "too_many_frames": "more time steps (axis 0) than the modality's bound (node.max_audio_frames, node.max_video_frames, "
+                       "modalities.<name>.max_steps)",
     "frame_too_large": "frame height or width over node.max_frame_size (node.max_raw_frame_size for raw frames)",
     "nan_inf": "a floating-point tensor holds NaN or +-Inf",
     "value_too_large": "a floating-point tensor holds a value whose magnitude is over node.max_abs_value[<tensor>]",
@@ -170,11 +172,9 @@ def check_label_split(label: Any, split: Any, num_classes: int | None) -> Proble
 
 
 def feature_schema(config: "Config", frame_size: tuple[int, int] | None = None) -> dict[str, TensorSpec]:
-    """The tensors the model takes: audio (T, F) and video (T, C, H, W) float32; H, W fixed when pinned."""
-    mc = config.model
-    h, w = frame_size if frame_size is not None else (-1, -1)
-    return {"audio": TensorSpec("float32", (-1, mc.audio_features)),
-            "video": TensorSpec("float32", (-1, mc.visual_channels, h, w))}
+    """The tensors the model takes, one per modality of the configuration (docs/modalities.md); the
+    height and width of ``frames`` modalities fixed when ``frame_size`` pins them."""
+    return {name: m.spec(frame_size) for name, m in modalities_of(config).items()}
 
 
 def raw_schema() -> dict[str, TensorSpec]:
@@ -197,14 +197,12 @@ def limits_of(config: "Config") -> dict[str, int]:
 
 def model_contract(config: "Config", frame_size: tuple[int, int] | None = None, *, bounded: bool = True) -> InputContract:
     """The contract of feature samples (``bounded=False``: without the node's cost limits, as the learner uses it)."""
-    lim = limits_of(config)
     max_shape: dict[str, tuple[int | None, ...]] = {}
     keys: dict[str, tuple[str | None, ...]] = {}
     if bounded:
-        s = lim["max_frame_size"]
-        max_shape = {"audio": (lim["max_audio_frames"], None), "video": (lim["max_video_frames"], None, s, s)}
-        keys = {"audio": ("node.max_audio_frames", None),
-                "video": ("node.max_video_frames", None, "node.max_frame_size", "node.max_frame_size")}
+        size = limits_of(config)["max_frame_size"]
+        for name, m in modalities_of(config).items():
+            max_shape[name], keys[name] = m.bounds(size)
     return InputContract(feature_schema(config, frame_size), config.model.num_classes, max_shape, keys, max_abs_of(config))
 
 
@@ -217,8 +215,3 @@ def raw_contract(config: "Config") -> InputContract:
                          {"waveform": ("node.max_waveform_seconds",),
                           "frames": ("node.max_raw_frames", "node.max_raw_frame_size", "node.max_raw_frame_size", None)},
                          max_abs_of(config))
-
-
-def max_abs_of(config: "Config") -> dict[str, float]:
-    """``node.max_abs_value`` without its unbounded (None) entries: the ``max_abs`` of the contracts."""
-    return {name: float(v) for name, v in config.node.max_abs_value.items() if v is not None}

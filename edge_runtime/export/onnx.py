@@ -1,11 +1,19 @@
 """ONNX export of the inference path, and onnxruntime sessions to run it (edge node and end devices).
 
-The exported graph is the inference path of :class:`edge_runtime.learning.model.MultimodalNet` in eval mode:
+The exported graph is the inference path of the model (the built-in
+:class:`edge_runtime.learning.model.MultimodalNet`, or a model of ``model.builder``) in eval mode, with
+one pair of inputs per modality of the configuration, in its order (docs/modalities.md):
 
-* inputs ``audio`` (B, T_a, F) float32, ``audio_lengths`` (B,) int64, ``video`` (B, T_v, C, H, W)
-  float32, ``video_lengths`` (B,) int64; the batch ``B``, both time axes ``T_a`` / ``T_v`` and the
-  frame size ``H`` / ``W`` are dynamic;
-* outputs ``logits``, ``audio_logits``, ``video_logits``, each (B, num_classes) float32.
+* inputs ``<name>`` float32 and ``<name>_lengths`` (B,) int64 per modality: (B, T, C) for ``audio`` and
+  ``series``, (B, T, C, H, W) for ``frames``, (B, C) for ``vector``; the batch ``B``, each time axis
+  ``<name>_steps`` and the frame size ``height`` / ``width`` are dynamic;
+* outputs ``logits`` and ``<name>_logits`` per modality, each (B, num_classes) float32.
+
+The default configuration (``audio`` + ``video``) gives the inputs ``audio``, ``audio_lengths``,
+``video``, ``video_lengths`` and the outputs ``logits``, ``audio_logits``, ``video_logits``
+(:data:`INPUT_NAMES`, :data:`OUTPUT_NAMES`). The modalities come from the configuration given
+(``config=``; a :class:`~edge_runtime.core.config.ModelConfig` alone, or none, means the default
+audio + video); without one, those of a built-in model are read from its encoders.
 
 Opset: :data:`DEFAULT_OPSET` (17), written by the TorchScript-based exporter
 (``torch.onnx.export(..., dynamo=False)``).  The model exports correctly at opsets 13 to 20;
@@ -26,7 +34,7 @@ import copy
 import io
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -34,6 +42,7 @@ from torch import nn
 
 from edge_runtime.core.atomic import atomic_write_bytes
 from edge_runtime.core.config import Config, ModelConfig
+from edge_runtime.core.modalities import Modality, modalities_of
 from edge_runtime.export.opset import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 from edge_runtime.learning.guard import NonFiniteState, describe_non_finite
 
@@ -41,34 +50,62 @@ if TYPE_CHECKING:  # onnxruntime is imported lazily: the node imports this modul
     import onnxruntime
 
 
-INPUT_NAMES = ("audio", "audio_lengths", "video", "video_lengths")
-OUTPUT_NAMES = ("logits", "audio_logits", "video_logits")
-DYNAMIC_AXES: dict[str, dict[int, str]] = {
-    "audio": {0: "batch", 1: "audio_steps"},
-    "audio_lengths": {0: "batch"},
-    "video": {0: "batch", 1: "video_steps", 3: "height", 4: "width"},
-    "video_lengths": {0: "batch"},
-    "logits": {0: "batch"},
-    "audio_logits": {0: "batch"},
-    "video_logits": {0: "batch"},
-}
+#: Suffix of a modality's lengths input and of its own logits output.
+LENGTHS, LOGITS = "_lengths", "_logits"
+#: The fused logits output.
+FUSED = "logits"
+
+
+def input_names(modalities: Sequence[str]) -> tuple[str, ...]:
+    """``(<name>, <name>_lengths)`` for each modality, in order: the exported model's inputs."""
+    return tuple(n for name in modalities for n in (name, name + LENGTHS))
+
+
+def output_names(modalities: Sequence[str]) -> tuple[str, ...]:
+    """``logits`` then ``<name>_logits`` for each modality: the exported model's outputs."""
+    return (FUSED, *(name + LOGITS for name in modalities))
+
+
+def dynamic_axes(specs: Mapping[str, Modality]) -> dict[str, dict[int, str]]:
+    """The dynamic axes of each input and output: the batch; the time axis ``<name>_steps`` of every kind but
+    ``vector``; ``height`` / ``width`` of the (first) ``frames`` modality (``<name>_height`` of any other)."""
+    axes: dict[str, dict[int, str]] = {}
+    first_frames = True
+    for name, m in specs.items():
+        ax = {0: "batch"}
+        if m.has_time:
+            ax[1] = f"{name}_steps"
+        if m.kind == "frames":
+            h, w = ("height", "width") if first_frames else (f"{name}_height", f"{name}_width")
+            ax.update({3: h, 4: w})
+            first_frames = False
+        axes[name] = ax
+        axes[name + LENGTHS] = {0: "batch"}
+    for out in output_names(list(specs)):
+        axes[out] = {0: "batch"}
+    return axes
+
+
+#: The modalities of the default configuration (audio + video), and its model's inputs and outputs.
+DEFAULT_MODALITIES = tuple(Config().modalities)
+INPUT_NAMES = input_names(DEFAULT_MODALITIES)
+OUTPUT_NAMES = output_names(DEFAULT_MODALITIES)
 
 PROVIDER_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 """Default onnxruntime execution providers, most preferred first."""
 
 
 class _InferencePath(nn.Module):
-    """``MultimodalNet`` restricted to the three logit outputs (the graph that is exported)."""
+    """The model restricted to its logit outputs, fused then each modality's (the graph that is exported)."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
+        self.modalities = tuple(model.modalities)
 
-    def forward(
-        self, audio: torch.Tensor, audio_lengths: torch.Tensor, video: torch.Tensor, video_lengths: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        out = self.model(audio, audio_lengths, video, video_lengths)
-        return out.logits, out.audio_logits, out.video_logits
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = self.model(*inputs)
+        return (out.logits, *(out.unimodal[name] for name in self.modalities))
 
 
 class _AdaptiveAvgPool2dMatmul(nn.Module):
@@ -118,44 +155,99 @@ def _exportable(model: nn.Module) -> nn.Module:
     return model
 
 
-def _input_shape(model: nn.Module) -> tuple[int, int]:
-    """(audio feature bins, frame colour channels) the model takes, read from its first layers."""
-    try:
-        features = int(model.audio.conv1.in_channels)
-        first_conv = next(m for m in model.visual.cnn.modules() if isinstance(m, nn.Conv2d))
-    except (AttributeError, StopIteration):
-        raise TypeError(f"expected an edge_runtime MultimodalNet, got {type(model).__name__}") from None
-    return features, int(first_conv.in_channels)
+
+def _encoder_kinds() -> dict[str, str]:
+    """Encoder class name -> modality kind (a built-in model's modalities read from its encoders)."""
+    from edge_runtime.learning.model.encoders import REGISTRY
+
+    return {target.rpartition(":")[2]: kind for kind, target in REGISTRY.items()}
+
+
+def _first_layer_width(module: nn.Module) -> int:
+    """Input width of the first convolution or linear layer of ``module``."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv1d, nn.Conv2d)):
+            return int(m.in_channels)
+        if isinstance(m, nn.Linear):
+            return int(m.in_features)
+    raise TypeError(f"cannot read the input width of {type(module).__name__}")
+
+
+def _modalities_of_model(model: nn.Module) -> dict[str, Modality]:
+    """The modalities of a built-in model, read from its encoders (kind by class, channels by first layer)."""
+    names = tuple(getattr(model, "modalities", ()))
+    encoders = getattr(model, "encoders", None)
+    if not names or encoders is None:
+        raise TypeError(f"expected an edge_runtime model (attributes modalities and encoders), got {type(model).__name__}; "
+                        "give the configuration (config=) for a model of model.builder")
+    out: dict[str, Modality] = {}
+    for name in names:
+        encoder = encoders[name]
+        kind = _encoder_kinds().get(type(encoder).__name__)
+        if kind is None:
+            raise TypeError(f"cannot tell the kind of modality {name!r} from its encoder {type(encoder).__name__}; "
+                            "give the configuration (config=)")
+        out[name] = Modality(name, kind, _first_layer_width(encoder), None, None)
+    return out
+
+
+def model_modalities(model: nn.Module, config: Config | ModelConfig | None = None) -> dict[str, Modality]:
+    """The modalities ``model`` takes, in its input order: from ``config`` (a :class:`Config`), else read from
+    a built-in model's encoders. A :class:`ModelConfig` is the default audio + video configuration.
+
+    Raises ``ValueError`` when the model's modality names differ from the configuration's.
+    """
+    names = list(getattr(model, "modalities", ()) or ())
+    if isinstance(config, ModelConfig):
+        config = Config(model=config)
+    if config is None:
+        return _modalities_of_model(model)
+    specs = modalities_of(config)
+    if names != list(specs):
+        raise ValueError(f"the model takes the modalities {names} but the configuration declares {list(specs)}; "
+                         "give the configuration the model was built with")
+    return specs
 
 
 def example_inputs(
-    model: nn.Module, batch: int = 2, audio_steps: int = 8, video_steps: int = 3, image_size: int = 16, seed: int = 0
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """A random padded batch that fits ``model``: (audio, audio_lengths, video, video_lengths).
+    model: nn.Module, batch: int = 2, time_steps: int = 8, frame_steps: int = 3, image_size: int = 16, seed: int = 0,
+    *, config: Config | ModelConfig | None = None,
+) -> tuple[torch.Tensor, ...]:
+    """A random padded batch that fits ``model``: ``(x_1, lengths_1, ..., x_N, lengths_N)`` in its modality order.
 
-    Lengths run from the full padded length down (at least 1), so the traced graph sees padding.
+    ``time_steps`` is the padded length of every ``audio`` / ``series`` modality, ``frame_steps`` of every
+    ``frames`` one (frames ``image_size`` square); a ``vector`` modality has no time axis (its lengths are
+    its size). Lengths run from the full padded length down (at least 1), so the traced graph sees padding.
     """
-    if batch < 1 or audio_steps < 1 or video_steps < 1 or image_size < 1:
-        raise ValueError(f"example sizes must be >= 1 (batch={batch}, audio_steps={audio_steps}, "
-                         f"video_steps={video_steps}, image_size={image_size})")
-    features, channels = _input_shape(model)
+    if batch < 1 or time_steps < 1 or frame_steps < 1 or image_size < 1:
+        raise ValueError(f"example sizes must be >= 1 (batch={batch}, time_steps={time_steps}, "
+                         f"frame_steps={frame_steps}, image_size={image_size})")
     gen = torch.Generator().manual_seed(seed)
-    audio = torch.randn(batch, audio_steps, features, generator=gen)
-    video = torch.randn(batch, video_steps, channels, image_size, image_size, generator=gen)
-    audio_lengths = torch.tensor([max(1, audio_steps - i) for i in range(batch)], dtype=torch.long)
-    video_lengths = torch.tensor([max(1, video_steps - i) for i in range(batch)], dtype=torch.long)
-    return audio, audio_lengths, video, video_lengths
+    out: list[torch.Tensor] = []
+    for m in model_modalities(model, config).values():
+        if m.kind == "vector":
+            x = torch.randn(batch, m.channels, generator=gen)
+            lengths = torch.full((batch,), m.channels, dtype=torch.long)
+        else:
+            steps = frame_steps if m.kind == "frames" else time_steps
+            tail = (m.channels, image_size, image_size) if m.kind == "frames" else (m.channels,)
+            x = torch.randn(batch, steps, *tail, generator=gen)
+            lengths = torch.tensor([max(1, steps - i) for i in range(batch)], dtype=torch.long)
+        out += [x, lengths]
+    return tuple(out)
 
 
 def onnx_bytes(
-    model: nn.Module, opset: int = DEFAULT_OPSET, batch: int = 2, audio_steps: int = 8, video_steps: int = 3,
-    image_size: int = 16,
+    model: nn.Module, opset: int = DEFAULT_OPSET, batch: int = 2, time_steps: int = 8, frame_steps: int = 3,
+    image_size: int = 16, *, config: Config | ModelConfig | None = None,
 ) -> bytes:
     """Export the inference path of ``model`` into memory and return the serialized ONNX model.
 
     The live ``model`` is not touched: a float32 CPU copy is put in eval mode, its adaptive pools
     rewritten for dynamic frame sizes (:func:`_exportable`), and traced on an example batch of the
-    given sizes (the exported axes stay dynamic).  Call it from the thread
+    given sizes (the exported axes stay dynamic; see :func:`example_inputs`). ``config``: the configuration
+    the model was built from (its modalities name the inputs and outputs; needed for a model of
+    ``model.builder``; None: read from a built-in model).  Call it from the thread
     that trains the model, so the weights do not change while they are copied.
 
     Raises :class:`~edge_runtime.learning.guard.NonFiniteState` (a ``ValueError``) when a weight or
@@ -167,7 +259,9 @@ def onnx_bytes(
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise ValueError(f"opset must be in {MIN_OPSET}..{MAX_OPSET} (got {opset}): the TorchScript ONNX exporter "
                          f"writes at most {MAX_OPSET}, and older opsets than {MIN_OPSET} cannot express this model")
-    inputs = example_inputs(model, batch, audio_steps, video_steps, image_size)
+    specs = model_modalities(model, config)
+    inputs = example_inputs(model, batch, time_steps, frame_steps, image_size, config=config)
+    names = list(specs)
     frozen = _exportable(copy.deepcopy(model).to(device="cpu", dtype=torch.float32).eval())
     for p in frozen.parameters():
         p.requires_grad_(False)
@@ -184,22 +278,52 @@ def onnx_bytes(
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning, module=r"torch\.nn\.")
         torch.onnx.export(
             _InferencePath(frozen), inputs, buf, dynamo=False, opset_version=opset,
-            input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES), dynamic_axes=DYNAMIC_AXES,
+            input_names=list(input_names(names)), output_names=list(output_names(names)), dynamic_axes=dynamic_axes(specs),
             do_constant_folding=True,
         )
-    return buf.getvalue()
+    return _with_every_input(buf.getvalue(), specs)
+
+
+def _with_every_input(data: bytes, specs: Mapping[str, Modality]) -> bytes:
+    """``data`` with every input of :func:`input_names`: the exporter drops an input the graph does not use
+    (the lengths of a ``vector`` modality, or of a model that ignores them); it is put back, unused, so
+    every exported model takes ``<name>`` and ``<name>_lengths`` for each modality."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    proto = onnx.load_model_from_string(data)
+    have = {i.name: i for i in proto.graph.input}
+    wanted = input_names(list(specs))
+    if all(name in have for name in wanted):
+        return data
+    axes = dynamic_axes(specs)
+    kept = [i for i in proto.graph.input if i.name not in wanted]  # (initializers listed as inputs, if any)
+    rebuilt = []
+    for name in wanted:
+        if name in have:
+            rebuilt.append(have[name])
+            continue
+        if name in specs:  # a modality's tensor the model ignores (unusual, but its input all the same)
+            dims = ("batch", *specs[name].spec().shape)
+            shape = [axes[name].get(i, None if d == -1 else d) for i, d in enumerate(dims)]
+            rebuilt.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, shape))
+        else:
+            rebuilt.append(helper.make_tensor_value_info(name, TensorProto.INT64, ["batch"]))
+    del proto.graph.input[:]
+    proto.graph.input.extend(rebuilt + kept)
+    return proto.SerializeToString()
 
 
 def export_onnx(
-    model: nn.Module, path: str | Path, opset: int = DEFAULT_OPSET, batch: int = 2, audio_steps: int = 8,
-    video_steps: int = 3, image_size: int = 16,
+    model: nn.Module, path: str | Path, opset: int = DEFAULT_OPSET, batch: int = 2, time_steps: int = 8,
+    frame_steps: int = 3, image_size: int = 16, *, config: Config | ModelConfig | None = None,
 ) -> Path:
     """Export the inference path of ``model`` to ``path`` (written atomically) and return the path.
 
     See :func:`onnx_bytes` for the arguments; the file is checked with :func:`verify_onnx`.
     """
-    data = onnx_bytes(model, opset, batch, audio_steps, video_steps, image_size)
-    verify_onnx(data)
+    data = onnx_bytes(model, opset, batch, time_steps, frame_steps, image_size, config=config)
+    verify_onnx(data, list(model_modalities(model, config)))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     return atomic_write_bytes(path, data)
@@ -235,12 +359,18 @@ def read_checkpoint_file(checkpoint_path: str | Path) -> tuple[dict[str, Any], P
 def model_from_checkpoint(checkpoint: dict[str, Any], path: Path, config: Config | ModelConfig) -> nn.Module:
     """The model of ``checkpoint`` (read from ``path``, named in errors), in eval mode on CPU; ValueError
     when its weights do not fit the model ``config`` describes."""
+    from edge_runtime.learning.checkpoint import checkpoint_modalities, upgrade_model_state
     from edge_runtime.learning.model import build_model
 
-    model_cfg = config.model if isinstance(config, Config) else config
-    model = build_model(model_cfg)
+    model = build_model(config)  # a Config: its modalities (and model.builder); a ModelConfig: the default audio + video
+    state = _model_state(checkpoint, path)
+    names = list(getattr(model, "modalities", ()))
+    ours, theirs = checkpoint_modalities(model.state_dict()), checkpoint_modalities(upgrade_model_state(state, names))
+    if ours == names and theirs is not None and theirs != ours:
+        raise ValueError(f"checkpoint {path} was written for the modalities {theirs} but the configuration declares {ours}; "
+                         "pass the configuration the node ran with (--config FILE)")
     try:
-        model.load_state_dict(_model_state(checkpoint, path))
+        model.load_state_dict(state)
     except RuntimeError as err:
         first = str(err).strip().splitlines()
         raise ValueError(
@@ -263,7 +393,8 @@ def export_checkpoint(
     checkpoint_path: str | Path, out_path: str | Path, config: Config | ModelConfig, opset: int = DEFAULT_OPSET
 ) -> Path:
     """Export the model of a node checkpoint (file, or folder of checkpoints) to ``out_path``; returns it."""
-    return export_onnx(load_checkpoint_model(checkpoint_path, config), out_path, opset=opset)
+    return export_onnx(load_checkpoint_model(checkpoint_path, config), out_path, opset=opset,
+                       config=config if isinstance(config, Config) else None)
 
 
 # ---------------------------------------------------------------------------------------- runtime
@@ -323,23 +454,38 @@ def _as_array(x: Any, dtype: type) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(x, dtype=dtype))
 
 
-def predict(
-    session: "onnxruntime.InferenceSession", audio: Any, audio_lengths: Any, video: Any, video_lengths: Any
-) -> dict[str, np.ndarray]:
-    """Run an exported model: arrays or tensors in, ``{"logits", "audio_logits", "video_logits"}`` arrays out."""
-    feeds = {
-        "audio": _as_array(audio, np.float32),
-        "audio_lengths": _as_array(audio_lengths, np.int64),
-        "video": _as_array(video, np.float32),
-        "video_lengths": _as_array(video_lengths, np.int64),
-    }
+def predict(session: "onnxruntime.InferenceSession", *args: Any) -> dict[str, np.ndarray]:
+    """Run an exported model: arrays or tensors in, ``{"logits", "<name>_logits", ...}`` arrays out.
+
+    ``predict(session, {"accel": x, "accel_lengths": n, ...})``: the inputs by name (the session's input
+    names, :func:`input_names`); or ``predict(session, x_1, lengths_1, ..., x_N, lengths_N)`` in the
+    session's input order. Lengths are fed as int64, everything else as float32.
+    """
+    inputs = session.get_inputs()
+    if len(args) == 1 and isinstance(args[0], Mapping):
+        given = dict(args[0])
+    else:
+        if len(args) != len(inputs):
+            raise ValueError(f"the model takes {len(inputs)} inputs {[i.name for i in inputs]}, got {len(args)}")
+        given = {i.name: x for i, x in zip(inputs, args)}
+    wanted = [i.name for i in inputs]
+    if set(given) != set(wanted):
+        raise ValueError(f"the model takes the inputs {wanted}; given {sorted(given)}")
+    feeds = {i.name: _as_array(given[i.name], np.int64 if "int64" in i.type else np.float32) for i in inputs}
     names = [o.name for o in session.get_outputs()]
     return dict(zip(names, session.run(names, feeds)))
 
 
-def verify_onnx(data: bytes) -> None:
+def session_modalities(session: "onnxruntime.InferenceSession") -> list[str]:
+    """The modality names of an exported model, in its input order (its inputs without ``_lengths``)."""
+    return [i.name for i in session.get_inputs() if not i.name.endswith(LENGTHS)]
+
+
+def verify_onnx(data: bytes, modalities: Sequence[str] | None = None) -> None:
     """Check that ``data`` is a loadable ONNX model with the exported inputs and outputs.
 
+    The inputs must be ``<name>``, ``<name>_lengths`` per modality and the outputs include ``logits`` and
+    ``<name>_logits`` for each; ``modalities`` (when given) are the names, in order, it must take.
     Raises :class:`ValueError` saying what is wrong (empty, not ONNX / truncated, fails the ONNX
     checker, cannot be loaded by onnxruntime, or has other inputs/outputs than an exported model).
     """
@@ -369,9 +515,11 @@ def verify_onnx(data: bytes) -> None:
         raise ValueError(f"corrupt ONNX model ({size}): onnxruntime cannot load it ({_first_line(err)})") from None
     inputs = [i.name for i in session.get_inputs()]
     outputs = [o.name for o in session.get_outputs()]
-    if inputs != list(INPUT_NAMES) or not set(OUTPUT_NAMES) <= set(outputs):
-        raise ValueError(f"not an edge-runtime model: inputs {inputs} (expected {list(INPUT_NAMES)}), "
-                         f"outputs {outputs} (expected {list(OUTPUT_NAMES)})")
+    names = list(modalities) if modalities is not None else inputs[::2]
+    expected_in, expected_out = list(input_names(names)), list(output_names(names))
+    if not names or inputs != expected_in or not set(expected_out) <= set(outputs):
+        raise ValueError(f"not an edge-runtime model: inputs {inputs} (expected {expected_in}: <modality>, "
+                         f"<modality>_lengths for each), outputs {outputs} (expected {expected_out})")
 
 
 def _first_line(err: BaseException) -> str:
@@ -379,12 +527,13 @@ def _first_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {text[0] if text else ''}"
 
 
-def difference_to_torch(model: nn.Module, path: str | Path) -> float:
+def difference_to_torch(model: nn.Module, path: str | Path, config: Config | ModelConfig | None = None) -> float:
     """Largest absolute difference between the ONNX model at ``path`` (onnxruntime, CPU) and ``model``
-    (PyTorch) over the three logit outputs, on a random batch of other sizes than the traced one."""
+    (PyTorch, eval mode) over every logit output, on a random batch of other sizes than the traced one."""
     session = make_session(path, providers=["CPUExecutionProvider"])
-    inputs = example_inputs(model, batch=3, audio_steps=12, video_steps=4, seed=1)
+    specs = model_modalities(model, config)
+    inputs = example_inputs(model, batch=3, time_steps=12, frame_steps=4, seed=1, config=config)
     got = predict(session, *inputs)
     with torch.no_grad():
         ref = _InferencePath(model)(*inputs)
-    return max(float(np.abs(got[name] - r.numpy()).max()) for name, r in zip(OUTPUT_NAMES, ref))
+    return max(float(np.abs(got[name] - r.numpy()).max()) for name, r in zip(output_names(list(specs)), ref))

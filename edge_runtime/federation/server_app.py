@@ -234,7 +234,7 @@ def initial_arrays(config: Config) -> dict[str, np.ndarray]:
     from edge_runtime.learning.model import build_model
 
     torch.manual_seed(config.training.seed)
-    model = build_model(config.model)
+    model = build_model(config)
     return {f"model.{k}": v.detach().numpy().copy() for k, v in model.state_dict().items() if v.dtype.is_floating_point}
 
 

@@ -11,6 +11,12 @@ checksum and falls back to the previous checkpoint when the newest is damaged.
 Nothing non-finite is checkpointed (issue 24, G2): :meth:`CheckpointManager.save` refuses a state
 with a NaN/Inf in any float tensor or array (:class:`~edge_runtime.learning.guard.NonFiniteState`),
 and a file that holds one anyway (written by an older version) is refused on load like a corrupt one.
+
+Model weights are named by modality (``encoders.<name>.*``, ``fusion.heads.<name>.*``):
+:func:`checkpoint_modalities` reads the names a checkpoint was written for, and a checkpoint written
+before modalities were named (``audio.*``, ``visual.*``, ``fusion.audio_head.*`` keys: the default
+audio + video model) restores into the default model, whose load renames its keys
+(:func:`upgrade_model_state` does the same renaming for the checks that run before the load).
 """
 
 from __future__ import annotations
@@ -21,10 +27,12 @@ import io
 import logging
 import re
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Mapping, Sequence
 
 from edge_runtime.core.atomic import atomic_write
 from edge_runtime.core.names import LOGGER_CHECKPOINT
+
+_ENCODER_KEY = re.compile(r"^encoders\.([^.]+)\.")
 
 log = logging.getLogger(LOGGER_CHECKPOINT)
 
@@ -146,3 +154,36 @@ def read_checkpoint(path: Path, map_location: str = "cpu") -> dict[str, Any]:
     if problem is not None:  # written before the numeric guard: a poisoned model is not resumed
         raise CheckpointError(f"holds {problem}")
     return state
+
+
+def checkpoint_modalities(model_state: Mapping[str, Any]) -> list[str] | None:
+    """The modality names a model state dict's encoders are named by (``encoders.<name>.*``), in the order
+    of their first key; None when it has no such keys (a model of another structure)."""
+    names: dict[str, None] = {}
+    for key in model_state:
+        match = _ENCODER_KEY.match(key)
+        if match:
+            names.setdefault(match.group(1), None)
+    return list(names) or None
+
+
+def upgrade_model_state(model_state: Mapping[str, Any], modalities: Sequence[str]) -> Mapping[str, Any]:
+    """``model_state`` with the keys of a checkpoint written before modalities were named renamed as the
+    model renames them on load (``audio.*`` -> ``encoders.audio.*``, ``visual.*`` -> ``encoders.video.*``,
+    ``fusion.audio_head.*`` -> ``fusion.heads.audio.*``, ...): only for a model of the default modalities
+    (those the legacy keys' new names name); anything else is returned as it is."""
+    from edge_runtime.learning.model.net import _LEGACY_PREFIXES  # torch: only when there are weights to check
+
+    legacy_modalities = tuple(new.split(".")[1] for _old, new in _LEGACY_PREFIXES if new.startswith("encoders."))
+    if tuple(modalities) != legacy_modalities:
+        return model_state
+    if not any(key.startswith(old) for key in model_state for old, _new in _LEGACY_PREFIXES):
+        return model_state
+    out: dict[str, Any] = {}
+    for key, value in model_state.items():
+        for old, new in _LEGACY_PREFIXES:
+            if key.startswith(old):
+                key = new + key[len(old):]
+                break
+        out[key] = value
+    return out

@@ -138,14 +138,15 @@ class Learner:
         seed = config.training.seed
         torch.manual_seed(seed)
         mc = config.model
-        self.model = build_model(mc).to(self.device)
+        self.model = build_model(config).to(self.device)
+        self.modalities: tuple[str, ...] = tuple(config.modalities)
         self.num_classes = mc.num_classes
         self.optimizer = make_optimizer(config.training, self.model.parameters())
-        self.prototypes = ModalityPrototypes(mc.num_classes, {"audio": mc.embed_dim, "video": mc.embed_dim}, config.prototypes.momentum).to(self.device)
+        self.prototypes = ModalityPrototypes(mc.num_classes, dict(self.model.embed_dims), config.prototypes.momentum).to(self.device)
         self.policy_settings = config.selection
-        self.policy = build_policy(config.selection, seed=seed)
+        self.policy = build_policy(config.selection, seed=seed, modalities=self.modalities)
         self.buffer = ReplayBuffer(config.buffer, seed=seed, store=store)
-        self.replay = build_replay(config.replay, config.buffer.replay_batch_size, seed=seed)
+        self.replay = build_replay(config.replay, config.buffer.replay_batch_size, seed=seed, modalities=self.modalities)
         tc = config.training
         self.teacher = Teacher(tc.teacher_every, tc.teacher_on_new_class, getattr(torch, tc.teacher_dtype))
         self.amp_dtype = resolve_amp(tc.amp, self.device)
@@ -236,7 +237,7 @@ class Learner:
         """The learning step (docs/design.md) on the valid samples of one micro-batch, stage by stage."""
         times = self.times
         t0 = time.perf_counter()
-        batch = self._to_device(collate(samples))
+        batch = self._to_device(self._collate(samples))
         # A replay policy whose plan cannot depend on this batch plans now, so that the first
         # update's replay rows share the prediction forward (one forward instead of two).
         trains = any(x.label is not None and x.split != "eval" for x in samples)  # else no update: plan nothing
@@ -244,8 +245,8 @@ class Learner:
         t1 = time.perf_counter()
         times.data += t1 - t0
         out, replayed = self._predict_and_record(batch, samples, ahead)
-        if self.numeric_guard and not all_finite(out):
-            rows_ok = torch.stack([torch.isfinite(t.detach()).flatten(1).all(1) for t in out]).all(0)
+        if self.numeric_guard and not all_finite(out.tensors()):
+            rows_ok = torch.stack([torch.isfinite(t.detach()).flatten(1).all(1) for t in out.tensors()]).all(0)
             raise NonFiniteUpdate("the model's outputs are NaN/Inf", torch.nonzero(~rows_ok).squeeze(1).tolist())
         rows = self._untrained_verdicts(batch, positions, verdicts)
         t2 = time.perf_counter()
@@ -287,11 +288,11 @@ class Learner:
         sample: the encoders are padding-invariant and have no batch statistics (GroupNorm).
         """
         n = len(incoming)
-        b = self._to_device(collate(list(incoming) + list(replay)))
+        b = self._to_device(self._collate(list(incoming) + list(replay)))
         with self._autocast():
             out = self.model(*b.inputs())
-        rep = Forwarded(ModelOutput(*(t[n:] for t in out)), b.labels[n:], tuple(t[n:] for t in b.inputs()))
-        return ModelOutput(*(t[:n] for t in out)), rep
+        rep = Forwarded(out.map(lambda t: t[n:]), b.labels[n:], tuple(t[n:] for t in b.inputs()))
+        return out.map(lambda t: t[:n]), rep
 
     def _untrained_verdicts(self, batch: Batch, positions: list[int], verdicts: list[str]) -> torch.Tensor:
         """Verdicts of the rows nothing is learned from (eval, unlabelled); returns the labelled train rows."""
@@ -316,11 +317,10 @@ class Learner:
             self.teacher.snapshot(self.model, self.seen, self.stats.updates)
         every_row = rows.numel() == len(batch)  # the common case: no copies of the batch or its outputs
         with torch.no_grad():
-            sub = ModelOutput(*(t.detach().float() if every_row else t.detach().float().index_select(0, rows) for t in out))  # float32 even under AMP
-            self.prototypes.update({"audio": sub.z_audio, "video": sub.z_video}, y)
-            p_audio, p_video = self._confidence_of_true_class(sub, y)
-        ctx = StepContext(batch=batch if every_row else batch.index(rows), labels=y, output=sub, p_audio=p_audio, p_video=p_video,
-                          model=self.model)
+            sub = out.map(lambda t: t.detach().float() if every_row else t.detach().float().index_select(0, rows))  # float32 even under AMP
+            self.prototypes.update(sub.z, y)
+            p = self._confidence_of_true_class(sub, y)
+        ctx = StepContext(batch=batch if every_row else batch.index(rows), labels=y, output=sub, p=p, model=self.model)
         return ctx, present
 
     def _select(self, ctx: StepContext) -> Selection:
@@ -362,13 +362,11 @@ class Learner:
             else:
                 verdicts[pos] = unselected
 
-    def _confidence_of_true_class(self, out: ModelOutput, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """p_m of the true class per modality (the learning step, step 2, docs/design.md)."""
+    def _confidence_of_true_class(self, out: ModelOutput, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        """p_m of the true class per modality m (the learning step, step 2, docs/design.md)."""
         if self.config.prototypes.confidence == "prototype":
-            return (self.prototypes.confidence("audio", out.z_audio, y), self.prototypes.confidence("video", out.z_video, y))
-        pa = F.softmax(out.audio_logits.float(), dim=1).gather(1, y[:, None]).squeeze(1)
-        pv = F.softmax(out.video_logits.float(), dim=1).gather(1, y[:, None]).squeeze(1)
-        return pa, pv
+            return {name: self.prototypes.confidence(name, out.z[name], y) for name in self.modalities}
+        return {name: F.softmax(out.unimodal[name].float(), dim=1).gather(1, y[:, None]).squeeze(1) for name in self.modalities}
 
     def _plan_replay(self) -> ReplayPlan:
         """The replay policy's plan for one update (uniform, BSS, DUS, ...)."""
@@ -378,14 +376,18 @@ class Learner:
     def _forward_no_grad(self, samples: list[Sample]) -> ModelOutput:
         """The current model's outputs on ``samples`` (train mode, no gradients): for re-scoring."""
         with self._autocast():
-            out = self.model(*self._to_device(collate(samples)).inputs())
-        return ModelOutput(*(t.float() for t in out))
+            out = self.model(*self._to_device(self._collate(samples)).inputs())
+        return out.map(lambda t: t.float())
 
     def _forward_samples(self, samples: Sequence[Sample]) -> tuple[Batch, ModelOutput]:
         """The device batch of ``samples`` and the model's outputs on it, with gradients."""
-        b = self._to_device(collate(list(samples)))
+        b = self._to_device(self._collate(list(samples)))
         with self._autocast():
             return b, self.model(*b.inputs())
+
+    def _collate(self, samples: Sequence[Sample]) -> Batch:
+        """The padded batch of ``samples``, its modalities in the model's order."""
+        return collate(samples, self.modalities)
 
     def _autocast(self):
         """Mixed precision on CUDA when ``training.amp`` asks for it; a no-op context on CPU."""
@@ -421,7 +423,7 @@ class Learner:
                 sub_batch = batch.index(chosen)
                 with self._autocast():
                     return Forwarded(self.model(*sub_batch.inputs()), sub_batch.labels)
-            return Forwarded(ModelOutput(*(t.index_select(0, chosen) for t in out)), batch.labels.index_select(0, chosen))
+            return Forwarded(out.map(lambda t: t.index_select(0, chosen)), batch.labels.index_select(0, chosen))
 
         step = UpdateStep(incoming=incoming, present=present, plan=plan, selection=selection, forward_samples=self._forward_samples,
                           replay=(lambda: replayed) if replayed is not None else None)
@@ -453,15 +455,15 @@ class Learner:
         chunk: list[Sample] = []
 
         def flush() -> None:
-            b = self._to_device(collate(chunk))
+            b = self._to_device(self._collate(chunk))
             with self._autocast():
                 o = self.model(*b.inputs())
             y = b.labels
             counts["n"] += len(chunk)
             hit = (o.logits.argmax(1) == y).cpu()
             counts["fused"] += int(hit.sum())
-            counts["audio"] += int((o.audio_logits.argmax(1) == y).sum())
-            counts["video"] += int((o.video_logits.argmax(1) == y).sum())
+            for name in self.modalities:
+                counts[name] += int((o.unimodal[name].argmax(1) == y).sum())
             yc = y.cpu()
             per_class_total.index_add_(0, yc, torch.ones_like(yc))
             per_class_correct.index_add_(0, yc, hit.long())
@@ -481,8 +483,7 @@ class Learner:
         return {
             "n": n,
             "accuracy": counts["fused"] / n if n else None,
-            "audio_accuracy": counts["audio"] / n if n else None,
-            "video_accuracy": counts["video"] / n if n else None,
+            "modality_accuracy": {name: counts[name] / n if n else None for name in self.modalities},
             "per_class_accuracy": per_class,
         }
 

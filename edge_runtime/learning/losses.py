@@ -44,7 +44,8 @@ class IncomingCE:
 
 
 class UnimodalCE:
-    """``weight * (CE(audio head) + CE(video head))`` of the incoming samples."""
+    """``weight * sum_m CE(unimodal[m])`` of the incoming samples: every modality's own head, in the
+    model's order (``weight * (CE(audio head) + CE(video head))`` by default)."""
 
     def __init__(self, weight: float) -> None:
         self.weight = weight
@@ -53,8 +54,11 @@ class UnimodalCE:
         inc = step.incoming
         if inc is None:
             return None
-        out = inc.output
-        return self.weight * (F.cross_entropy(out.audio_logits.float(), inc.labels) + F.cross_entropy(out.video_logits.float(), inc.labels))
+        total = None
+        for logits in inc.output.unimodal.values():
+            term = F.cross_entropy(logits.float(), inc.labels)
+            total = term if total is None else total + term
+        return None if total is None else self.weight * total
 
 
 def replay_ce(step: UpdateStep) -> torch.Tensor | None:

@@ -4,12 +4,14 @@
 2. score the whole training set with the pre-trained model and select with the *same* admission
    policy the stream uses, ``build_policy(settings).select(ctx)``, where ``ctx`` holds the whole
    set as one batch: the model's outputs (eval mode), and per-modality confidences of the true
-   class (``prototypes.confidence``: ``prototype`` with the class means of each modality's
-   embeddings over the set as prototypes, or ``linear``, the unimodal heads).  Any registered
-   admission policy is a strategy; ``base`` is the ``all`` policy (everything);
+   class, one per modality of the configuration keyed by its name (``prototypes.confidence``:
+   ``prototype`` with the class means of each modality's embeddings over the set as prototypes, or
+   ``linear``, the unimodal heads).  Any registered admission policy is a strategy; ``base`` is the
+   ``all`` policy (everything);
 3. the policy keeps ``keep_ratio`` of the set (a KEPT fraction: the paper's tables speak of pruning);
 4. train a fresh model (same seed) for E epochs on the kept subset;
-5. evaluate on the test set (fused, audio-only and visual-only accuracy).
+5. evaluate on the test set: fused accuracy (``accuracy``) and each modality's own head
+   (``<name>_accuracy``: ``audio_accuracy`` and ``video_accuracy`` by default).
 
 Plain supervised training here (the ``training.optimizer`` of the config, cross-entropy on the
 fused logits, shuffled mini-batches): the protocol compares selection criteria, not the streaming
@@ -62,23 +64,29 @@ def strategy_settings(config: Config, strategy: str, ratio: float) -> SelectionS
 def predict(model: nn.Module, samples: Sequence[Sample], batch_size: int = 256) -> tuple[ModelOutput, torch.Tensor]:
     """The model's outputs (eval mode) over ``samples``, in order, and their labels."""
     model.eval()
-    parts = []
+    outs, labels = [], []
     for i in range(0, len(samples), batch_size):
-        b = collate(list(samples[i : i + batch_size]))
-        parts.append((*model(*b.inputs()), b.labels))
+        b = collate(list(samples[i : i + batch_size]), _modalities(model))
+        outs.append(model(*b.inputs()))
+        labels.append(b.labels)
     model.train()
-    *outs, labels = (torch.cat(p) for p in zip(*parts))
-    return ModelOutput(*outs), labels
+    return ModelOutput.cat(outs), torch.cat(labels)
+
+
+def _modalities(model: nn.Module) -> tuple[str, ...] | None:
+    """The model's modality names in its input order (the model interface, docs/modalities.md)."""
+    names = getattr(model, "modalities", None)
+    return tuple(names) if names is not None else None
 
 
 def accuracy(model: nn.Module, samples: Sequence[Sample]) -> dict[str, float]:
-    """Fused, audio-only and visual-only accuracy on ``samples``."""
+    """``accuracy`` of the fused head and ``<name>_accuracy`` of each modality's own head on ``samples``
+    (flat keys: a row of the protocol's CSV)."""
     o, y = predict(model, samples)
-    return {
-        "accuracy": float((o.logits.argmax(1) == y).float().mean()),
-        "audio_accuracy": float((o.audio_logits.argmax(1) == y).float().mean()),
-        "video_accuracy": float((o.video_logits.argmax(1) == y).float().mean()),
-    }
+    out = {"accuracy": float((o.logits.argmax(1) == y).float().mean())}
+    for name, logits in o.unimodal.items():
+        out[f"{name}_accuracy"] = float((logits.argmax(1) == y).float().mean())
+    return out
 
 
 def train_epochs(model: nn.Module, samples: Sequence[Sample], epochs: int, config: Config, seed: int,
@@ -90,7 +98,7 @@ def train_epochs(model: nn.Module, samples: Sequence[Sample], epochs: int, confi
     for epoch in range(epochs):
         order = rng.permutation(len(samples))
         for i in range(0, len(order), batch_size):
-            b = collate([samples[j] for j in order[i : i + batch_size]])
+            b = collate([samples[j] for j in order[i : i + batch_size]], _modalities(model))
             loss = F.cross_entropy(model(*b.inputs()).logits, b.labels)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -103,8 +111,9 @@ def train_epochs(model: nn.Module, samples: Sequence[Sample], epochs: int, confi
 
 
 def fresh_model(config: Config, seed: int) -> nn.Module:
+    """A new model of ``config`` (its modalities, or ``model.builder``'s) from seed ``seed``."""
     torch.manual_seed(seed)
-    return build_model(config.model)
+    return build_model(config)
 
 
 def prototype_confidence(z: torch.Tensor, y: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -119,20 +128,20 @@ def prototype_confidence(z: torch.Tensor, y: torch.Tensor, num_classes: int) -> 
 
 
 def score_context(model: nn.Module, samples: Sequence[Sample], config: Config) -> StepContext:
-    """The whole set as one selection context: outputs of ``model`` and confidences of the true class."""
+    """The whole set as one selection context: outputs of ``model`` and, per modality (by name, in the
+    model's order), the confidences of the true class."""
     out, y = predict(model, samples)
     if config.prototypes.confidence == "prototype":
         k = config.model.num_classes
-        pa, pv = prototype_confidence(out.z_audio, y, k), prototype_confidence(out.z_video, y, k)
+        p = {name: prototype_confidence(z, y, k) for name, z in out.z.items()}
     else:
-        pa = F.softmax(out.audio_logits, dim=1).gather(1, y[:, None]).squeeze(1)
-        pv = F.softmax(out.video_logits, dim=1).gather(1, y[:, None]).squeeze(1)
-    return StepContext(batch=collate(list(samples)), labels=y, output=out, p_audio=pa, p_video=pv, model=model)
+        p = {name: F.softmax(logits, dim=1).gather(1, y[:, None]).squeeze(1) for name, logits in out.unimodal.items()}
+    return StepContext(batch=collate(list(samples), _modalities(model)), labels=y, output=out, p=p, model=model)
 
 
 def select_subset(settings: SelectionSettings, model: nn.Module, samples: Sequence[Sample], config: Config, seed: int) -> np.ndarray:
     """Indices (into ``samples``) that the admission policy of ``settings`` keeps of the whole set."""
-    policy = build_policy(settings, seed=seed)
+    policy = build_policy(settings, seed=seed, modalities=_modalities(model))
     with torch.no_grad():
         chosen = policy.select(score_context(model, samples, config)).indices
     return np.sort(chosen.cpu().numpy())

@@ -161,10 +161,10 @@ class Prototypes:
 
 
 class ModalityPrototypes:
-    """One :class:`Prototypes` per modality name (``"audio"``, ``"video"``), the learning step, step 2 (docs/design.md).
+    """One :class:`Prototypes` per modality name (the configuration's), the learning step, step 2 (docs/design.md).
 
-    ``update({"audio": z_a, "video": z_v}, y)`` updates every modality given;
-    ``confidence("audio", z_a, y)`` is ``p_audio = softmax_k(-||z_a - c_k^a||)[y]``.
+    ``update({name: z_m, ...}, y)`` updates every modality given;
+    ``confidence(name, z_m, y)`` is ``p_m = softmax_k(-||z_m - c_k^m||)[y]``.
     """
 
     def __init__(self, num_classes: int, dims: Mapping[str, int], momentum: float) -> None:

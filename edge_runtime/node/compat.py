@@ -14,11 +14,13 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
 from edge_runtime.core.config import Config
+from edge_runtime.core.modalities import modalities_of
+from edge_runtime.learning.checkpoint import checkpoint_modalities, upgrade_model_state
 
 if TYPE_CHECKING:
     from edge_runtime.learning.buffer.sqlite import SqliteStore
@@ -38,37 +40,51 @@ def _most_common(values: Counter) -> str:
 def stored_state_problem(config: Config, store: "SqliteStore", frame_size: tuple[int, int] | None, where: Path) -> str | None:
     """Why the replay samples stored in ``where`` do not belong to ``config`` (None when they do).
 
-    Checked: labels against ``model.num_classes``, audio feature bins against ``model.audio_features``,
-    video channels against ``model.visual_channels``, and, when ``node.frame_size`` is set, the
-    frame size. (Samples that are wrong in themselves, e.g. an empty clip, are not a configuration
-    mismatch: the node evicts those at start-up and logs each.)
+    Checked: labels against ``model.num_classes``; the stored samples' tensors against the configuration's
+    modalities (the same names); each modality's channels (the size of one step: audio feature bins,
+    colour channels, series channels, vector length) by name; and, when ``node.frame_size`` is set, the
+    frame size of every ``frames`` modality. (Samples that are wrong in themselves, e.g. an empty clip, are
+    not a configuration mismatch: the node evicts those at start-up and logs each.)
     """
     mc = config.model
+    mods = modalities_of(config)
     labels: list[int] = []
-    bins: Counter = Counter()
-    channels: Counter = Counter()
+    names: Counter = Counter()
+    channels: dict[str, Counter] = {name: Counter() for name in mods}
     sizes: Counter = Counter()
     for key in store.keys():
         sample = store.get(key)
         if sample.label is not None:
             labels.append(int(sample.label))
-        audio, video = sample.tensors.get("audio"), sample.tensors.get("video")
-        if audio is not None and np.ndim(audio) == 2:
-            bins[int(np.shape(audio)[1])] += 1
-        if video is not None and np.ndim(video) == 4:
-            channels[int(np.shape(video)[1])] += 1
-            size = tuple(int(d) for d in np.shape(video)[2:])
-            if min(size) >= 1:  # a 0x0 frame is wrong in itself (evicted), not another configuration's
-                sizes[size] += 1
+        names[tuple(sorted(sample.tensors))] += 1
+        for name, m in mods.items():
+            x = sample.tensors.get(name)
+            rank = len(m.spec().shape)
+            if x is None or np.ndim(x) != rank:
+                continue
+            channels[name][int(np.shape(x)[0 if m.kind == "vector" else 1])] += 1
+            if m.kind == "frames":
+                size = tuple(int(d) for d in np.shape(x)[2:])
+                if min(size) >= 1:  # a 0x0 frame is wrong in itself (evicted), not another configuration's
+                    sizes[size] += 1
     if labels and max(labels) >= mc.num_classes:
         over = sum(label >= mc.num_classes for label in labels)
         return (f"model.num_classes is {mc.num_classes} but {where} holds {over} replay samples labelled "
                 f"{mc.num_classes}..{max(labels)}; {fix(where.parent)}")
-    if bins and set(bins) != {mc.audio_features}:
-        return f"model.audio_features is {mc.audio_features} but the samples stored in {where} have {_most_common(bins)} audio bins; {fix(where.parent)}"
-    if channels and set(channels) != {mc.visual_channels}:
-        return (f"model.visual_channels is {mc.visual_channels} but the samples stored in {where} have "
-                f"{_most_common(channels)} video channels; {fix(where.parent)}")
+    ours = tuple(sorted(mods))
+    if names and names.most_common(1)[0][0] != ours:  # mostly another configuration's (a few odd samples are evicted)
+        theirs, count = names.most_common(1)[0]
+        gone = [n for n in theirs if n not in ours]
+        new = [n for n in ours if n not in theirs]
+        return (f"this configuration's modalities are {list(mods)} but the samples stored in {where} carry the tensors "
+                f"{list(theirs)} ({count} of {sum(names.values())} stored samples; not modalities here: {gone}, "
+                f"missing: {new}); {fix(where.parent)}")
+    for name, m in mods.items():
+        seen = channels[name]
+        if seen and set(seen) != {m.channels}:
+            what = {"audio": "feature bins", "frames": "colour channels", "series": "channels", "vector": "values"}[m.kind]
+            return (f"{_channels_key(config, name, m.kind)} is {m.channels} but the samples stored in {where} have "
+                    f"{_most_common(seen)} {what} in modality {name!r} ({m.kind}); {fix(where.parent)}")
     if config.node.frame_size is not None and sizes and set(sizes) != {tuple(frame_size or ())}:
         size, _count = sizes.most_common(1)[0]
         return (f"node.frame_size is {list(config.node.frame_size)} but the samples stored in {where} have "
@@ -76,8 +92,36 @@ def stored_state_problem(config: Config, store: "SqliteStore", frame_size: tuple
     return None
 
 
-def checkpoint_problem(model_state: Mapping[str, Any], stored: Mapping[str, Any], path: Path) -> str | None:
-    """Why the model weights of a checkpoint (``stored``) do not fit this configuration's model (None when they do)."""
+def _channels_key(config: Config, name: str, kind: str) -> str:
+    """The setting that gives modality ``name`` its channels."""
+    if config.modalities[name].channels is not None:
+        return f"modalities.{name}.channels"
+    return "model.audio_features" if kind == "audio" else "model.visual_channels"
+
+
+def checkpoint_problem(model_state: Mapping[str, Any], stored: Mapping[str, Any], path: Path,
+                       modalities: Sequence[str] | None = None) -> str | None:
+    """Why the model weights of a checkpoint (``stored``) do not fit this configuration's model (None when they do).
+
+    ``modalities``: the model's modality names; a checkpoint of the built-in model written for other
+    modalities is refused naming them. A checkpoint written before modalities were named (``audio.*``,
+    ``visual.*`` keys) is checked as the model will load it (its keys renamed, :func:`upgrade_model_state`).
+    """
+    if modalities is not None:
+        stored = upgrade_model_state(stored, modalities)
+        ours, theirs = checkpoint_modalities(model_state), checkpoint_modalities(stored)
+        # only for a model whose parameters are named by modality (the built-in one), never a guess about a user model
+        if ours == list(modalities) and theirs is not None and theirs != ours:
+            gone = [n for n in theirs if n not in modalities]
+            new = [n for n in modalities if n not in theirs]
+            detail = []
+            if gone:
+                detail.append(f"not in this configuration: {gone}")
+            if new:
+                detail.append(f"not in the checkpoint: {new}")
+            return (f"checkpoint {path} was written for the modalities {list(theirs)} but this configuration declares "
+                    f"{list(modalities)}" + (f" ({'; '.join(detail)})" if detail else " (another order)")
+                    + f"; {fix(path.parent.parent)}")
     missing = sorted(set(model_state) - set(stored))
     extra = sorted(set(stored) - set(model_state))
     if missing or extra:
@@ -85,8 +129,8 @@ def checkpoint_problem(model_state: Mapping[str, Any], stored: Mapping[str, Any]
         side = "lacks" if missing else "has parameters this model lacks:"
         return f"checkpoint {path} was written for another model (it {side} {names}); check model.* settings; {fix(path.parent.parent)}"
     for name, tensor in model_state.items():
-        theirs = tuple(getattr(stored[name], "shape", ()))
-        if tuple(tensor.shape) != theirs:
-            return (f"checkpoint {path} was written for another model: {name} is {list(theirs)} there and "
-                    f"{list(tensor.shape)} here (model.num_classes, model.* sizes); {fix(path.parent.parent)}")
+        theirs_shape = tuple(getattr(stored[name], "shape", ()))
+        if tuple(tensor.shape) != theirs_shape:
+            return (f"checkpoint {path} was written for another model: {name} is {list(theirs_shape)} there and "
+                    f"{list(tensor.shape)} here (model.num_classes, model.* sizes, modalities.*.channels); {fix(path.parent.parent)}")
     return None

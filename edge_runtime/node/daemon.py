@@ -58,7 +58,7 @@ from edge_runtime.node.handoff import Handoff
 from edge_runtime.node.ledger import Ledger
 from edge_runtime.node.limits import connection_cap, raise_nofile
 from edge_runtime.node.logs import NODE_LOGGER, setup_logging
-from edge_runtime.node.schema import SchemaNegotiator, node_frame_size, stored_frame_size
+from edge_runtime.node.schema import SchemaNegotiator, first_frames, node_frame_size, stored_frame_size
 from edge_runtime.node.security import secure_socket
 from edge_runtime.node.sessions import Sessions
 from edge_runtime.node.startup import StartupError, StateLock, lock_state_dir, metrics_port_message, state_write_error
@@ -98,9 +98,9 @@ class EdgeNode:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.store = SqliteStore(self.state_dir / "state.db", synchronous=nc.sqlite_synchronous)
         self.ledger = Ledger(self.store)
-        # Frames of one size only: every micro-batch and every replay batch must stack. The size is
-        # node.frame_size, else the one the stored buffer holds, else features.image_size; never a device's.
-        self.schema = SchemaNegotiator(config, node_frame_size(config, None if nc.frame_size else stored_frame_size(self.store)))
+        # Frames of one size only (every frames modality): every micro-batch and every replay batch must stack. The
+        # size is node.frame_size, else the one the stored buffer holds, else features.image_size; never a device's.
+        self.schema = SchemaNegotiator(config, node_frame_size(config, None if nc.frame_size else stored_frame_size(self.store, first_frames(config))))
         if learner is None:
             from edge_runtime.learning.learner import Learner  # torch import only when a real learner is needed
 
@@ -115,7 +115,7 @@ class EdgeNode:
             if problem is None and loaded is not None:
                 model, theirs = getattr(learner, "model", None), loaded[0].get("learner", {}).get("model")
                 if model is not None and theirs is not None:
-                    problem = checkpoint_problem(model.state_dict(), theirs, loaded[1])
+                    problem = checkpoint_problem(model.state_dict(), theirs, loaded[1], getattr(model, "modalities", None))
             if problem is not None:
                 raise StartupError(problem)
         except BaseException:
@@ -246,7 +246,8 @@ class EdgeNode:
         if self.nc.model_bind:
             from edge_runtime.node.publish import ModelPublisher
 
-            publisher = ModelPublisher(ctx, self.nc.model_bind, self.nc.model_every, self.nc.model_resend_s)
+            publisher = ModelPublisher(ctx, self.nc.model_bind, self.nc.model_every, self.nc.model_resend_s,
+                                         config=self.config)
         info = {"endpoint": self.endpoint, "metrics_port": self.metrics_port, "pid": os.getpid(),
                 "model_endpoint": publisher.endpoint if publisher else None,
                 "control_endpoint": self._federation.start() if self._federation else None}

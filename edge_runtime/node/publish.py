@@ -38,7 +38,7 @@ def model_message(version: int, updates: int, data: bytes, opset: int) -> list[b
 class ModelPublisher:
     """Owns the PUB socket; call :meth:`maybe_publish` from the learner thread after each micro-batch."""
 
-    def __init__(self, ctx: zmq.Context, bind: str, every: int, resend_s: float, opset: int = 17) -> None:
+    def __init__(self, ctx: zmq.Context, bind: str, every: int, resend_s: float, opset: int = 17, config: Any = None) -> None:
         self.sock = ctx.socket(zmq.PUB)
         self.sock.setsockopt(zmq.LINGER, 0)
         try:
@@ -48,6 +48,7 @@ class ModelPublisher:
             raise ValueError(f"node.model_bind: cannot bind {bind} ({err}); pick a free port or tcp://127.0.0.1:*") from None
         self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.every, self.resend_s, self.opset = every, resend_s, opset
+        self.config = config  # the node's Config: the model's modalities give the ONNX inputs (None: the default audio + video)
         self.version = 0
         self.last_updates = 0
         self._frames: list[bytes] | None = None
@@ -60,7 +61,7 @@ class ModelPublisher:
         if updates - self.last_updates >= self.every and updates > 0:
             from edge_runtime.export.onnx import onnx_bytes
 
-            data = onnx_bytes(model, opset=self.opset)
+            data = onnx_bytes(model, opset=self.opset, config=self.config)
             self.version += 1
             self.last_updates = updates
             self._frames = model_message(self.version, updates, data, self.opset)

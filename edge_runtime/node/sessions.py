@@ -157,6 +157,8 @@ class Sessions:
         self._trim_due = False  # a large message or a closed connection since the last release_free_memory
         self._hello_log = RateLimitedLog(nc.hello_log_per_s, "hellos", "hello")
         self._error_log = RateLimitedLog(1, "message failures", "message_failed")
+        # why a sample broke its device's contract (the ack carries only the reason code): which tensor, which shape
+        self._refusal_log = RateLimitedLog(5, "sample refusals", "sample_refused")
 
     # ------------------------------------------------------------------ sending
     def error(self, sock: zmq.Socket, rid: bytes, seq: int | None, code: str, msg: str) -> None:
@@ -240,6 +242,9 @@ class Sessions:
             dev.last_seen = now
             problem, dev.contract = self.schema.check(dev.contract, dev.raw, dev.device, msg)
             if problem is not None:
+                if self._refusal_log.allow(now):
+                    log.info(f"sample refused: {problem.message}", extra={"event": "sample_refused", "device": dev.device,
+                                                                          "seq": msg.seq, "reason": problem.code})
                 self._sample(sock, reader, rid, dev, msg.seq, None, problem.verdict, 0)
             else:
                 self._sample(sock, reader, rid, dev, msg.seq, msg, None, sum(len(f) for f in body))
@@ -479,6 +484,7 @@ class Sessions:
             self._free(rid)
         self._hello_log.flush(now)
         self._error_log.flush(now)
+        self._refusal_log.flush(now)
         if self._trim_due:
             self._trim_due = False
             release_free_memory()

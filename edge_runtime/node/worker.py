@@ -56,6 +56,7 @@ from edge_runtime.learning.checkpoint import CheckpointManager
 from edge_runtime.node.handoff import Handoff, Item
 from edge_runtime.node.ledger import DECIDED, Ledger
 from edge_runtime.node.logs import NODE_LOGGER
+from edge_runtime.node.schema import raw_modalities
 from edge_runtime.node.sessions import SeqTracker
 from edge_runtime.ops.disk import describe
 from edge_runtime.ops.metrics import NodeMetrics
@@ -113,6 +114,7 @@ class LearnerWorker:
                  stop: threading.Event, federation: "FederationLink | None" = None) -> None:
         self.config = config
         self._max_abs = validation.max_abs_of(config)  # node.max_abs_value: raw waveforms are checked here, features by Learner.check
+        self._raw_names = raw_modalities(config)  # the (audio, frames) modalities raw media become; None: no raw media (refused at hello)
         self.nc = config.node
         self.learner = learner
         self.store = store
@@ -319,7 +321,10 @@ class LearnerWorker:
                 it.verdict = problem.verdict
             elif it.raw:
                 try:  # the same function the device runs with --send features
-                    it.sample.tensors = to_features(it.sample.tensors, self.config.features)  # type: ignore[union-attr]
+                    if self._raw_names is None:
+                        raise ValueError("raw media needs exactly one audio and one frames modality")
+                    audio, video = self._raw_names
+                    it.sample.tensors = to_features(it.sample.tensors, self.config.features, audio, video)  # type: ignore[union-attr]
                 except (ValueError, RuntimeError) as err:
                     it.verdict = "invalid:features"
                     log.warning("cannot compute features", extra={"event": "bad_raw", "device": it.device, "seq": it.seq, "reason": str(err)})

@@ -89,7 +89,7 @@ def test_cli_parser_and_fleet_data_take_a_registered_data_set(capsys):
             cli.build_parser().parse_args(["run", "--help"])
         help_text = capsys.readouterr().out
         choices = set(re.search(r"--dataset \{([^}]*)\}", help_text).group(1).split(","))
-        assert choices == {"synthetic", "avdigits", "cremad", "ave", "toy"}
+        assert choices == {"synthetic", "avdigits", "cremad", "ave", "watch", "folder", "toy"}
         assert "--toy-classes K" in help_text and "toy: classes of the toy data set" in re.sub(r"\s+", " ", help_text)
 
         args = cli.build_parser().parse_args(["run", "--dataset", "toy", "--toy-classes", "4", "--split", "test", "--seed", "3",

@@ -51,14 +51,15 @@ def padded_batch(synthetic, start: int, batch: int, audio_steps: int, video_step
     the padded length for most samples (the samples have 20..40 audio and 2..6 video frames).
     """
     samples = [synthetic.sample(start + i) for i in range(batch)]
-    b = collate(samples)
-    audio = torch.zeros(batch, audio_steps, b.audio.shape[2])
-    video = torch.zeros(batch, video_steps, *b.video.shape[2:])
-    ta = min(audio_steps, b.audio.shape[1])
-    tv = min(video_steps, b.video.shape[1])
-    audio[:, :ta] = b.audio[:, :ta]
-    video[:, :tv] = b.video[:, :tv]
-    return audio, b.audio_lengths.clamp(max=audio_steps), video, b.video_lengths.clamp(max=video_steps)
+    b = collate(samples, ("audio", "video"))
+    a, v = b.tensors["audio"], b.tensors["video"]
+    audio = torch.zeros(batch, audio_steps, a.shape[2])
+    video = torch.zeros(batch, video_steps, *v.shape[2:])
+    ta = min(audio_steps, a.shape[1])
+    tv = min(video_steps, v.shape[1])
+    audio[:, :ta] = a[:, :ta]
+    video[:, :tv] = v[:, :tv]
+    return audio, b.lengths["audio"].clamp(max=audio_steps), video, b.lengths["video"].clamp(max=video_steps)
 
 
 def max_diffs(model, session, inputs) -> dict[str, float]:
@@ -66,7 +67,9 @@ def max_diffs(model, session, inputs) -> dict[str, float]:
     with torch.no_grad():
         ref = model(*inputs)
     got = predict(session, *inputs)
-    return {name: float(np.abs(got[name] - getattr(ref, name).numpy()).max()) for name in OUTPUT_NAMES}
+    refs = {"logits": ref.logits, **{f"{name}_logits": t for name, t in ref.unimodal.items()}}
+    assert set(refs) == set(OUTPUT_NAMES)
+    return {name: float(np.abs(got[name] - refs[name].numpy()).max()) for name in OUTPUT_NAMES}
 
 
 # (batch, audio_steps, video_steps): two batch sizes x two sequence lengths

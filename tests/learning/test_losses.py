@@ -29,7 +29,7 @@ def test_standard_terms_sum_to_the_written_out_loss(synthetic):
     got = total_loss(learner.terms, step, torch.device("cpu"))
     masked = out_in.logits.masked_fill(~present, float("-inf"))
     want = (F.cross_entropy(masked, b_in.labels)
-            + 0.3 * (F.cross_entropy(out_in.audio_logits, b_in.labels) + F.cross_entropy(out_in.video_logits, b_in.labels))
+            + 0.3 * (F.cross_entropy(out_in.unimodal["audio"], b_in.labels) + F.cross_entropy(out_in.unimodal["video"], b_in.labels))
             + F.cross_entropy(out_rep.logits, b_rep.labels))  # no teacher yet: KD adds nothing
     assert torch.allclose(got.detach(), want, atol=1e-6)
     assert [type(t) for t in learner.terms[:2]] == [IncomingCE, UnimodalCE] and learner.terms[2] is replay_ce

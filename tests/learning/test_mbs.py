@@ -202,7 +202,7 @@ def test_running_median_state_round_trip_and_errors():
 # ---------------------------------------------------------------------- policies
 def _ctx(pa, pv):
     pa, pv = torch.as_tensor(pa, dtype=torch.float64), torch.as_tensor(pv, dtype=torch.float64)
-    return StepContext(batch=None, labels=torch.zeros(len(pa), dtype=torch.long), output=None, p_audio=pa, p_video=pv, model=None)
+    return StepContext(batch=None, labels=torch.zeros(len(pa), dtype=torch.long), output=None, p={"audio": pa, "video": pv}, model=None)
 
 
 @pytest.mark.parametrize("center", ["median", "one"])

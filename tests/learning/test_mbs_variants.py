@@ -40,7 +40,7 @@ def _smallest(rows, dev, k):
 
 
 def _ctx(pa, pv, labels):
-    return StepContext(batch=None, labels=torch.tensor(labels), output=None, p_audio=T(pa), p_video=T(pv), model=None)
+    return StepContext(batch=None, labels=torch.tensor(labels), output=None, p={"audio": T(pa), "video": T(pv)}, model=None)
 
 
 # --------------------------------------------------------------- Algorithm 1, split at 1 (paper) and centre 1 + log
@@ -162,17 +162,17 @@ def test_per_class_one_sided_class_ties_and_policy():
         select_per_class(T(v), torch.tensor([0, 1]), 0.5)
 
 
-# --------------------------------------------------------------- confidence gap |p_a - p_v|
+# --------------------------------------------------------------- confidence gap |p_1 - p_2|
 def test_gap_keeps_the_smallest_confidence_gaps_where_the_ratio_would_not():
     # row 0: hard but balanced (0.2 / 0.1: MBS 2, gap 0.1); row 1: one-sided (0.9 / 0.3: MBS 3, gap 0.6);
     # row 2: easy (0.9 / 0.85); row 3: one-sided the other way (0.1 / 0.8); row 4: hard (0.05 / 0.2)
     pa, pv = [0.2, 0.9, 0.9, 0.1, 0.05], [0.1, 0.3, 0.85, 0.8, 0.2]
     gap = [abs(a - b) for a, b in zip(pa, pv)]
     for keep, k in ((0.6, 3), (0.8, 4), (0.5, 2), (0.01, 1)):
-        idx, dev = select_gap(T(pa), T(pv), keep)
+        idx, dev = select_gap([T(pa), T(pv)], keep)
         assert idx.tolist() == _smallest(range(5), gap, k)
         assert np.allclose(dev.numpy(), gap)
-    assert select_gap(T(pa), T(pv), 0.6)[0].tolist() == [0, 2, 4]  # both hard rows kept, both one-sided dropped
+    assert select_gap([T(pa), T(pv)], 0.6)[0].tolist() == [0, 2, 4]  # both hard rows kept, both one-sided dropped
     # the ratio's |log MBS| ranks the hard row 0 (log 2) as far as the one-sided row 3 (log 7) is not:
     log_dev = [abs(math.log(a / b)) for a, b in zip(pa, pv)]
     assert _smallest(range(5), log_dev, 3) != [0, 2, 4]
@@ -180,13 +180,13 @@ def test_gap_keeps_the_smallest_confidence_gaps_where_the_ratio_would_not():
 
 def test_gap_ties_all_on_one_side_nan_and_policy():
     # ties go to the lower index; every row with p_a > p_v (all on one side) is still ranked by its gap
-    idx, _ = select_gap(T([0.5, 0.7, 0.6, 0.9]), T([0.3, 0.5, 0.4, 0.1]), 0.5)
+    idx, _ = select_gap([T([0.5, 0.7, 0.6, 0.9]), T([0.3, 0.5, 0.4, 0.1])], 0.5)
     assert idx.tolist() == [0, 1]  # gaps 0.2, 0.2, 0.2, 0.8: the first two of the tie
-    idx, dev = select_gap(T([0.5, float("nan"), 0.4]), T([0.5, 0.2, float("inf")]), 1.0)
+    idx, dev = select_gap([T([0.5, float("nan"), 0.4]), T([0.5, 0.2, float("inf")])], 1.0)
     assert idx.tolist() == [0] and math.isnan(dev[1]) and math.isnan(dev[2])
-    assert select_gap(T([]), T([]), 0.8)[0].numel() == 0
+    assert select_gap([T([]), T([])], 0.8)[0].numel() == 0
     with pytest.raises(ValueError, match="same length"):
-        select_gap(T([0.1, 0.2]), T([0.1]), 0.5)
+        select_gap([T([0.1, 0.2]), T([0.1])], 0.5)
     policy = MBSGapPolicy(MBSGapSettings())
     assert policy.cfg.keep_ratio == 0.8
     pa, pv = [0.9, 0.2, 0.5, 0.6, 0.95], [0.1, 0.25, 0.5, 0.3, 0.9]

@@ -8,11 +8,20 @@ import torch.nn.functional as F
 
 from edge_runtime.core.config import ModelConfig
 from edge_runtime.learning.model import ModelOutput, MultimodalNet, build_model
-from edge_runtime.learning.model.audio import AudioEncoder
+from edge_runtime.core.modalities import Modality
+from edge_runtime.learning.model.encoders.audio import AudioEncoder
 from edge_runtime.learning.model.fusion import REGISTRY
-from edge_runtime.learning.model.visual import VisualEncoder
+from edge_runtime.learning.model.encoders.frames import FramesEncoder
 
 FUSIONS = sorted(REGISTRY)
+def _audio(cfg: ModelConfig) -> Modality:
+    return Modality("audio", "audio", cfg.audio_features, 300, None)
+
+
+def _video(cfg: ModelConfig) -> Modality:
+    return Modality("video", "frames", cfg.visual_channels, 8, None)
+
+
 SMALL = dict(audio_channels=16, embed_dim=16, tiny_channels=8)  # keeps the tests fast
 
 
@@ -41,11 +50,11 @@ def test_output_shapes_tiny(fusion: str) -> None:
     assert (model.num_classes, model.embed_dim) == (5, 16)
     out = model(*_inputs(cfg, b=3))
     assert isinstance(out, ModelOutput)
-    for name in ("logits", "audio_logits", "video_logits"):
-        assert getattr(out, name).shape == (3, 5), name
-    assert out.z_audio.shape == (3, 16)
-    assert out.z_video.shape == (3, 16)
-    assert all(torch.isfinite(t).all() for t in out)
+    for name, t in [("logits", out.logits), *out.unimodal.items()]:
+        assert t.shape == (3, 5), name
+    assert out.z["audio"].shape == (3, 16)
+    assert out.z["video"].shape == (3, 16)
+    assert all(torch.isfinite(t).all() for t in out.tensors())
 
 
 @pytest.mark.parametrize("fusion", FUSIONS)
@@ -54,13 +63,14 @@ def test_output_shapes_mobilenet(fusion: str, channels: int) -> None:
     cfg = ModelConfig(num_classes=4, fusion=fusion, visual_backbone="mobilenet_v2", mobilenet_width=0.25, visual_channels=channels, **SMALL)
     model = build_model(cfg)
     out = model(*_inputs(cfg, b=2, tv=2, size=32))
-    assert out.logits.shape == out.audio_logits.shape == out.video_logits.shape == (2, 4)
-    assert out.z_video.shape == (2, 16)
+    assert out.logits.shape == out.unimodal["audio"].shape == out.unimodal["video"].shape == (2, 4)
+    assert out.z["video"].shape == (2, 16)
     assert torch.isfinite(out.logits).all()
 
 
 def test_mobilenet_first_conv_takes_configured_channels() -> None:
-    enc = VisualEncoder(ModelConfig(visual_backbone="mobilenet_v2", mobilenet_width=0.25, visual_channels=2, embed_dim=8))
+    mc = ModelConfig(visual_backbone="mobilenet_v2", mobilenet_width=0.25, visual_channels=2, embed_dim=8)
+    enc = FramesEncoder(_video(mc), mc)
     assert enc.cnn.features[0][0].in_channels == 2
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in enc.modules())
 
@@ -69,7 +79,7 @@ def test_mobilenet_first_conv_takes_configured_channels() -> None:
 def test_audio_padding_invariance(train: bool) -> None:
     cfg = ModelConfig(**SMALL)
     torch.manual_seed(1)
-    enc = AudioEncoder(cfg).train(train)
+    enc = AudioEncoder(_audio(cfg), cfg).train(train)
     x = torch.randn(5, cfg.audio_features)
     alone = enc(x[None], torch.tensor([5]))
     # Inside a batch with a longer sample; the padding is garbage, not zeros, to prove it is masked.
@@ -87,7 +97,7 @@ def test_audio_length_changes_output() -> None:
     """The invariance test is not vacuous: the same sample with 2 more *valid* frames changes z_a."""
     cfg = ModelConfig(**SMALL)
     torch.manual_seed(1)
-    enc = AudioEncoder(cfg)
+    enc = AudioEncoder(_audio(cfg), cfg)
     x = torch.randn(5, cfg.audio_features)
     padded = _pad(x, 7, 7.0)
     assert not torch.allclose(enc(padded[None], torch.tensor([5])), enc(padded[None], torch.tensor([7])), atol=1e-5)
@@ -98,7 +108,7 @@ def test_video_padding_invariance(backbone: str) -> None:
     size = 8 if backbone == "tiny" else 32
     cfg = ModelConfig(visual_backbone=backbone, mobilenet_width=0.25, **SMALL)
     torch.manual_seed(2)
-    enc = VisualEncoder(cfg).train()  # GroupNorm only: train mode must be invariant too
+    enc = FramesEncoder(_video(cfg), cfg).train()  # GroupNorm only: train mode must be invariant too
     x = torch.randn(2, 1, size, size)
     alone = enc(x[None], torch.tensor([2]))
     other = torch.randn(5, 1, size, size)
@@ -111,7 +121,7 @@ def test_video_padding_invariance(backbone: str) -> None:
 def test_video_padding_is_never_encoded() -> None:
     """NaN in padded frames would poison any computation that touched them."""
     cfg = ModelConfig(**SMALL)
-    enc = VisualEncoder(cfg)
+    enc = FramesEncoder(_video(cfg), cfg)
     video = torch.randn(2, 3, 1, 8, 8)
     video[1, 1:] = float("nan")
     z = enc(video, torch.tensor([3, 1]))
@@ -131,8 +141,8 @@ def test_model_padding_invariance_all_outputs() -> None:
         torch.stack([a_long, _pad(a, 9, 0.0)]), torch.tensor([9, 4]),
         torch.stack([v_long, _pad(v, 5, 0.0)]), torch.tensor([5, 2]),
     )
-    for name, x, y in zip(ModelOutput._fields, batch, alone):
-        torch.testing.assert_close(x[1:], y, atol=1e-5, rtol=0, msg=name)
+    for i, (x, y) in enumerate(zip(batch.tensors(), alone.tensors())):
+        torch.testing.assert_close(x[1:], y, atol=1e-5, rtol=0, msg=f"output {i}")
 
 
 def test_sum_fusion_identity() -> None:
@@ -140,10 +150,10 @@ def test_sum_fusion_identity() -> None:
     torch.manual_seed(4)
     model = build_model(cfg)
     out = model(*_inputs(cfg, b=4))
-    torch.testing.assert_close(out.logits, out.audio_logits + out.video_logits)
+    torch.testing.assert_close(out.logits, out.unimodal["audio"] + out.unimodal["video"])
     f = model.fusion
-    torch.testing.assert_close(out.audio_logits, F.linear(out.z_audio, f.audio_head.weight, f.audio_head.bias))
-    torch.testing.assert_close(out.video_logits, F.linear(out.z_video, f.video_head.weight, f.video_head.bias))
+    torch.testing.assert_close(out.unimodal["audio"], F.linear(out.z["audio"], f.heads["audio"].weight, f.heads["audio"].bias))
+    torch.testing.assert_close(out.unimodal["video"], F.linear(out.z["video"], f.heads["video"].weight, f.heads["video"].bias))
 
 
 def test_concat_fusion_identity_and_weight_slices() -> None:
@@ -155,26 +165,28 @@ def test_concat_fusion_identity_and_weight_slices() -> None:
     out = model(*_inputs(cfg, b=4))
     d = cfg.embed_dim
     w, b = model.fusion.fc.weight, model.fusion.fc.bias
-    torch.testing.assert_close(out.logits, out.audio_logits + out.video_logits)
-    torch.testing.assert_close(out.logits, torch.cat([out.z_audio, out.z_video], 1) @ w.T + b)
-    torch.testing.assert_close(out.audio_logits, out.z_audio @ w[:, :d].T + b / 2)
-    torch.testing.assert_close(out.video_logits, out.z_video @ w[:, d:].T + b / 2)
+    torch.testing.assert_close(out.logits, out.unimodal["audio"] + out.unimodal["video"])
+    torch.testing.assert_close(out.logits, torch.cat([out.z["audio"], out.z["video"]], 1) @ w.T + b)
+    torch.testing.assert_close(out.unimodal["audio"], out.z["audio"] @ w[:, :d].T + b / 2)
+    torch.testing.assert_close(out.unimodal["video"], out.z["video"] @ w[:, d:].T + b / 2)
 
 
 def test_film_and_gated_formulas() -> None:
     torch.manual_seed(6)
     za, zv = torch.randn(3, 8), torch.randn(3, 8)
-    film = REGISTRY["film"](8, 4)
-    logits, la, lv = film(za, zv)
+    film = REGISTRY["film"](("audio", "video"), 8, 4)
+    logits, uni = film({"audio": za, "video": zv})
+    la, lv = uni["audio"], uni["video"]
     z = (1 + film.gamma(za)) * zv + film.beta(za)
     torch.testing.assert_close(logits, film.head(z))
-    torch.testing.assert_close(la, film.audio_head(za))
-    torch.testing.assert_close(lv, film.video_head(zv))
-    gated = REGISTRY["gated"](8, 4)
-    logits, la, lv = gated(za, zv)
+    torch.testing.assert_close(la, film.heads["audio"](za))
+    torch.testing.assert_close(lv, film.heads["video"](zv))
+    gated = REGISTRY["gated"](("audio", "video"), 8, 4)
+    logits, uni = gated({"audio": za, "video": zv})
+    la = uni["audio"]
     g = torch.sigmoid(gated.gate(torch.cat([za, zv], 1)))
     torch.testing.assert_close(logits, gated.head(g * za + (1 - g) * zv))
-    torch.testing.assert_close(la, gated.audio_head(za))
+    torch.testing.assert_close(la, gated.heads["audio"](za))
 
 
 @pytest.mark.parametrize("fusion", FUSIONS)
@@ -184,7 +196,7 @@ def test_gradients_reach_both_encoders(fusion: str) -> None:
     model = build_model(cfg)
     out = model(*_inputs(cfg, b=3))
     F.cross_entropy(out.logits, torch.tensor([0, 1, 2])).backward()
-    for enc in (model.audio, model.visual):
+    for enc in model.encoders.values():
         grads = [p.grad for p in enc.parameters()]
         assert all(g is not None for g in grads), type(enc).__name__
         assert sum(float(g.abs().sum()) for g in grads) > 0, type(enc).__name__
@@ -219,5 +231,5 @@ def test_default_config_batch() -> None:
     audio, al, video, vl = _inputs(cfg, b=32, ta=30, tv=4, size=16)
     out = model(audio, al, video, vl)
     assert out.logits.shape == (32, 10)
-    assert out.z_audio.shape == out.z_video.shape == (32, 64)
+    assert out.z["audio"].shape == out.z["video"].shape == (32, 64)
     out.logits.sum().backward()

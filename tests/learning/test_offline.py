@@ -59,7 +59,7 @@ def test_offline_mbs_honours_the_configured_centre(synthetic, center):
     model = fresh_model(cfg, 0)
     samples = stream(synthetic, range(40))
     o, y = predict(model, samples)
-    pa, pv = prototype_confidence(o.z_audio, y, 10), prototype_confidence(o.z_video, y, 10)
+    pa, pv = prototype_confidence(o.z["audio"], y, 10), prototype_confidence(o.z["video"], y, 10)
     want = mbs_select(mbs(pa, pv), 0.3, center)  # Algorithm 1 over the whole set, written out
     got = select_subset(strategy_settings(cfg, "mbs", 0.3), model, samples, cfg, 0)
     assert got.tolist() == want.tolist()

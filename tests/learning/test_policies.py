@@ -80,9 +80,9 @@ def _ctx(logits, labels):
     from edge_runtime.learning.policies.base import StepContext
 
     n, d = logits.shape[0], 4
-    out = ModelOutput(logits, logits / 2, logits / 2, torch.zeros(n, d), torch.zeros(n, d))
+    out = ModelOutput(logits, {"audio": logits / 2, "video": logits / 2}, {"audio": torch.zeros(n, d), "video": torch.zeros(n, d)})
     ones = torch.ones(n)
-    return StepContext(batch=None, labels=labels, output=out, p_audio=ones, p_video=ones, model=None)
+    return StepContext(batch=None, labels=labels, output=out, p={"audio": ones, "video": ones}, model=None)
 
 
 # ---------------------------------------------------------------- GraNd
@@ -150,16 +150,16 @@ def test_shapley_values_weights_and_embedding_by_hand():
         assert d1[i].item() + d2[i].item() == pytest.approx(v12 - v0, abs=1e-6)  # Shapley efficiency
     assert d1[1].item() == pytest.approx(0.0, abs=1e-7)  # z1 = 0 contributes nothing
 
-    phi1, phi2 = contributions(torch.tensor([0.3, -0.1, 0.0]), torch.tensor([0.1, 0.3, 0.0]))
-    assert phi1.tolist() == pytest.approx([0.75, 0.25, 0.5])
-    assert phi2.tolist() == pytest.approx([0.25, 0.75, 0.5])
-    w1, w2 = modality_weights(phi1, phi2)
-    assert w1.tolist() == pytest.approx([1.0, 0.5, 1.0])
-    assert w2.tolist() == pytest.approx([0.5, 1.0, 1.0])
+    phi = contributions(torch.tensor([[0.3, 0.1], [-0.1, 0.3], [0.0, 0.0]]))
+    assert phi[:, 0].tolist() == pytest.approx([0.75, 0.25, 0.5])
+    assert phi[:, 1].tolist() == pytest.approx([0.25, 0.75, 0.5])
+    w = modality_weights(phi)
+    assert w[:, 0].tolist() == pytest.approx([1.0, 0.5, 1.0])
+    assert w[:, 1].tolist() == pytest.approx([0.5, 1.0, 1.0])
 
     p = torch.tensor([[0.7, 0.2, 0.1]])
     za, zv = torch.tensor([[1.0, 2.0]]), torch.tensor([[3.0]])
-    emb = gradient_embedding(p, za, zv, torch.tensor([1.0]), torch.tensor([0.5]))
+    emb = gradient_embedding(p, [za, zv], torch.tensor([[1.0, 0.5]]))
     err = np.array([0.7 - 1, 0.2, 0.1])
     want = np.concatenate([np.outer(err, [1.0, 2.0]).ravel(), 0.5 * np.outer(err, [3.0]).ravel()])
     assert emb[0].numpy() == pytest.approx(want, abs=1e-6)
@@ -194,12 +194,12 @@ def test_bmmal_policy_keeps_k_distinct_rows(synthetic):
         out = model(*batch.inputs())
     from edge_runtime.learning.policies.base import StepContext
 
-    ctx = StepContext(batch=batch, labels=batch.labels, output=out, p_audio=torch.ones(20), p_video=torch.ones(20), model=model)
+    ctx = StepContext(batch=batch, labels=batch.labels, output=out, p={"audio": torch.ones(20), "video": torch.ones(20)}, model=model)
     sel = build_policy(parse_settings("selection", dict(policy="bmmal", keep_ratio=0.25)), seed=1).select(ctx)
     assert len(sel.indices) == 5 and len(set(sel.indices.tolist())) == 5
-    d1, d2, _ = shapley_two_modalities(lambda a, v: model.fusion(a, v)[0], out.z_audio, out.z_video)
-    phi1, phi2 = contributions(d1, d2)
-    assert torch.allclose(sel.deviation, (phi1 - phi2).abs())
+    d1, d2, _ = shapley_two_modalities(lambda a, v: model.fusion({"audio": a, "video": v})[0], out.z["audio"], out.z["video"])
+    phi = contributions(torch.stack([d1, d2], dim=1))
+    assert torch.allclose(sel.deviation, (phi[:, 0] - phi[:, 1]).abs())
 
 
 # ---------------------------------------------------------------- BSS
@@ -224,10 +224,10 @@ def test_bss_score_and_weights_by_hand():
     def mm(x):
         return (x - x.min()) / (x.max() - x.min())
 
-    score = balance_score(la, lv, lm, y)
+    score = balance_score({"audio": la, "video": lv}, lm, y)
     assert score.double().numpy() == pytest.approx((mm(1 - cos) + mm(loss)).numpy(), abs=1e-5)
     assert score.argsort().tolist()[0] == 0  # agreeing, correct sample is the most balanced
-    w = sampling_weights(la, lv, lm, y)
+    w = sampling_weights([la, lv], lm, y)
     assert w.double().numpy() == pytest.approx((1 - (mm(loss) - mm(cos)) + 0.01).numpy(), abs=1e-5)
     assert minmax(torch.tensor([3.0, 3.0])).tolist() == [0.0, 0.0]
 
@@ -248,7 +248,7 @@ def _scripted_forward(balance_of: dict):
         a = torch.tensor([r[0] for r in rows])
         v = torch.tensor([r[1] for r in rows])
         z = torch.zeros(len(samples), 2)
-        return ModelOutput(a + v, a, v, z, z)
+        return ModelOutput(a + v, {"audio": a, "video": v}, {"audio": z, "video": z})
 
     return forward
 
@@ -283,7 +283,7 @@ def test_bss_learned_draws_proportional_to_weights():
     for _ in range(trials):
         counts[policy.plan(buf, 1, forward).samples[0].seq] += 1
     out = forward([buf.get(k) for k in policy.keys])
-    w = sampling_weights(out.audio_logits, out.video_logits, out.logits, torch.zeros(10, dtype=torch.long)).double().numpy()
+    w = sampling_weights(out.unimodal, out.logits, torch.zeros(10, dtype=torch.long)).double().numpy()
     expected = np.zeros(10)
     for k, wk in zip(policy.keys, w):
         expected[k[1]] = wk / w.sum()
@@ -299,7 +299,7 @@ def test_cumulative_discrepancy_recursion_and_quantity():
     want = 0.0
     for pa, pv in steps:
         want = 0.5 * want + float(pa.mean() - pv.mean())
-        assert mon.update(pa, pv) == pytest.approx(want)
+        assert mon.update({"audio": pa, "video": pv}) == pytest.approx({"audio": want, "video": -want})
     assert want < 0 and mon.weaker == "audio"
     assert mon.imbalance == pytest.approx(0.5 * abs(want))
     assert mon.quantity(32) == round(32 * 0.5 * abs(want))
@@ -313,7 +313,7 @@ def test_dus_plans_extra_samples_of_the_weaker_modality():
     pol = DUSReplay(DUSSettings(gamma=0.0), replay_batch_size=8)
     from edge_runtime.learning.policies.base import StepContext
 
-    pol.observe(StepContext(None, None, None, torch.full((4,), 0.9), torch.full((4,), 0.4), None))
+    pol.observe(StepContext(None, None, None, {"audio": torch.full((4,), 0.9), "video": torch.full((4,), 0.4)}, None))
     plan = pol.plan(buf, 8, lambda s: None)
     assert len(plan.samples) == 8
     assert list(plan.extra) == ["video"] and len(plan.extra["video"]) == round(8 * 0.5)

@@ -1,4 +1,4 @@
-"""Multimodal (audio + video) network: encoders, fusion heads and :class:`MultimodalNet`."""
+"""Multimodal network: encoders by modality kind, fusion heads and :class:`MultimodalNet`."""
 
 from edge_runtime.learning.model.net import ModelOutput, MultimodalNet, build_model
 

@@ -1,109 +1,133 @@
-"""Fusion heads: fused logits plus one unimodal logit vector per modality.
+"""Fusion heads over N named modalities: fused logits plus one unimodal logit vector per modality.
 
-Every head maps ``(z_a, z_v)`` (both (B, d)) to ``(logits, audio_logits, video_logits)``, each
-(B, num_classes).  :data:`REGISTRY` maps ``ModelConfig.fusion`` names to the classes.
+Every head maps ``z`` (``name -> (B, d)``, in the configuration's order) to ``(logits, unimodal)``:
+``logits`` (B, num_classes) and ``unimodal`` (``name -> (B, num_classes)``).  :data:`REGISTRY` maps
+``ModelConfig.fusion`` names to the classes.  With the default two modalities every head computes
+exactly what the audio-visual heads of earlier versions did, parameter for parameter.
 """
 
 from __future__ import annotations
+
+from typing import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-FusionOutput = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+FusionOutput = tuple[torch.Tensor, dict[str, torch.Tensor]]
 
 
 class Fusion(nn.Module):
-    """Base class: ``forward(z_a, z_v) -> (logits, audio_logits, video_logits)``."""
+    """Base class: ``forward(z) -> (logits, unimodal)`` over the modalities ``names``."""
 
-    def __init__(self, embed_dim: int, num_classes: int) -> None:
+    #: Fewest and most modalities the head takes (None: no upper bound).
+    min_modalities = 1
+    max_modalities: int | None = None
+
+    def __init__(self, names: Sequence[str], embed_dim: int, num_classes: int) -> None:
         super().__init__()
+        self.names = tuple(names)
         self.embed_dim = embed_dim
         self.num_classes = num_classes
 
-    def forward(self, z_a: torch.Tensor, z_v: torch.Tensor) -> FusionOutput:  # pragma: no cover - abstract
+    def _unimodal_heads(self) -> nn.ModuleDict:
+        return nn.ModuleDict({name: nn.Linear(self.embed_dim, self.num_classes) for name in self.names})
+
+    def forward(self, z: Mapping[str, torch.Tensor]) -> FusionOutput:  # pragma: no cover - abstract
         raise NotImplementedError
 
 
 class SumFusion(Fusion):
-    """Late sum: ``logits = (W_a z_a + b_a) + (W_v z_v + b_v)``.
+    """Late sum: ``logits = sum_m (W_m z_m + b_m)``.
 
-    The unimodal logits are exactly the two terms, so ``logits == audio_logits + video_logits``.
+    The unimodal logits are exactly the terms, so ``logits == sum_m unimodal[m]``.
     """
 
-    def __init__(self, embed_dim: int, num_classes: int) -> None:
-        super().__init__(embed_dim, num_classes)
-        self.audio_head = nn.Linear(embed_dim, num_classes)
-        self.video_head = nn.Linear(embed_dim, num_classes)
+    def __init__(self, names: Sequence[str], embed_dim: int, num_classes: int) -> None:
+        super().__init__(names, embed_dim, num_classes)
+        self.heads = self._unimodal_heads()
 
-    def forward(self, z_a: torch.Tensor, z_v: torch.Tensor) -> FusionOutput:
-        """Fused and unimodal logits of ``z_a``, ``z_v`` (B, d)."""
-        la = self.audio_head(z_a)
-        lv = self.video_head(z_v)
-        return la + lv, la, lv
+    def forward(self, z: Mapping[str, torch.Tensor]) -> FusionOutput:
+        unimodal = {name: self.heads[name](z[name]) for name in self.names}
+        parts = list(unimodal.values())
+        logits = parts[0]
+        for part in parts[1:]:
+            logits = logits + part
+        return logits, unimodal
 
 
 class ConcatFusion(Fusion):
-    """Concatenation: ``logits = W [z_a; z_v] + b`` with one ``nn.Linear(2d, K)``.
+    """Concatenation: ``logits = W [z_1; ...; z_N] + b`` with one ``nn.Linear(N d, K)``.
 
-    Unimodal logits split the same layer: ``audio = W[:, :d] z_a + b/2``, ``video = W[:, d:] z_v + b/2``,
-    so they add up to the fused logits.
+    Unimodal logits split the same layer: ``unimodal[m] = W[:, m-th block] z_m + b / N``, so they add
+    up to the fused logits.
     """
 
-    def __init__(self, embed_dim: int, num_classes: int) -> None:
-        super().__init__(embed_dim, num_classes)
-        self.fc = nn.Linear(2 * embed_dim, num_classes)
+    def __init__(self, names: Sequence[str], embed_dim: int, num_classes: int) -> None:
+        super().__init__(names, embed_dim, num_classes)
+        self.fc = nn.Linear(len(self.names) * embed_dim, num_classes)
 
-    def forward(self, z_a: torch.Tensor, z_v: torch.Tensor) -> FusionOutput:
-        """Fused and unimodal logits of ``z_a``, ``z_v`` (B, d)."""
-        d = self.embed_dim
-        half_bias = self.fc.bias / 2
-        la = F.linear(z_a, self.fc.weight[:, :d], half_bias)
-        lv = F.linear(z_v, self.fc.weight[:, d:], half_bias)
-        return la + lv, la, lv  # == self.fc(cat([z_a, z_v])) up to rounding
+    def forward(self, z: Mapping[str, torch.Tensor]) -> FusionOutput:
+        d, n = self.embed_dim, len(self.names)
+        bias = self.fc.bias / n
+        unimodal = {name: F.linear(z[name], self.fc.weight[:, i * d : (i + 1) * d], bias) for i, name in enumerate(self.names)}
+        parts = list(unimodal.values())
+        logits = parts[0]
+        for part in parts[1:]:
+            logits = logits + part
+        return logits, unimodal  # == self.fc(cat(z)) up to rounding
 
 
 class FiLMFusion(Fusion):
-    """FiLM (audio conditions video): ``z = gamma(z_a) * z_v + beta(z_a)``, ``logits = W z + b``.
+    """FiLM (the first modality conditions the second): ``z = gamma(z_1) * z_2 + beta(z_1)``, ``logits = W z + b``.
 
-    ``gamma(z_a) = 1 + G z_a + g`` (starts near the identity) and ``beta(z_a) = B z_a + c`` are linear.
-    Unimodal logits come from separate auxiliary heads ``W_a z_a + b_a`` and ``W_v z_v + b_v``
-    (trained only through a unimodal loss; they do not enter the fused logits).
+    ``gamma(z_1) = 1 + G z_1 + g`` (starts near the identity) and ``beta(z_1) = B z_1 + c`` are linear.
+    Unimodal logits come from separate auxiliary heads ``W_m z_m + b_m`` (trained only through a
+    unimodal loss; they do not enter the fused logits).  Defined for exactly two modalities.
     """
 
-    def __init__(self, embed_dim: int, num_classes: int) -> None:
-        super().__init__(embed_dim, num_classes)
+    min_modalities = 2
+    max_modalities = 2
+
+    def __init__(self, names: Sequence[str], embed_dim: int, num_classes: int) -> None:
+        super().__init__(names, embed_dim, num_classes)
         self.gamma = nn.Linear(embed_dim, embed_dim)
         self.beta = nn.Linear(embed_dim, embed_dim)
         self.head = nn.Linear(embed_dim, num_classes)
-        self.audio_head = nn.Linear(embed_dim, num_classes)
-        self.video_head = nn.Linear(embed_dim, num_classes)
+        self.heads = self._unimodal_heads()
 
-    def forward(self, z_a: torch.Tensor, z_v: torch.Tensor) -> FusionOutput:
-        """Fused and unimodal logits of ``z_a``, ``z_v`` (B, d)."""
-        z = (1.0 + self.gamma(z_a)) * z_v + self.beta(z_a)
-        return self.head(z), self.audio_head(z_a), self.video_head(z_v)
+    def forward(self, z: Mapping[str, torch.Tensor]) -> FusionOutput:
+        first, second = (z[name] for name in self.names)
+        fused = (1.0 + self.gamma(first)) * second + self.beta(first)
+        return self.head(fused), {name: self.heads[name](z[name]) for name in self.names}
 
 
 class GatedFusion(Fusion):
-    """Gated mix: ``g = sigmoid(W_g [z_a; z_v] + b_g)``, ``z = g * z_a + (1 - g) * z_v``, ``logits = W z + b``.
+    """Gated mix of the embeddings, ``logits = W z + b``, with unimodal auxiliary heads as :class:`FiLMFusion`.
 
-    The gate is elementwise (d values per sample).  Unimodal logits come from separate auxiliary
-    heads ``W_a z_a + b_a`` and ``W_v z_v + b_v``, as for :class:`FiLMFusion`.
+    Two modalities: ``g = sigmoid(W_g [z_1; z_2] + b_g)``, ``z = g * z_1 + (1 - g) * z_2`` (elementwise).
+    N > 2: ``G = softmax_m(reshape(W_g [z_1; ...; z_N] + b_g, (N, d)))``, ``z = sum_m G_m * z_m``.  The
+    first is the N = 2 case of the second (a softmax over two gates is the sigmoid of their difference),
+    kept in its own parametrisation so that earlier checkpoints load.
     """
 
-    def __init__(self, embed_dim: int, num_classes: int) -> None:
-        super().__init__(embed_dim, num_classes)
-        self.gate = nn.Linear(2 * embed_dim, embed_dim)
+    def __init__(self, names: Sequence[str], embed_dim: int, num_classes: int) -> None:
+        super().__init__(names, embed_dim, num_classes)
+        n = len(self.names)
+        self.gate = nn.Linear(n * embed_dim, embed_dim if n == 2 else n * embed_dim)
         self.head = nn.Linear(embed_dim, num_classes)
-        self.audio_head = nn.Linear(embed_dim, num_classes)
-        self.video_head = nn.Linear(embed_dim, num_classes)
+        self.heads = self._unimodal_heads()
 
-    def forward(self, z_a: torch.Tensor, z_v: torch.Tensor) -> FusionOutput:
-        """Fused and unimodal logits of ``z_a``, ``z_v`` (B, d)."""
-        g = torch.sigmoid(self.gate(torch.cat([z_a, z_v], dim=1)))
-        z = g * z_a + (1.0 - g) * z_v
-        return self.head(z), self.audio_head(z_a), self.video_head(z_v)
+    def forward(self, z: Mapping[str, torch.Tensor]) -> FusionOutput:
+        zs = [z[name] for name in self.names]
+        gate = self.gate(torch.cat(zs, dim=1))
+        if len(zs) == 2:
+            g = torch.sigmoid(gate)
+            fused = g * zs[0] + (1.0 - g) * zs[1]
+        else:
+            weights = torch.softmax(gate.reshape(gate.shape[0], len(zs), self.embed_dim), dim=1)
+            fused = (weights * torch.stack(zs, dim=1)).sum(dim=1)
+        return self.head(fused), {name: self.heads[name](z[name]) for name in self.names}
 
 
 REGISTRY: dict[str, type[Fusion]] = {
@@ -114,10 +138,14 @@ REGISTRY: dict[str, type[Fusion]] = {
 }
 
 
-def build_fusion(name: str, embed_dim: int, num_classes: int) -> Fusion:
-    """Instantiate the fusion head registered as ``name``."""
+def build_fusion(name: str, names: Sequence[str], embed_dim: int, num_classes: int) -> Fusion:
+    """Instantiate the fusion head registered as ``name`` over the modalities ``names``."""
     try:
         cls = REGISTRY[name]
     except KeyError:
         raise ValueError(f"unknown fusion {name!r}; choose one of {sorted(REGISTRY)}") from None
-    return cls(embed_dim, num_classes)
+    n = len(names)
+    if n < cls.min_modalities or (cls.max_modalities is not None and n > cls.max_modalities):
+        raise ValueError(f"model.fusion: {name} fuses exactly two modalities (one conditions the other) but {n} are declared "
+                         f"({', '.join(names)}); use sum, concat or gated")
+    return cls(names, embed_dim, num_classes)

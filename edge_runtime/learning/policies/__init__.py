@@ -10,7 +10,7 @@ lazily; ``registry.py`` says how to add one.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 from edge_runtime.learning.policies.registry import REPLAY, SELECTION, build
 
@@ -22,11 +22,23 @@ REGISTRY = SELECTION
 REPLAY_REGISTRY = REPLAY
 
 
-def build_policy(cfg: "SelectionSettings", seed: int = 0) -> "SelectionPolicy":
-    """Instantiate the admission policy named ``cfg.policy`` with its settings."""
-    return build("selection", cfg, seed=seed)
+def _checked(policy, modalities: Sequence[str] | None):
+    check = getattr(policy, "check_modalities", None)  # a plug-in need not derive from the base classes
+    if modalities is not None and check is not None:
+        check(tuple(modalities))
+    return policy
 
 
-def build_replay(cfg: "ReplaySettings", replay_batch_size: int, seed: int = 0) -> "ReplayPolicy":
-    """Instantiate the replay policy named ``cfg.policy`` with its settings."""
-    return build("replay", cfg, replay_batch_size, seed=seed)
+def build_policy(cfg: "SelectionSettings", seed: int = 0, modalities: Sequence[str] | None = None) -> "SelectionPolicy":
+    """Instantiate the admission policy named ``cfg.policy`` with its settings.
+
+    ``modalities`` (the model's modality names, in order): checked now by the policy's
+    ``check_modalities``, a ValueError when the policy cannot work with them (e.g. ``mbs`` with one
+    modality, ``bmmal`` with more than 4); None: checked at first use."""
+    return _checked(build("selection", cfg, seed=seed), modalities)
+
+
+def build_replay(cfg: "ReplaySettings", replay_batch_size: int, seed: int = 0,
+                 modalities: Sequence[str] | None = None) -> "ReplayPolicy":
+    """Instantiate the replay policy named ``cfg.policy`` with its settings (``modalities``: as :func:`build_policy`)."""
+    return _checked(build("replay", cfg, replay_batch_size, seed=seed), modalities)

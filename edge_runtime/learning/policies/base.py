@@ -24,17 +24,26 @@ if TYPE_CHECKING:
 class StepContext:
     """Everything known about the labelled training samples of one micro-batch at selection time.
 
-    ``output`` is the (detached) forward of the current model on ``batch``; ``p_audio`` and
-    ``p_video`` are the per-modality confidences of the true class (the learning step, step 2 (docs/design.md)), computed by
-    the learner with the configured confidence (prototype or linear head).
+    ``output`` is the (detached) forward of the current model on ``batch``; ``p`` maps each modality
+    name (in the model's order) to the per-modality confidences of the true class, (B,) each (the
+    learning step, step 2 (docs/design.md)), computed by the learner with the configured confidence
+    (prototype or linear head).
     """
 
     batch: "Batch"
     labels: torch.Tensor
     output: "ModelOutput"
-    p_audio: torch.Tensor
-    p_video: torch.Tensor
+    p: dict[str, torch.Tensor]
     model: "MultimodalNet"
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        """The modality names, in the model's order."""
+        return tuple(self.p)
+
+    def confidences(self) -> torch.Tensor:
+        """(B, N) the confidences of the true class, one column per modality in order."""
+        return torch.stack([self.p[name] for name in self.p], dim=1)
 
 
 @dataclass
@@ -47,6 +56,20 @@ class Selection:
 
     indices: torch.Tensor
     deviation: torch.Tensor | None = None
+
+
+def check_modality_count(policy: str, names: Sequence[str], minimum: int = 1, maximum: int | None = None,
+                         why: str = "") -> tuple[str, ...]:
+    """``names`` as a tuple; a one-line ValueError when a policy that needs ``minimum`` to ``maximum``
+    modalities is given another number (``why``: what the policy does with them, for the message)."""
+    names = tuple(names)
+    n = len(names)
+    if n < minimum:
+        raise ValueError(f"{policy} {why or 'compares modalities'}: it needs at least {minimum} modalities, "
+                         f"{n} declared ({', '.join(names) or 'none'})")
+    if maximum is not None and n > maximum:
+        raise ValueError(f"{policy} {why}; N = {n} modalities declared, at most {maximum} supported")
+    return names
 
 
 def keep_count(keep_ratio: float, n: int) -> int:
@@ -149,6 +172,13 @@ class SelectionPolicy:
 
     loss: LossTerm | None = None
 
+    def check_modalities(self, names: Sequence[str]) -> None:
+        """ValueError (one line) when the policy cannot work with the modalities ``names`` (in the
+        model's order).  :func:`~edge_runtime.learning.policies.build_policy` calls it when it is given
+        the modalities, so a mismatch shows at construction; a policy that needs it also checks at
+        first use.  The default accepts any number."""
+        return None
+
     def select(self, ctx: StepContext) -> Selection:  # pragma: no cover - interface
         raise NotImplementedError
 
@@ -172,6 +202,10 @@ class ReplayPolicy:
     #: True when ``plan`` depends on neither ``observe`` of the current batch nor ``forward``: the
     #: learner may then plan an update's replay before the step's forward and share that forward.
     plans_ahead: bool = False
+
+    def check_modalities(self, names: Sequence[str]) -> None:
+        """As :meth:`SelectionPolicy.check_modalities` (called by :func:`~edge_runtime.learning.policies.build_replay`)."""
+        return None
 
     def observe(self, ctx: StepContext) -> None:
         return None

@@ -2,6 +2,7 @@
 
 Keeps the largest per-sample gradient norms by default (``selection.direction: smallest`` for the
 opposite); ``selection.grad_params`` picks the fusion head (vmap, cheap) or every parameter.
+Any number of modalities.
 """
 
 from __future__ import annotations
@@ -22,6 +23,5 @@ class GraNdPolicy(SelectionPolicy):
 
     def select(self, ctx: StepContext) -> Selection:
         with torch.enable_grad():
-            score = grand(ctx.model, ctx.batch.inputs(), ctx.labels, self.cfg.grad_params,
-                          z=(ctx.output.z_audio, ctx.output.z_video)).detach()
+            score = grand(ctx.model, ctx.batch.inputs(), ctx.labels, self.cfg.grad_params, z=ctx.output.z).detach()
         return Selection(indices=keep_by_score(score, self.cfg.keep_ratio, self.largest), deviation=-score if self.largest else score)

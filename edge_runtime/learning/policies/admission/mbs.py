@@ -24,6 +24,19 @@ Variants of the family (issue 14) reuse :class:`MBSPolicy` and override :meth:`M
 
 Rows whose MBS is NaN (a diverged model) are never selected and do not enter the median; n in K
 is still the batch size.
+
+Modalities: with two (the default audio + video, or any two) ``MBS = p_1 / p_2``, the first over
+the second in the model's order, and everything above holds as written.  With N > 2 (our
+generalisation, not the paper's) the score is the spread ``s = max_m log p_m - min_m log p_m``
+(:func:`~edge_runtime.learning.policies.scoring.mbs.spread`, ``|log MBS|`` at N = 2) and the policy keeps
+the ``K = max(1, floor(keep_ratio * n))`` rows of smallest spread (the most balanced; ties to the
+lower index, NaN never kept), handing every row's spread to the buffer as its deviation.  ``center``,
+``running_window``, ``deviation`` and ``split`` are then ignored: the spread is already the distance
+from perfect balance on the log scale (at N = 2 it is the ``center: one``, ``deviation: log``
+deviation), N modalities have N - 1 independent ratios and no single ratio for a batch or running
+median to centre, and Algorithm 1's two sides are the two directions of imbalance (which modality
+dominates), of which N modalities have N, so the rows are pooled as in ``mbs-pooled``.  One modality
+is a ValueError (there is nothing to balance).
 """
 
 from __future__ import annotations
@@ -34,8 +47,8 @@ from typing import Any, Literal, Mapping
 import torch
 
 from edge_runtime.core.policy_settings import MBSFamilySettings, MBSSettings
-from edge_runtime.learning.policies.scoring.mbs import Deviation, mbs as mbs_score, mbs_deviation
-from edge_runtime.learning.policies.base import Selection, SelectionPolicy, StepContext
+from edge_runtime.learning.policies.scoring.mbs import Deviation, mbs as mbs_score, mbs_deviation, spread
+from edge_runtime.learning.policies.base import Selection, SelectionPolicy, StepContext, check_modality_count, keep_by_score
 from edge_runtime.learning.policies.running_median import RunningMedian
 
 Center = Literal["median", "running", "one"] | float
@@ -149,8 +162,14 @@ def select(mbs: torch.Tensor, keep_ratio: float, center: Center = "median", devi
     return select_with_deviation(mbs, keep_ratio, center, deviation, split)[0]
 
 
+def check_balance_modalities(policy: str, names) -> tuple[str, ...]:
+    """The modality names; ValueError for fewer than two (a balance score compares modalities)."""
+    return check_modality_count(policy, names, 2, why="compares the confidences of the modalities")
+
+
 class MBSPolicy(SelectionPolicy):
-    """Algorithm 1 on the micro-batch (the learning step, steps 3-4 (docs/design.md)), with ``ctx.p_audio / ctx.p_video``.
+    """Algorithm 1 on the micro-batch (the learning step, steps 3-4 (docs/design.md)), with
+    ``MBS = p_1 / p_2`` of the context's two modalities (N > 2: the spread, see the module docstring).
 
     ``cfg.center == "running"``: the centre is the median of the last ``cfg.running_window`` MBS
     values of the stream, this batch included (the window is updated first, then the median taken).
@@ -165,8 +184,17 @@ class MBSPolicy(SelectionPolicy):
         self.seed = seed  # deterministic policy; kept for the common constructor signature
         self.running = RunningMedian(cfg.running_window)
 
+    def check_modalities(self, names) -> None:
+        check_balance_modalities(self.cfg.policy, names)
+
     def select(self, ctx: StepContext) -> Selection:
-        score = mbs_score(ctx.p_audio, ctx.p_video)  # line 7
+        self.check_modalities(ctx.modalities)
+        if len(ctx.p) > 2:
+            score = spread(ctx.p)
+            indices, dev = self.choose_spread(score, ctx)
+            return Selection(indices=indices, deviation=dev)
+        p_1, p_2 = ctx.p.values()
+        score = mbs_score(p_1, p_2)  # line 7
         center: Center = self.cfg.center
         if center == "running":
             valid = score[~torch.isnan(score)]
@@ -181,6 +209,11 @@ class MBSPolicy(SelectionPolicy):
         """``(indices, per-row deviation)`` for the batch's MBS around ``center`` (resolved except
         for ``"median"``/``"one"``): Algorithm 1 here; the variants override this."""
         return select_with_deviation(score, self.cfg.keep_ratio, center, self.cfg.deviation, self.cfg.split)
+
+    def choose_spread(self, score: torch.Tensor, ctx: StepContext) -> tuple[torch.Tensor, torch.Tensor]:
+        """N > 2: ``(indices, per-row deviation)`` from the spread of every row: the
+        ``max(1, floor(keep_ratio * n))`` smallest (see the module docstring); ``mbs-class`` overrides it."""
+        return keep_by_score(score, self.cfg.keep_ratio, largest=False), score
 
     def state_dict(self) -> dict[str, Any]:
         return {"running_median": self.running.state_dict()}

@@ -7,6 +7,10 @@ n))`` it keeps the K rows of smallest deviation ``|MBS - m|`` (or ``|log MBS - l
 configured centre (batch median, running median or 1), ties to the lower index, NaN never kept.
 With ``keep_ratio: 1`` it keeps everything but still hands every row's deviation to the buffer
 (for ``buffer.retention: mbs``).
+
+N > 2 modalities: the deviation is the spread ``max_m log p_m - min_m log p_m`` (ours; centre and
+deviation settings ignored), as for ``mbs`` (see :mod:`edge_runtime.learning.policies.admission.mbs`),
+which pools its rows at N > 2 as well.
 """
 
 from __future__ import annotations

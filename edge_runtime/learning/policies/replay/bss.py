@@ -13,6 +13,9 @@ last scoring) every buffered sample is re-scored with the current model
   ``w = 1 - (norm(loss) - norm(cos)) + 0.01``.
 
 Samples admitted since the last scoring wait for the next one (at most a round).
+
+Any number N >= 2 of modalities: the dissimilarity is the mean over all pairs of modalities and the
+loss term sums every unimodal head (see the scoring module); one modality is a ValueError.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import torch
 
 from edge_runtime.core.policy_settings import BSSSettings
 from edge_runtime.learning.policies.scoring.balance import balance_score, pacing, sampling_weights
-from edge_runtime.learning.policies.base import Forward, ReplayPlan, ReplayPolicy
+from edge_runtime.learning.policies.base import Forward, ReplayPlan, ReplayPolicy, check_modality_count
 
 _SCORE_CHUNK = 256
 
@@ -40,6 +43,12 @@ class BSSReplay(ReplayPolicy):
         self.keys: list[Any] = []  # scored keys, most balanced first (heuristic) / in buffer order (learned)
         self.values = torch.zeros(0, dtype=torch.float64)  # their scores (heuristic) or weights (learned)
 
+    def check_modalities(self, names) -> None:
+        check_modality_count("bss", names, 2, why="compares the predictions of the modalities")
+
+    def observe(self, ctx) -> None:
+        self.check_modalities(ctx.modalities)  # a single modality fails at the first step, not the first replay
+
     @property
     def round(self) -> int:
         """Curriculum round t (0-based)."""
@@ -51,20 +60,23 @@ class BSSReplay(ReplayPolicy):
         for i in range(0, len(keys), _SCORE_CHUNK):
             samples = [buffer.get(k) for k in keys[i : i + _SCORE_CHUNK]]
             out = forward(samples)
+            self.check_modalities(tuple(out.unimodal))
             y = torch.tensor([s.label for s in samples], dtype=torch.long, device=out.logits.device)
-            values.append((out.audio_logits, out.video_logits, out.logits, y))
+            values.append((out.unimodal, out.logits, y))
         if not values:
             self.keys, self.values = [], torch.zeros(0, dtype=torch.float64)
             return
-        a, v, m, y = (torch.cat(parts) for parts in zip(*values))  # min-max over the whole buffer
+        # min-max over the whole buffer
+        uni = {name: torch.cat([part[0][name] for part in values]) for name in values[0][0]}
+        m, y = torch.cat([part[1] for part in values]), torch.cat([part[2] for part in values])
         if self.cfg.variant == "heuristic":
-            score = balance_score(a, v, m, y).double().cpu()
+            score = balance_score(uni, m, y).double().cpu()
             order = torch.argsort(score, stable=True)
             self.keys = [keys[i] for i in order.tolist()]
             self.values = score[order]
         else:
             self.keys = list(keys)
-            self.values = sampling_weights(a, v, m, y).double().cpu()
+            self.values = sampling_weights(uni, m, y).double().cpu()
 
     def plan(self, buffer, n: int, forward: Forward) -> ReplayPlan:
         if not len(buffer) or n <= 0:

@@ -1,4 +1,4 @@
-"""Visual encoder: a per-frame CNN on the valid frames only, then a GRU over time."""
+"""The ``frames`` encoder: a per-frame CNN on the valid frames only, then a GRU over time."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from torch import nn
 from torchvision.models import mobilenet_v2
 
 from edge_runtime.core.config import ModelConfig
-from edge_runtime.learning.model.audio import last_hidden, length_mask
+from edge_runtime.core.modalities import Modality
+from edge_runtime.learning.model.encoders.audio import last_hidden, length_mask
 
 
 def _group_norm(channels: int) -> nn.GroupNorm:
@@ -78,21 +79,21 @@ class MobileNetFrameCNN(nn.Module):
 BACKBONES = {"tiny", "mobilenet_v2"}
 
 
-class VisualEncoder(nn.Module):
-    """(B, T, C, H, W) frames + (B,) lengths -> z_v (B, embed_dim).
+class FramesEncoder(nn.Module):
+    """``frames`` kind: (B, T, C, H, W) frames + (B,) lengths -> (B, embed_dim).
 
     The per-frame CNN runs only on the valid frames (t < length): they are gathered, encoded and
     scattered back into a zero (B, T, D) tensor, then a GRU reads the sequence
     and its last hidden state is the embedding.  Padding costs nothing and leaks nothing.
     """
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, modality: Modality, cfg: ModelConfig) -> None:
         super().__init__()
         d = cfg.embed_dim
         if cfg.visual_backbone == "tiny":
-            self.cnn: nn.Module = TinyFrameCNN(cfg.visual_channels, cfg.tiny_channels, d)
+            self.cnn: nn.Module = TinyFrameCNN(modality.channels, cfg.tiny_channels, d)
         elif cfg.visual_backbone == "mobilenet_v2":
-            self.cnn = MobileNetFrameCNN(cfg.visual_channels, cfg.mobilenet_width, d)
+            self.cnn = MobileNetFrameCNN(modality.channels, cfg.mobilenet_width, d)
         else:
             raise ValueError(f"unknown visual backbone {cfg.visual_backbone!r}; choose one of {sorted(BACKBONES)}")
         self.frame_dim = d
