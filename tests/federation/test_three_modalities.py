@@ -74,7 +74,7 @@ def test_every_sample_of_three_modalities_is_decided_and_none_is_invalid(run):
         assert fleet.returncode == 0, fleet.stdout[-2000:] + fleet.stderr[-2000:]
     for k, node in run["nodes"].items():
         assert run["codes"][k] == 0, node.log()[-3000:]
-        fleet = run["sent"][k]
+        fleet = run["sent"][k]["totals"]
         assert fleet["samples"] > 0 and fleet["acked"] == fleet["samples"], fleet
         assert not [v for v in fleet["verdicts"] if v.startswith("invalid")], fleet["verdicts"]
         verdicts = node.summary()["verdicts"]
@@ -98,9 +98,14 @@ def test_export_has_one_named_input_per_modality_and_runs_on_device(run):
     from device_sim.datasets.synthetic import SyntheticDataset
 
     session = ort.InferenceSession(str(run["onnx"]), providers=["CPUExecutionProvider"])
+    import yaml
+
+    # the node's order is its configuration file's (NodeProcess writes the YAML with sorted keys)
+    order = list(yaml.safe_load(run["nodes"]["a"].config_path.read_text())["modalities"])
+    assert sorted(order) == sorted(MODALITIES)
     inputs = [i.name for i in session.get_inputs()]
-    assert inputs == ["audio", "audio_lengths", "video", "video_lengths", "imu", "imu_lengths"]
-    assert [o.name for o in session.get_outputs()] == ["logits", "audio_logits", "video_logits", "imu_logits"]
+    assert inputs == [n for name in order for n in (name, f"{name}_lengths")]
+    assert [o.name for o in session.get_outputs()] == ["logits", *(f"{name}_logits" for name in order)]
     sample = SyntheticDataset(seed=1, size=4, imu_channels=3)[0]
     feed = {}
     for name, x in sample.tensors.items():
