@@ -44,7 +44,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import ResumableCSV, add_data_options, check_data_options, mean_ci, plt_figure, run_stream, run_sweep, save_figure  # noqa: E402
+from benchmarks.common import ResumableCSV, add_data_options, check_data_options, mean_ci, plt_figure, run_stream, run_sweep, save_figure, unimodal_fields  # noqa: E402
 from edge_runtime.core.names import BUFFER_BYTES, PREQUENTIAL_ACCURACY, SAMPLES_SEEN, UPDATES  # noqa: E402
 
 REFERENCE = "cbrs"
@@ -72,8 +72,14 @@ GOAL_WIN = [(st, size) for st in ("corrupted-video-50", "corrupted-audio-50") fo
 GOAL_NO_LOSS = [("clean", 100), ("clean", 200)]
 SIZES = "50,100,200,500"
 KEY = ["dataset", "stream", "variant", "buffer_items", "seed"]
-FIELDS = KEY + ["final_accuracy", "average_incremental_accuracy", "forgetting", "audio_only_accuracy", "visual_only_accuracy",
-                PREQUENTIAL_ACCURACY, BUFFER_BYTES, SAMPLES_SEEN, UPDATES, "seconds"]
+def fields(unimodal_columns: tuple[str, ...] | list[str] = ("audio_only_accuracy", "visual_only_accuracy")) -> list[str]:
+    """The results.csv columns, with one unimodal-accuracy column per modality (default: the audio-visual ones;
+    another configuration's come from :func:`benchmarks.common.unimodal_fields`)."""
+    return KEY + ["final_accuracy", "average_incremental_accuracy", "forgetting", *unimodal_columns,
+                  PREQUENTIAL_ACCURACY, BUFFER_BYTES, SAMPLES_SEEN, UPDATES, "seconds"]
+
+
+FIELDS = fields()
 PAIRED_FIELDS = ["dataset", "stream", "buffer_items", "variant", "seeds", "mean_diff", "ci_low", "ci_high", "verdict",
                  "variant_mean", "reference_mean"]
 
@@ -290,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     if REFERENCE not in variants:
         variants = [REFERENCE] + variants
     args.out.mkdir(parents=True, exist_ok=True)
-    results = ResumableCSV(args.out / "results.csv", FIELDS, KEY)
+    results = ResumableCSV(args.out / "results.csv", fields([col for col, _ in unimodal_fields(args.config, args.set)]), KEY)
     if not args.table:
         check_data_options(ap, args)
         data = {"dataset": args.dataset, "root": args.root, "split": args.split, "test_split": args.test_split}

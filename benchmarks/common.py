@@ -241,6 +241,22 @@ def modality_columns(config: Any, accuracy: dict[str, float | None]) -> dict[str
     return out
 
 
+def unimodal_fields(config_path: str | Path | None, sets: Sequence[str] = ()) -> list[tuple[str, str]]:
+    """(CSV column, plot label) of each modality's own head in a sweep from this base configuration, in its
+    order: ``<name>_only_accuracy``; the first frames modality keeps the column the audio-visual sweeps
+    always had, ``visual_only_accuracy`` (see :func:`modality_columns`)."""
+    from edge_runtime.core.config import load_config
+    from edge_runtime.core.modalities import frames_modalities
+
+    config = load_config(config_path, list(sets))
+    frames = frames_modalities(config)
+    out = []
+    for name in config.modalities:
+        visual = bool(frames) and name == frames[0]
+        out.append(("visual_only_accuracy" if visual else f"{name}_only_accuracy", "visual-only head" if visual else f"{name}-only head"))
+    return out
+
+
 def save_figure(plt, fig, path: Path, title: str | None = None, dpi: int = 85) -> Path:
     """Title (optional), tight layout, save as PNG, close; returns ``path``."""
     if title:
