@@ -10,6 +10,9 @@ from __future__ import annotations
 PREQUENTIAL_ACCURACY = "prequential_accuracy"
 #: Accuracy on the streamed ``split: eval`` samples (predicted, never learned from).
 EVAL_ACCURACY = "eval_accuracy"
+#: Modality name -> accuracy of that modality's own head (its unimodal logits) on the streamed
+#: ``split: eval`` samples (None before the first); the fused model's is :data:`EVAL_ACCURACY`.
+MODALITY_EVAL_ACCURACY = "modality_eval_accuracy"
 #: Samples the learner has seen (train and eval).
 SAMPLES_SEEN = "samples_seen"
 #: Optimiser updates made.

@@ -44,7 +44,8 @@ import torch.nn.functional as F
 from edge_runtime.learning.batch import Batch, collate
 from edge_runtime.learning.buffer import ReplayBuffer
 from edge_runtime.core.config import Config, TrainingConfig
-from edge_runtime.core.names import BUFFER_BYTES, BUFFER_ITEMS, EVAL_ACCURACY, PREQUENTIAL_ACCURACY, SAMPLES_SEEN, UPDATES
+from edge_runtime.core.names import (BUFFER_BYTES, BUFFER_ITEMS, EVAL_ACCURACY, MODALITY_EVAL_ACCURACY, PREQUENTIAL_ACCURACY,
+                                     SAMPLES_SEEN, UPDATES)
 from edge_runtime.learning.distill import Teacher
 from edge_runtime.learning.evaluation import StreamMetrics
 from edge_runtime.learning.guard import NumericGuard, all_finite
@@ -265,7 +266,8 @@ class Learner:
         times.buffer += time.perf_counter() - t5
 
     def _predict_and_record(self, batch: Batch, samples: list[Sample], ahead: ReplayPlan | None) -> tuple[ModelOutput, Forwarded | None]:
-        """Step 1: forward with the current model; prequential and held-out accuracy into ``self.metrics``.
+        """Step 1: forward with the current model; prequential and held-out accuracy (fused, and each
+        modality's own head on the held-out rows) into ``self.metrics``.
 
         With a replay plan made ahead, its samples go through the same forward (their rows come
         after the incoming ones); returns the incoming outputs and that replay forward (or None).
@@ -278,7 +280,8 @@ class Learner:
             with self._autocast():
                 out = self.model(*batch.inputs())
         with torch.no_grad():
-            self.metrics.update(batch.labels, out.logits.argmax(dim=1), batch.is_eval)
+            self.metrics.update(batch.labels, out.logits.argmax(dim=1), batch.is_eval,
+                                {name: out.unimodal[name].argmax(dim=1) for name in self.modalities})
         return out, replayed
 
     def _forward_fused(self, incoming: list[Sample], replay: list[Sample]) -> tuple[ModelOutput, Forwarded]:
@@ -490,11 +493,13 @@ class Learner:
     # ------------------------------------------------------------------ reporting
     def summary(self) -> dict[str, Any]:
         st = self.stats
+        heads = self.metrics.modality_accuracy()
         return {
             SAMPLES_SEEN: st.samples_seen,
             UPDATES: st.updates,
             PREQUENTIAL_ACCURACY: self.metrics.prequential.get(),
             EVAL_ACCURACY: self.metrics.held_out.get(),
+            MODALITY_EVAL_ACCURACY: {name: heads.get(name) for name in self.modalities},
             "verdicts": dict(st.verdicts),
             BUFFER_ITEMS: len(self.buffer),
             BUFFER_BYTES: self.buffer.nbytes,

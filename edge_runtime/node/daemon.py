@@ -123,7 +123,8 @@ class EdgeNode:
             raise
         self.store.evict_unfit(self.schema.stored_problem)
         self.metrics = NodeMetrics()
-        self.observer = NodeObserver(self.state_dir, self.metrics, config.model.num_classes, nc.status_every_s, nc.history_every_s)
+        self.observer = NodeObserver(self.state_dir, self.metrics, config.model.num_classes, nc.status_every_s, nc.history_every_s,
+                                     tuple(config.modalities))
         self._restore(loaded)
         self._stop = threading.Event()
         self._handoff = Handoff(nc.batch_size, nc.batch_window_ms / 1000.0, nc.queue_max, nc.queue_max_bytes)

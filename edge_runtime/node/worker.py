@@ -50,7 +50,7 @@ import zmq
 from edge_runtime.core import validation
 from edge_runtime.core.config import Config
 from edge_runtime.core.features import to_features
-from edge_runtime.core.names import BUFFER_BYTES, BUFFER_ITEMS, EVAL_ACCURACY, PREQUENTIAL_ACCURACY, SAMPLES_SEEN
+from edge_runtime.core.names import BUFFER_BYTES, BUFFER_ITEMS, EVAL_ACCURACY, MODALITY_EVAL_ACCURACY, PREQUENTIAL_ACCURACY, SAMPLES_SEEN
 from edge_runtime.core.sample import Sample
 from edge_runtime.learning.checkpoint import CheckpointManager
 from edge_runtime.node.handoff import Handoff, Item
@@ -389,6 +389,9 @@ class LearnerWorker:
             m.prequential_accuracy.set(s[PREQUENTIAL_ACCURACY])
         if s.get(EVAL_ACCURACY) is not None:
             m.eval_accuracy.set(s[EVAL_ACCURACY])
+        for name, acc in (s.get(MODALITY_EVAL_ACCURACY) or {}).items():  # a series per modality from its first eval sample
+            if acc is not None:
+                m.modality_eval_accuracy.labels(name).set(acc)
         if BUFFER_ITEMS in s:
             m.buffer_items.set(s[BUFFER_ITEMS])
             m.buffer_bytes.set(s[BUFFER_BYTES])

@@ -2,9 +2,12 @@
 
 A CSV rather than a table in the state DB, so that appending a row never competes with the
 learner's write transactions, and the file can be read (or copied off the box) with anything.
-Counts of the learner (samples, verdicts, updates, accuracy) are cumulative over all runs of the
-state_dir, as the checkpoint carries them; ``received``/``decided`` count this run (``pid``
-changes at a restart); latency is over the row's interval. ``edge-node report`` plots it.
+Counts of the learner (samples, verdicts, updates, accuracy, and after the buffer's per-class columns
+``modality_eval_accuracy_<name>``: the streamed eval accuracy of each modality's own head, in the
+configuration's order) are cumulative over all runs of the state_dir, as the checkpoint carries them;
+``received``/``decided`` count this run (``pid`` changes at a restart); latency is over the row's
+interval. ``edge-node report`` plots it. A file with another header (another model, other
+modalities, or one written before the per-modality columns) is moved aside at start.
 
 A crash (or a full disk) mid-write can leave the last row cut, without its newline: the writer then
 starts a new line before its next row, and the reader skips a malformed row (wrong number of fields,
@@ -18,9 +21,10 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
-from edge_runtime.core.names import LOGGER_HISTORY, BUFFER_BYTES, BUFFER_ITEMS, EVAL_ACCURACY, PREQUENTIAL_ACCURACY, UPDATES
+from edge_runtime.core.names import (LOGGER_HISTORY, BUFFER_BYTES, BUFFER_ITEMS, EVAL_ACCURACY, MODALITY_EVAL_ACCURACY,
+                                     PREQUENTIAL_ACCURACY, UPDATES)
 from edge_runtime.ops.snapshot import VERDICT_KINDS
 
 log = logging.getLogger(LOGGER_HISTORY)
@@ -33,9 +37,14 @@ BASE_COLUMNS = [
 ]
 
 
-def columns(num_classes: int) -> list[str]:
-    """Header of a history file for a model with ``num_classes`` classes."""
-    return BASE_COLUMNS + [f"buffer_class_{c}" for c in range(num_classes)]
+def modality_column(name: str) -> str:
+    """The history column of modality ``name``'s own head's streamed eval accuracy."""
+    return f"{MODALITY_EVAL_ACCURACY}_{name}"
+
+
+def columns(num_classes: int, modalities: Sequence[str] = ()) -> list[str]:
+    """Header of a history file for a model with ``num_classes`` classes and these modalities (the configuration's order)."""
+    return BASE_COLUMNS + [f"buffer_class_{c}" for c in range(num_classes)] + [modality_column(n) for n in modalities]
 
 
 def verdict_kinds(verdicts: dict[str, int]) -> dict[str, int]:
@@ -50,9 +59,9 @@ def verdict_kinds(verdicts: dict[str, int]) -> dict[str, int]:
 class HistoryWriter:
     """Appends rows to ``state_dir/history.csv``; a file with another header is moved aside first."""
 
-    def __init__(self, state_dir: Path, num_classes: int) -> None:
+    def __init__(self, state_dir: Path, num_classes: int, modalities: Sequence[str] = ()) -> None:
         self.path = Path(state_dir) / FILENAME
-        self.columns = columns(num_classes)
+        self.columns = columns(num_classes, modalities)
         if self.path.exists():
             try:
                 with open(self.path, newline="", errors="replace") as f:
@@ -62,7 +71,8 @@ class HistoryWriter:
             if header != self.columns:
                 aside = self.path.with_name(f"history.{int(time.time())}.csv")
                 os.replace(self.path, aside)
-                log.warning("history.csv has other columns (another model?); moved aside",
+                log.warning("history.csv has other columns (another model, other modalities, or written by an older "
+                            "edge-runtime); moved aside",
                             extra={"event": "history_moved", "path": str(aside)})
 
     def append(self, row: dict[str, Any]) -> None:

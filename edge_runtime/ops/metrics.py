@@ -56,6 +56,8 @@ class NodeMetrics:
         self.batch_size = Histogram("edge_batch_size", "samples per micro-batch", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=r)
         self.prequential_accuracy = Gauge("edge_prequential_accuracy", "accuracy of predictions made before learning", registry=r)
         self.eval_accuracy = Gauge("edge_eval_accuracy", "accuracy on samples streamed with split eval", registry=r)
+        self.modality_eval_accuracy = Gauge("edge_modality_eval_accuracy", "accuracy of each modality's own head on samples "
+                                            "streamed with split eval, by modality name", ["modality"], registry=r)
         self.checkpoints = Counter("edge_checkpoints", "checkpoints written", registry=r)
         # The operator's view (edge_runtime/ops/observe.py sets these; `edge-node status` and docker/grafana read them).
         self.node_info = Info("edge_node", "endpoints of this node", registry=r)

@@ -37,11 +37,12 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from edge_runtime.core.atomic import atomic_write_json, overwrite_in_place
-from edge_runtime.core.names import LOGGER_NODE, BUFFER_BYTES, BUFFER_ITEMS, EVAL_ACCURACY, PREQUENTIAL_ACCURACY, SAMPLES_SEEN, UPDATES
+from edge_runtime.core.names import (LOGGER_NODE, BUFFER_BYTES, BUFFER_ITEMS, EVAL_ACCURACY, MODALITY_EVAL_ACCURACY, PREQUENTIAL_ACCURACY,
+                                     SAMPLES_SEEN, UPDATES)
 from edge_runtime.ops.disk import DiskWrites
-from edge_runtime.ops.history import HistoryWriter, verdict_kinds
+from edge_runtime.ops.history import HistoryWriter, modality_column, verdict_kinds
 from edge_runtime.ops.metrics import NodeMetrics
-from edge_runtime.ops.snapshot import boot_id, from_metrics, metric_values, newest_checkpoint, with_rates
+from edge_runtime.ops.snapshot import accuracy_view, boot_id, from_metrics, metric_values, newest_checkpoint, with_rates
 
 log = logging.getLogger(LOGGER_NODE)
 
@@ -72,13 +73,13 @@ class NodeObserver:
     """Tallies the learner side of a node and writes status.json / history.csv from its own thread."""
 
     def __init__(self, state_dir: Path, metrics: NodeMetrics, num_classes: int, status_every_s: float,
-                 history_every_s: float | None) -> None:
+                 history_every_s: float | None, modalities: Iterable[str] = ()) -> None:
         self.state_dir = Path(state_dir)
         self.metrics = metrics
         self.status_every_s = status_every_s
         self.history_every_s = history_every_s
         self.num_classes = num_classes
-        self.history = HistoryWriter(self.state_dir, num_classes) if history_every_s else None
+        self.history = HistoryWriter(self.state_dir, num_classes, tuple(modalities)) if history_every_s else None
         #: failing writes to the state folder (this observer's files, and the learner thread's checkpoints and commits)
         self.disk = DiskWrites(metrics)
         self._lock = threading.Lock()
@@ -252,7 +253,7 @@ class NodeObserver:
         if summary:
             snap["samples"]["learned"] = summary.get(SAMPLES_SEEN)
             snap["samples"]["learned_verdicts"] = verdict_kinds(summary.get("verdicts", {}))
-            snap["accuracy"] = {"prequential": summary.get(PREQUENTIAL_ACCURACY), "streamed_eval": summary.get(EVAL_ACCURACY)}
+            snap["accuracy"] = accuracy_view(summary)
             snap[UPDATES] = summary.get(UPDATES)
             snap["buffer"] = {"items": summary.get(BUFFER_ITEMS), "bytes": summary.get(BUFFER_BYTES),
                               "classes": {str(c): n for c, n in summary.get("buffer_classes", {}).items()}}
@@ -290,4 +291,5 @@ class NodeObserver:
         if summary:  # classes with no item read 0, not empty
             row.update({f"buffer_class_{c}": 0 for c in range(self.num_classes)})
             row.update({f"buffer_class_{c}": n for c, n in summary.get("buffer_classes", {}).items()})
+            row.update({modality_column(name): acc for name, acc in (summary.get(MODALITY_EVAL_ACCURACY) or {}).items()})
         self.history.append(row)  # type: ignore[union-attr]

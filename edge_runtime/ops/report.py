@@ -2,7 +2,8 @@
 
 Writes four PNG plots (accuracy, replay-buffer composition, verdict mix and update latency, all
 against the same time axis) and ``index.html``, one page that shows them with the numbers (final
-values, verdict totals, latency percentiles). Restarts of the node (a new ``pid`` in the history)
+values, verdict totals, latency percentiles; the streamed eval accuracy of each modality's own head,
+by name, when the history has its columns). Restarts of the node (a new ``pid`` in the history)
 are marked and break the lines; an interval in which no micro-batch was learned is a gap in the
 per-interval lines (NaN), not a line drawn across it. ``edge-node demo`` passes a summary of its
 run (held-out test accuracy, completeness with the cut if any, configuration) shown above the plots.
@@ -19,8 +20,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from edge_runtime.core.names import BUFFER_BYTES, BUFFER_ITEMS, EVAL_ACCURACY, PREQUENTIAL_ACCURACY, UPDATES
-from edge_runtime.ops.history import read_history
+from edge_runtime.core.names import BUFFER_BYTES, BUFFER_ITEMS, EVAL_ACCURACY, MODALITY_EVAL_ACCURACY, PREQUENTIAL_ACCURACY, UPDATES
+from edge_runtime.ops.history import modality_column, read_history
 from edge_runtime.ops.snapshot import VERDICT_KINDS
 
 TERMS = {  # the three accuracies, one name each, on the screen, in the HTML and in report.json
@@ -47,6 +48,13 @@ PLOTS = {  # file -> caption on the page
 
 def class_columns(rows: list[dict[str, float | None]]) -> list[str]:
     return [k for k in rows[0] if k.startswith("buffer_class_")]
+
+
+def modality_columns(rows: list[dict[str, float | None]]) -> dict[str, str]:
+    """Modality name -> its history column (its own head's streamed eval accuracy), in the file's order;
+    empty for a history written before these columns existed."""
+    prefix = modality_column("")
+    return {k.removeprefix(prefix): k for k in rows[0] if k.startswith(prefix)}
 
 
 def restarts(rows: list[dict[str, float | None]]) -> list[int]:
@@ -142,6 +150,7 @@ def numbers(rows: list[dict[str, float | None]]) -> dict[str, Any]:
         "samples_learned": int(last.get("samples_learned") or 0),
         PREQUENTIAL_ACCURACY: last.get(PREQUENTIAL_ACCURACY),
         EVAL_ACCURACY: last.get(EVAL_ACCURACY),
+        MODALITY_EVAL_ACCURACY: {name: last.get(col) for name, col in modality_columns(rows).items()},
         UPDATES: int(last.get(UPDATES) or 0),
         BUFFER_ITEMS: int(last.get(BUFFER_ITEMS) or 0),
         BUFFER_BYTES: int(last.get(BUFFER_BYTES) or 0),
@@ -314,6 +323,7 @@ def _page(state_dir: Path, n: dict[str, Any], run: dict[str, Any] | None = None)
         ("samples learned", f"{n['samples_learned']:,}"),
         ("prequential accuracy", _f(n[PREQUENTIAL_ACCURACY])),
         ("streamed eval accuracy", _f(n[EVAL_ACCURACY])),
+        *((f"streamed eval accuracy, {name} head", _f(v)) for name, v in n[MODALITY_EVAL_ACCURACY].items()),
         ("chance", _f(n["chance"])),
         ("updates", f"{n[UPDATES]:,}"),
         ("replay buffer", f"{n[BUFFER_ITEMS]:,} items, {n[BUFFER_BYTES] / 1024:,.0f} KiB"),

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
-from edge_runtime.core.names import EVAL_ACCURACY, PREQUENTIAL_ACCURACY, SAMPLES_SEEN, UPDATES
+from edge_runtime.core.names import EVAL_ACCURACY, MODALITY_EVAL_ACCURACY, PREQUENTIAL_ACCURACY, SAMPLES_SEEN, UPDATES
 
 SCHEMA = 1
 FEDERATION_PREFIX = "edge_federation_"
@@ -76,6 +76,13 @@ def _positive(value: float | None) -> float | None:
     return value if value else None
 
 
+def accuracy_view(summary: dict[str, Any]) -> dict[str, Any]:
+    """A snapshot's ``accuracy`` from a learner summary: prequential, streamed eval, and the streamed eval
+    accuracy of each modality's own head by name (None from a summary written before it existed)."""
+    return {"prequential": summary.get(PREQUENTIAL_ACCURACY), "streamed_eval": summary.get(EVAL_ACCURACY),
+            "modality_streamed_eval": summary.get(MODALITY_EVAL_ACCURACY)}
+
+
 def from_metrics(values: Values) -> dict[str, Any]:
     """A snapshot (without per-device table, checkpoint path or rates) from the node's series."""
     info = (values.get("edge_node_info") or [({}, 0.0)])[0][0]
@@ -106,6 +113,8 @@ def from_metrics(values: Values) -> dict[str, Any]:
         "accuracy": {  # the gauges read 0 before the first labelled sample
             "prequential": _total(values, "edge_prequential_accuracy") if learned else None,
             "streamed_eval": _total(values, "edge_eval_accuracy") if verdicts.get("eval") else None,
+            # each modality's own head, by name: a series appears with the first eval sample
+            "modality_streamed_eval": _by(values, "edge_modality_eval_accuracy", "modality") or None,
         },
         UPDATES: _int(_total(values, "edge_updates")),
         "update_seconds": {"count": _int(_total(values, "edge_update_seconds_count")), "sum": _total(values, "edge_update_seconds_sum")},
@@ -302,7 +311,7 @@ def read_state_dir(state_dir: str | Path) -> dict[str, Any]:
         snap["state"] = "unknown"
         if summary:
             snap["samples"].update(decided=summary.get("decided"), learned=summary.get(SAMPLES_SEEN))
-            snap["accuracy"] = {"prequential": summary.get(PREQUENTIAL_ACCURACY), "streamed_eval": summary.get(EVAL_ACCURACY)}
+            snap["accuracy"] = accuracy_view(summary)
             snap[UPDATES] = summary.get(UPDATES)
             snap["endpoint"] = summary.get("endpoint")
     elif snap.get("state") == "running" and not _pid_alive(snap.get("pid")):

@@ -157,7 +157,9 @@ def render(snap: dict[str, Any], top: int = 10, width: int = 80) -> Any:
 def _accuracy_rows(table: Any, samples: dict[str, Any], acc: dict[str, Any]) -> None:
     """The learner's counts and its two accuracies, in the words README.md uses: *prequential* (each labelled
     train sample predicted before it is learned from) and *streamed eval* (the samples devices stream as split
-    eval: predicted, never learned from). A *held-out test* set, never streamed, is not the node's to measure."""
+    eval: predicted, never learned from), the latter also for each modality's own head (``<name> head``: the
+    model's logits of that modality alone), by name. A *held-out test* set, never streamed, is not the node's
+    to measure."""
     kinds = samples.get("learned_verdicts") or {}
     table.add_row("samples decided", _num(samples.get("learned")), "train + eval + invalid")
     if kinds:
@@ -165,6 +167,8 @@ def _accuracy_rows(table: Any, samples: dict[str, Any], acc: dict[str, Any]) -> 
     table.add_row("prequential acc", _pct(acc.get("prequential")), "predict, then learn")
     evals = f"{kinds['eval']:,} eval samples" if kinds.get("eval") else "eval split, never learned"
     table.add_row("streamed eval acc", _pct(acc.get("streamed_eval", acc.get("held_out"))), evals)
+    for name, value in (acc.get("modality_streamed_eval") or {}).items():  # each modality's own logits, same eval samples
+        table.add_row(f"  {name} head", _pct(value), f"{name} alone")
 
 
 def _federation(fed: dict[str, Any] | None) -> str:

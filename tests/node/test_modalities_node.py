@@ -5,7 +5,8 @@ The hello is refused naming the tensors the node lacks and the ones missing; raw
 audio and one frames modality); a sample with a wrong channel count is ``invalid:schema_mismatch`` (the node's
 log names the modality and the shape) while another device keeps being served and every accepted sample is in
 the ledger; the stored state and checkpoint of these modalities restore, and another configuration's modalities
-are refused at start naming them.
+are refused at start naming them. Each modality's own head's streamed eval accuracy reaches every operator view
+by its name.
 """
 
 from __future__ import annotations
@@ -157,3 +158,50 @@ def test_a_wrong_channel_count_is_schema_mismatch_naming_the_modality_and_no_acc
     line = next(ln for ln in refused.stderr.splitlines() if ln.startswith("edge-node:"))
     assert "['accel', 'mag']" in line and "gyro" in line and "mag" in line, line
     assert "Traceback" not in refused.stderr
+
+
+@pytest.mark.slow
+def test_each_modality_heads_streamed_eval_accuracy_by_name_in_metrics_status_history_and_summary(tmp_path, ctx):
+    """A node of accel + gyro: the per-modality streamed eval accuracy reaches /metrics, status.json, `edge-node
+    status --json`, history.csv and summary.json, keyed by these names, and survives a restart (checkpoint)."""
+    from urllib.request import urlopen
+
+    from edge_runtime.ops.history import read_history
+    from edge_runtime.ops.snapshot import from_metrics, parse_metrics_text
+    from tests.support.wait import wait_until
+
+    overrides = {**IMU, "node": {**IMU["node"], "metrics_port": 0, "status_every_s": 0.2, "history_every_s": 0.3}}
+    node = NodeProcess(tmp_path, overrides).start()
+    url = f"http://127.0.0.1:{node.info['metrics_port']}/metrics"
+    try:
+        dev = Device(ctx, node.endpoint, "imu-0")
+        assert dev.hello({})["type"] == "welcome"
+        for start in range(0, 32, 8):  # 16 train samples, then 16 eval samples
+            for seq in range(start, start + 8):
+                send_sample(dev, seq, imu(seq), label=seq % 4, split="train" if seq < 16 else "eval")
+            dev.acks(set(range(start, start + 8)))
+        dev.close()
+
+        def scraped() -> dict | None:
+            heads = from_metrics(parse_metrics_text(urlopen(url, timeout=10).read().decode()))["accuracy"]["modality_streamed_eval"]
+            return heads if heads and set(heads) == {"accel", "gyro"} else None
+
+        live = wait_until(scraped, what="edge_modality_eval_accuracy{modality} for accel and gyro")
+        assert all(0.0 <= v <= 1.0 for v in live.values())
+    finally:
+        stop(node)
+    summary = json.loads((node.state_dir / "summary.json").read_text())
+    heads = summary["modality_eval_accuracy"]
+    assert list(heads) == ["accel", "gyro"] and all(v is not None for v in heads.values()), heads
+    assert heads == live  # no sample after the scrape
+    status = json.loads((node.state_dir / "status.json").read_text())
+    assert status["accuracy"]["modality_streamed_eval"] == heads
+    cli = subprocess.run([sys.executable, "-m", "edge_runtime.cli.main", "status", "--state-dir", str(node.state_dir), "--json"],
+                         capture_output=True, text=True, timeout=120, cwd=str(ROOT), env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert cli.returncode == 0, cli.stderr
+    assert json.loads(cli.stdout)["accuracy"]["modality_streamed_eval"] == heads
+    last = read_history(node.state_dir)[-1]
+    assert {n: last[f"modality_eval_accuracy_{n}"] for n in ("accel", "gyro")} == heads
+    node.start()  # the checkpoint carries the per-modality counts: a restarted node's summary has them, no sample sent
+    stop(node)
+    assert json.loads((node.state_dir / "summary.json").read_text())["modality_eval_accuracy"] == heads

@@ -121,7 +121,8 @@ def test_dashboard_covers_the_status_quantities():
     for metric in ("edge_start_time_seconds", "edge_devices", "edge_devices_known", "edge_samples_received_total",
                    "edge_samples_decided_total", "edge_queue_depth", "edge_queue_bytes", "edge_credit_in_flight",
                    "edge_buffer_items", "edge_buffer_bytes", "edge_buffer_class_items", "edge_prequential_accuracy",
-                   "edge_eval_accuracy", "edge_updates", "edge_last_checkpoint_timestamp_seconds", "edge_model_version",
+                   "edge_eval_accuracy", "edge_modality_eval_accuracy", "edge_updates", "edge_last_checkpoint_timestamp_seconds",
+                   "edge_model_version",
                    "edge_update_seconds_bucket"):
         assert metric in used, metric
 

@@ -83,6 +83,8 @@ def test_status_mid_stream_and_at_the_end_matches_the_node(tmp_path):
         assert scraped["devices"]["top"] is None  # no series is labelled by device
         assert scraped["samples"]["decided"] >= mid["samples"]["decided"]  # counters only grow
         assert scraped["endpoint"] == node.endpoint and scraped["pid"] == node.proc.pid
+        if scraped["samples"]["verdicts"].get("eval"):  # one series per modality once an eval sample was counted
+            assert list(scraped["accuracy"]["modality_streamed_eval"]) == ["audio", "video"]
 
         text = _status("--state-dir", str(node.state_dir))
         assert text.returncode == 0, text.stderr
@@ -113,7 +115,9 @@ def test_status_mid_stream_and_at_the_end_matches_the_node(tmp_path):
     assert end["samples"]["learned"] == summary["samples_seen"]
     assert end["buffer"]["classes"] == {str(k): v for k, v in summary["buffer_classes"].items()} == _store(node.state_dir)[0]
     assert end["buffer"]["items"] == summary["buffer_items"] and end["buffer"]["bytes"] == summary["buffer_bytes"]
-    assert end["accuracy"] == {"prequential": summary["prequential_accuracy"], "streamed_eval": summary["eval_accuracy"]}
+    assert end["accuracy"] == {"prequential": summary["prequential_accuracy"], "streamed_eval": summary["eval_accuracy"],
+                               "modality_streamed_eval": summary["modality_eval_accuracy"]}
+    assert list(summary["modality_eval_accuracy"]) == ["audio", "video"] and None not in summary["modality_eval_accuracy"].values()
     assert end["updates"] == summary["updates"]
     assert {d["device"]: d["samples"] for d in end["devices"]["top"]} == per_device == {f"uav-{k}": 100 for k in range(3)}
     assert end["devices"]["known"] == 3 and end["devices"]["connected"] == 0
@@ -160,7 +164,8 @@ def test_snapshot_from_a_registry_rates_and_federation_line():
     prev = from_metrics(metric_values(m.registry.collect()))
     assert prev["samples"]["decided"] == 80 and prev["samples"]["verdicts"] == {"admitted": 30, "skipped": 50}
     assert prev["buffer"]["classes"] == {"3": 4}
-    assert prev["accuracy"] == {"prequential": None, "streamed_eval": None}  # gauges at 0 before any sample learned
+    # gauges at 0 before any sample learned; no per-modality series before the first eval sample
+    assert prev["accuracy"] == {"prequential": None, "streamed_eval": None, "modality_streamed_eval": None}
     assert prev["checkpoint"]["written_at"] is None and prev["model"]["version"] is None
     assert prev["federation"] == {"round": 0.0}
     m.received.inc(60)
