@@ -201,15 +201,15 @@ def test_mismatched_put_is_refused_naming_the_array_and_changes_nothing(tmp_path
             time.sleep(0.1)
         header, arrays = client.get()
         bad = dict(arrays)
-        bad["model.fusion.audio_head.weight"] = np.zeros((3, 3), dtype=np.float32)
+        bad["model.fusion.heads.audio.weight"] = np.zeros((3, 3), dtype=np.float32)
         with pytest.raises(ControlError) as err:
             client.put(7, bad)
-        assert err.value.code == "mismatch" and "model.fusion.audio_head.weight" in err.value.message
+        assert err.value.code == "mismatch" and "model.fusion.heads.audio.weight" in err.value.message
         renamed = {("model.nope" if k == "proto.audio" else k): v for k, v in arrays.items()}
         with pytest.raises(ControlError, match="proto.audio"):
             client.put(7, renamed)
-        wrong_dtype = {**arrays, "model.fusion.video_head.bias": arrays["model.fusion.video_head.bias"].astype(np.float64)}
-        with pytest.raises(ControlError, match="model.fusion.video_head.bias.*float64"):
+        wrong_dtype = {**arrays, "model.fusion.heads.video.bias": arrays["model.fusion.heads.video.bias"].astype(np.float64)}
+        with pytest.raises(ControlError, match="model.fusion.heads.video.bias.*float64"):
             client.put(7, wrong_dtype)
         assert client.status()["round"] == 0  # nothing applied
         before = client.status()["samples_total"]
