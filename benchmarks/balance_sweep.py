@@ -38,6 +38,7 @@ import argparse
 import csv
 import os
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -212,6 +213,11 @@ def _legend(axes: list, used: int) -> None:
         axes[used - 1].legend(fontsize=6)
 
 
+def _title(text: str, panels: int) -> str:
+    """A figure title that fits its width: wrapped when the figure has a single panel."""
+    return textwrap.fill(text, 46) if panels < 2 else text
+
+
 def plot(rows: list[dict], pairs: list[dict], out: Path) -> list[Path]:
     """``paired_vs_buffer.png`` (differences with CIs, a panel per stream) and ``accuracy_vs_buffer.png``."""
     names = [s for s in streams() if any(p["stream"] == s for p in pairs)]
@@ -235,7 +241,8 @@ def plot(rows: list[dict], pairs: list[dict], out: Path) -> list[Path]:
         ax.set_title(stream, fontsize=10)
         ax.grid(alpha=0.3)
     _legend(axes, len(names))
-    written.append(save_figure(plt, fig, out / "paired_vs_buffer.png", f"Paired difference to {REFERENCE} (same seed = same stream), mean and 95% CI over seeds"))
+    written.append(save_figure(plt, fig, out / "paired_vs_buffer.png",
+                               _title(f"Paired difference to {REFERENCE} (same seed = same stream), mean and 95% CI over seeds", len(names))))
 
     plt, fig, axes = plt_figure(len(names), width=4.4, height=4.0, wrap=PANELS_PER_ROW)
     for ax, stream in zip(axes, names):
@@ -252,7 +259,8 @@ def plot(rows: list[dict], pairs: list[dict], out: Path) -> list[Path]:
         ax.set_title(stream, fontsize=10)
         ax.grid(alpha=0.3)
     _legend(axes, len(names))
-    written.append(save_figure(plt, fig, out / "accuracy_vs_buffer.png", "Final accuracy after one class-incremental pass (mean over seeds)"))
+    written.append(save_figure(plt, fig, out / "accuracy_vs_buffer.png",
+                               _title("Final accuracy after one class-incremental pass (mean over seeds)", len(names))))
     return written
 
 
