@@ -12,6 +12,7 @@ Sub-commands:
   report  plots + one HTML page of a node's learning history (state_dir/history.csv)
   federate         Flower rounds over running nodes (SuperLink + a SuperNode per node + ServerApp)
   federation-demo  three nodes, disjoint classes, federated on Flower; report.json
+  federation-keys  TLS certificates + SuperNode keys for a Flower deployment across a network
   state reset      move a state folder aside to a dated backup (start fresh after changing classes/model)
 
 Exit codes (every command):

@@ -5,6 +5,7 @@
 * :mod:`.client_app` - the Flower ClientApp, a thin shim over a node's control channel (no torch);
 * :mod:`.server_app` - the Flower ServerApp: a stock flwr strategy plus per-class prototype merging;
 * :mod:`.launch` - SuperLink / SuperNode / ``flwr run`` processes on loopback (``edge-node federate``);
+* :mod:`.keys` - the CA, SuperLink certificate and SuperNode keys of a deployment without ``--insecure``;
 * :mod:`.control` - the node's local control channel (ZeroMQ REP/REQ over the shared codec).
 
 ``edge-node federate`` and ``edge-node federation-demo`` live in :mod:`edge_runtime.cli`.

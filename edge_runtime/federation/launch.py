@@ -12,6 +12,13 @@ Exactly the command lines of docs/federation.md, "Running it by hand", with free
 
 Flower starts ``flwr-serverapp`` / ``flwr-clientapp`` itself, by name, so the folder of this
 Python's executables goes first on the children's PATH.
+
+With a :class:`SecureLink` (the files of ``edge-node federation-keys``) nothing is ``--insecure``:
+the SuperLink serves TLS (``--ssl-ca-certfile/--ssl-certfile/--ssl-keyfile``) and admits only
+registered SuperNodes (``--enable-supernode-auth``; :meth:`Federation.register_supernode` runs
+``flwr supernode register``), each SuperNode checks the SuperLink with ``--root-certificates`` and signs
+with ``--auth-supernode-private-key``, and ``config.toml`` has ``root-certificates`` instead of ``insecure``.
+docs/federation.md, "Across a real network", has the same lines for one machine each.
 """
 
 from __future__ import annotations
@@ -32,6 +39,27 @@ BIN_DIR = Path(sys.executable).parent
 
 class FederationLaunchError(RuntimeError):
     """A Flower process did not start or the run failed; the message names the log to read."""
+
+
+@dataclass(frozen=True)
+class SecureLink:
+    """TLS on the SuperLink and SuperNode authentication: the SuperLink's files of ``edge-node federation-keys``."""
+
+    ca_cert: Path
+    server_cert: Path
+    server_key: Path
+
+    @classmethod
+    def from_keys(cls, keys_dir: Path) -> "SecureLink":
+        """The SuperLink's files in a ``federation-keys`` folder; ValueError naming ``--keys`` when one is missing."""
+        from edge_runtime.federation.keys import DeploymentKeys
+
+        keys = DeploymentKeys(Path(keys_dir).resolve())
+        link = cls(keys.superlink_ca_cert, keys.server_cert, keys.server_key)
+        for path in (link.ca_cert, link.server_cert, link.server_key):
+            if not path.is_file():
+                raise ValueError(f"--keys {keys_dir}: no {path}; make the folder with edge-node federation-keys")
+        return link
 
 
 def free_port() -> int:
@@ -67,6 +95,7 @@ class Federation:
     workdir: Path
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
     port: int = 0
+    secure: SecureLink | None = None  # None: --insecure on loopback
 
     def __post_init__(self) -> None:
         self.workdir = Path(self.workdir).resolve()
@@ -83,19 +112,46 @@ class Federation:
 
     def start_superlink(self, timeout: float = 60.0) -> int:
         self.port = free_port()
-        proc, log = self._spawn("superlink", [str(BIN_DIR / "flower-superlink"), "--insecure", "--isolation", "subprocess",
+        tls = ["--insecure"] if self.secure is None else [
+            "--ssl-ca-certfile", str(self.secure.ca_cert), "--ssl-certfile", str(self.secure.server_cert),
+            "--ssl-keyfile", str(self.secure.server_key), "--enable-supernode-auth"]
+        proc, log = self._spawn("superlink", [str(BIN_DIR / "flower-superlink"), *tls, "--isolation", "subprocess",
                                               "--disable-runtime-dependency-installation", "--host", "127.0.0.1", "--port", str(self.port)])
         _wait_port(self.port, proc, log, timeout)
+        # flwr needs an absolute root-certificates path (flwr/cli/typing.py)
+        trust = "insecure = true" if self.secure is None else f"root-certificates = {json.dumps(str(Path(self.secure.ca_cert).resolve()))}"
         (self.home / "config.toml").write_text(
-            f'[superlink]\ndefault = "edge"\n\n[superlink.edge]\naddress = "127.0.0.1:{self.port}"\ninsecure = true\n')
+            f'[superlink]\ndefault = "edge"\n\n[superlink.edge]\naddress = "127.0.0.1:{self.port}"\n{trust}\n')
         return self.port
 
-    def start_supernode(self, name: str, control: str, timeout: float = 60.0) -> subprocess.Popen:
+    def register_supernode(self, public_key: Path, name: str, timeout: float = 120.0) -> int:
+        """``flwr supernode register`` a SuperNode's public key (needed with a :class:`SecureLink`); its node id."""
+        cmd = [str(BIN_DIR / "flwr"), "supernode", "register", str(Path(public_key).resolve()), "edge", "--name", name, "--format", "json"]
+        out = subprocess.run(cmd, env=self.env, cwd=str(self.workdir), capture_output=True, text=True, timeout=timeout)
+        with open(self.workdir / "flwr-register.log", "a") as f:
+            f.write(out.stdout + out.stderr)
+        try:
+            reply = json.loads(out.stdout)
+        except json.JSONDecodeError:
+            reply = {}
+        if out.returncode != 0 or not reply.get("success"):
+            raise FederationLaunchError(f"flwr supernode register {public_key} failed ({out.returncode}):\n{out.stdout[-2000:]}{out.stderr[-2000:]}")
+        return int(reply["node-id"])
+
+    def start_supernode(self, name: str, control: str, timeout: float = 60.0, private_key: Path | None = None,
+                        wait: bool = True) -> subprocess.Popen:
+        """One SuperNode for the node behind ``control``; with a :class:`SecureLink` it signs with ``private_key``
+        (registered first, else the SuperLink refuses it). ``wait``: until its Runtime API listens."""
+        if self.secure is not None and private_key is None:
+            raise ValueError(f"SuperNode {name}: the SuperLink authenticates SuperNodes; give its private key")
+        tls = ["--insecure"] if self.secure is None else [
+            "--root-certificates", str(self.secure.ca_cert), "--auth-supernode-private-key", str(private_key)]
         port = free_port()
         proc, log = self._spawn(f"supernode-{name}", [
-            str(BIN_DIR / "flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{self.port}", "--port", str(port),
+            str(BIN_DIR / "flower-supernode"), *tls, "--superlink", f"127.0.0.1:{self.port}", "--port", str(port),
             "--node-config", f"control={_quote_toml(control)} name={_quote_toml(name)}"])
-        _wait_port(port, proc, log, timeout)
+        if wait:
+            _wait_port(port, proc, log, timeout)
         return proc
 
     def stop_supernode(self, name: str) -> None:

@@ -35,6 +35,7 @@ def _base(command: str, tmp: Path) -> list[str]:
     return {
         "export": ["export", "--state-dir", str(state), "--out", str(tmp / "m.onnx")],
         "federate": ["federate", "--control", "tcp://127.0.0.1:1"],
+        "federation-keys": ["federation-keys", "--out", str(tmp / "fed-keys"), "--nodes", "box0"],
         "keys": ["keys", str(tmp / "keys")],
         "state": ["state", "reset", "--state-dir", str(state)],
         "status": ["status", "--state-dir", str(state)],
@@ -48,6 +49,7 @@ def _bad_setting(command: str, tmp: Path) -> list[str]:
         return [*_base(command, tmp), "--set", "selection.keep_ratio=0.3"]  # not a setting of the default policy
     return {
         "keys": ["keys", str(_a_file(tmp))],  # DIR is a file: nothing can be written there
+        "federation-keys": ["federation-keys", "--out", str(tmp / "fed-keys"), "--nodes", "box 0"],  # not a node name
         "state": ["state", "reset", "--state-dir", str(tmp / "nowhere")],
         "status": ["status", "--state-dir", str(tmp / "state"), "--interval", "0"],
         "report": ["report", "--state-dir", str(tmp / "nowhere")],
@@ -62,7 +64,7 @@ def _a_file(tmp: Path) -> Path:
 
 def test_every_command_is_covered():
     assert set(_commands()) == {"run", "demo", "keys", "config", "export", "status", "report", "federate",
-                                "federation-demo", "state"}
+                                "federation-demo", "federation-keys", "state"}
 
 
 @pytest.mark.parametrize("command", _commands())
