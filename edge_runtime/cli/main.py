@@ -13,6 +13,7 @@ Sub-commands:
   federate         Flower rounds over running nodes (SuperLink + a SuperNode per node + ServerApp)
   federation-demo  three nodes, disjoint classes, federated on Flower; report.json
   federation-keys  TLS certificates + SuperNode keys for a Flower deployment across a network
+  federation-sim   N simulated edge nodes federated on Flower's Simulation Engine (fleet scale)
   state reset      move a state folder aside to a dated backup (start fresh after changing classes/model)
 
 Exit codes (every command):
@@ -40,6 +41,8 @@ from edge_runtime.cli.demo import add_demo_parser, run_demo_command
 from edge_runtime.cli.export import add_export_parser, run_export
 from edge_runtime.cli.federation import COMMANDS as FEDERATION_COMMANDS
 from edge_runtime.cli.federation import add_parsers as add_federation_parsers
+from edge_runtime.cli.federation_sim import add_parser as add_federation_sim_parser
+from edge_runtime.cli.federation_sim import run as run_federation_sim
 from edge_runtime.cli.helptext import HelpFormatter, epilog
 from edge_runtime.cli.report import add_report_parser, run_report
 from edge_runtime.cli.state import add_state_parser, run_state
@@ -118,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_status_parser(sub)
     add_report_parser(sub)
     add_federation_parsers(sub, _add_config_args)
+    add_federation_sim_parser(sub, _add_config_args)
     add_state_parser(sub)
     return parser
 
@@ -164,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = {"demo": run_demo_command, "config": _cmd_config, "run": _cmd_run, "keys": _cmd_keys, "export": run_export,
                 "status": run_status, "report": run_report, "state": run_state}
     commands.update(FEDERATION_COMMANDS)
+    commands["federation-sim"] = run_federation_sim
     try:
         return commands[args.command](args)
     except SETUP_ERRORS as err:

@@ -49,14 +49,16 @@ def _client(context: Context, timeout: float) -> ControlClient:
     return ControlClient(str(endpoint), timeout_s=timeout, curve=curve)
 
 
-def _incoming(message: Message) -> dict:
+def incoming(message: Message) -> dict:
+    """The global arrays a message carries: weights plus, when present, prototypes and counts."""
     arrays = {k: v.numpy() for k, v in message.content["arrays"].items()}
     if PROTOTYPES_KEY in message.content:
         arrays.update({k: v.numpy() for k, v in message.content[PROTOTYPES_KEY].items()})
     return arrays
 
 
-def _cfg(message: Message, key: str, default):
+def cfg(message: Message, key: str, default):
+    """Entry ``key`` of the message's config record, as the type of ``default``."""
     return type(default)(message.content["config"].get(key, default))
 
 
@@ -72,19 +74,24 @@ def _status_until(node: ControlClient, deadline: float) -> dict:
 
 @app.train()
 def train(message: Message, context: Context) -> Message:
-    rnd = _cfg(message, "server-round", 1)
-    node = _client(context, _cfg(message, "control-timeout-s", 5.0))
-    wanted, interval = _cfg(message, "samples-per-round", 0), _cfg(message, "round-interval-s", 30.0)
+    rnd = cfg(message, "server-round", 1)
+    node = _client(context, cfg(message, "control-timeout-s", 5.0))
+    wanted, interval = cfg(message, "samples-per-round", 0), cfg(message, "round-interval-s", 30.0)
     deadline = time.monotonic() + interval
     status = _status_until(node, deadline)
-    incoming = _incoming(message)
+    global_arrays = incoming(message)
     if rnd > 1 and status["round"] < rnd - 1 and PROTOTYPES_KEY in message.content:
-        node.put(rnd - 1, incoming, proximal_mu=_cfg(message, "proximal-mu", 0.0))  # rejoin: the current global model
+        node.put(rnd - 1, global_arrays, proximal_mu=cfg(message, "proximal-mu", 0.0))  # rejoin: the current global model
         status = node.status()
     while status["samples_since_round"] < wanted and time.monotonic() < deadline:
         time.sleep(0.2)
         status = node.status()
     header, arrays = node.get(round_=rnd)  # a round's get: the node carries its learning after it over the merge
+    return train_reply(message, header, arrays)
+
+
+def train_reply(message: Message, header: dict, arrays: dict) -> Message:
+    """The reply to a ``train`` message from a node's round get (``header`` counters, shared ``arrays``)."""
     weights, protos = split(arrays)
     # FedAvg weight = samples learned since the last merge; 0 for an idle node (no new information: the
     # ServerApp leaves it out of the average, and keeps the global model when every node is idle)
@@ -99,7 +106,7 @@ def train(message: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate(message: Message, context: Context) -> Message:
-    rnd = _cfg(message, "server-round", 1)
-    node = _client(context, _cfg(message, "control-timeout-s", 5.0))
-    node.put(rnd, _incoming(message), proximal_mu=_cfg(message, "proximal-mu", 0.0))
+    rnd = cfg(message, "server-round", 1)
+    node = _client(context, cfg(message, "control-timeout-s", 5.0))
+    node.put(rnd, incoming(message), proximal_mu=cfg(message, "proximal-mu", 0.0))
     return Message(content=RecordDict({"metrics": MetricRecord({"num-examples": 1, "merged-round": rnd})}), reply_to=message)

@@ -43,6 +43,7 @@ log = logging.getLogger("edge_runtime.federation")
 SERVICE_WAIT_S = 30.0
 ROUND_MAX = 2**63 - 1
 HEADER_ROOM = 2**20  #: room for a put's header beside its arrays (control_max_bytes must hold both)
+REF_SAMPLES = "__ref_samples__"  #: the entry of federation_ref.npz holding samples_since_round at the reference
 SPARE_FRAMES = 16  #: frames a message may have beyond the header and the model's arrays (a put with extra arrays gets mismatch naming one)
 
 
@@ -260,14 +261,15 @@ class FederationLink:
             counts = np.asarray(st["counts"], dtype=np.int64)
             if counts.shape == self.counts.shape:
                 self.counts = counts
-        if self.ref_path.exists():  # the last global model applied (written at every put)
+        if self.ref_path.exists():  # the last global model applied, or the weights of the last round's reply
             try:
                 with np.load(self.ref_path) as ref:
                     state = self.learner.model.state_dict()
                     loaded = {k: torch.from_numpy(np.array(ref[f"{MODEL_PREFIX}{k}"])).to(v) for k, v in state.items()
                               if v.dtype.is_floating_point}
+                    samples = int(ref[REF_SAMPLES]) if REF_SAMPLES in ref.files else 0
                 if all(loaded[k].shape == state[k].shape for k in loaded):
-                    self._ref, self._ref_samples = loaded, 0
+                    self._ref, self._ref_samples = loaded, samples
             except (OSError, ValueError, KeyError) as err:  # unreadable: a rejoin then replaces the local learning
                 log.warning(f"cannot read {self.ref_path} ({err}); the next put replaces this node's weights",
                             extra={"event": "federation_ref_unreadable", "error": str(err)})
@@ -290,11 +292,14 @@ class FederationLink:
             self._save_failed = False
         return True
 
-    def _save_ref(self, arrays: dict[str, np.ndarray]) -> None:
-        """Write the global weights just applied (the reference a restarted node rejoins from); never raises."""
+    def _save_ref(self, arrays: dict[str, np.ndarray], samples: int = 0) -> None:
+        """Write the reference (the global weights just applied, or the weights a round's reply carried, and
+        ``samples_since_round`` then) in one file, so a node restarted before the next merge carries exactly
+        what it learned after it, not its reply's learning a second time. Never raises."""
         tmp = self.ref_path.with_suffix(".tmp.npz")
         try:
-            np.savez(tmp, **{k: v for k, v in arrays.items() if k.startswith(MODEL_PREFIX)})
+            np.savez(tmp, **{k: v for k, v in arrays.items() if k.startswith(MODEL_PREFIX)},
+                     **{REF_SAMPLES: np.asarray(samples, dtype=np.int64)})
             tmp.replace(self.ref_path)
         except OSError as err:  # a full disk: the reference stays in memory; a restart rejoins without it
             log.error(f"cannot write {self.ref_path} ({err})", extra={"event": "federation_ref_failed", "error": str(err)})
@@ -335,6 +340,21 @@ class FederationLink:
         assert req.result is not None
         return req.result
 
+    # ------------------------------------------------------------------ in-process (the simulation's nodes)
+    def reply(self, rnd: int) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """Round ``rnd``'s get, called on the learner's own thread (no control channel): what a ``train`` reply carries."""
+        return self._get({"type": "get", "round": int(rnd)})
+
+    def save(self) -> bool:
+        """Write ``federation.json`` now (False on a full disk; see :meth:`_save`)."""
+        return self._save()
+
+    def merge(self, rnd: int, arrays: dict[str, np.ndarray], proximal_mu: float = 0.0) -> dict[str, Any]:
+        """Round ``rnd``'s put, called on the learner's own thread: checked like a control-channel put, then applied."""
+        header = {"type": "put", "round": rnd, "proximal_mu": proximal_mu}
+        rnd, mu = check_put(header, arrays, self.spec, self.fc.max_abs_weight)
+        return self._apply(_Request("put", header, arrays, rnd, mu))[0]
+
     # ------------------------------------------------------------------ learner thread
     def has_pending(self) -> bool:
         return bool(self._requests)
@@ -372,10 +392,12 @@ class FederationLink:
         moves the reference: what the node learns after it is carried over that round's merge."""
         header, _ = self._status({}, {})
         header["type"] = "state"
+        arrays = learner_arrays(self.learner, self.counts)
         if request is not None and isinstance(request.get("round"), int) and not isinstance(request.get("round"), bool):
             self._ref = {k: v.detach().clone() for k, v in self.learner.model.state_dict().items() if v.dtype.is_floating_point}
             self._ref_samples = self.samples_since_round
-        return header, learner_arrays(self.learner, self.counts)
+            self._save_ref(arrays, self._ref_samples)
+        return header, arrays
 
     def _carry(self) -> tuple[dict[str, torch.Tensor] | None, int]:
         """(weights learned since the reference, samples learned since it): kept over a put.

@@ -53,6 +53,12 @@ def _weight(message: Message) -> float:
     return float(record["num-examples"])
 
 
+def _merged(message: Message) -> bool:
+    """Whether an evaluate reply says its node applied the global model (``merged`` 0: a simulated node that was down)."""
+    record = next(iter(message.content.metric_records.values()), None)
+    return record is None or int(record.get("merged", 1)) == 1
+
+
 #: How often the ServerApp asks the SuperLink for the replies of a phase (Flower's own grid: every 3 s).
 REPLY_POLL_S = 0.2
 
@@ -128,9 +134,11 @@ def _record_bytes(record: ArrayRecord) -> int:
 class PrototypeMerging:
     """Mixin over a stock flwr strategy: carries and merges the prototypes, logs every round."""
 
-    def __init__(self, *args: Any, out_dir: Path | None = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, out_dir: Path | None = None,
+                 on_round: Callable[[dict[str, Any]], None] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.out_dir = out_dir
+        self.on_round = on_round
         self.prototypes: dict[str, np.ndarray] | None = None
         self.rounds: list[dict[str, Any]] = []
         self._current: dict[str, Any] = {}
@@ -203,18 +211,24 @@ class PrototypeMerging:
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]):
         replies = list(replies)
-        self._current.update({"merged_into": sum(not m.has_error() for m in replies),
+        reported = [dict(record) for m in replies if not m.has_error() for record in m.content.metric_records.values()]
+        if any(set(r) - {"num-examples", "merged-round"} for r in reported):  # a node that measures itself (the simulation)
+            self._current["node_metrics"] = reported
+        self._current.update({"merged_into": sum(not m.has_error() and _merged(m) for m in replies),
                               "seconds": round(time.time() - self._current["started"], 3)})
         self._current.pop("started", None)
         self.rounds.append(self._current)
         if self.out_dir is not None:
             (self.out_dir / "rounds.json").write_text(json.dumps({"rounds": self.rounds}, indent=2))
+        if self.on_round is not None:
+            self.on_round(self._current)
         if not replies:
             return None
         return super().aggregate_evaluate(server_round, replies)  # type: ignore[misc]
 
 
-def make_strategy(fc: FederationConfig, out_dir: Path | None = None) -> Any:
+def make_strategy(fc: FederationConfig, out_dir: Path | None = None,
+                  on_round: Callable[[dict[str, Any]], None] | None = None) -> Any:
     """The configured stock strategy with prototype merging mixed in."""
     base = STRATEGIES[fc.strategy]
     kwargs: dict[str, Any] = {"fraction_train": 1.0, "fraction_evaluate": 1.0, "min_train_nodes": fc.min_nodes,
@@ -224,7 +238,7 @@ def make_strategy(fc: FederationConfig, out_dir: Path | None = None) -> Any:
     if fc.strategy == "fedadam":
         kwargs.update(eta=fc.server_lr, tau=fc.server_tau)
     cls = type(f"Edge{base.__name__}", (PrototypeMerging, base), {})
-    return cls(out_dir=out_dir, **kwargs)
+    return cls(out_dir=out_dir, on_round=on_round, **kwargs)
 
 
 def initial_arrays(config: Config) -> dict[str, np.ndarray]:
@@ -238,11 +252,32 @@ def initial_arrays(config: Config) -> dict[str, np.ndarray]:
     return {f"model.{k}": v.detach().numpy().copy() for k, v in model.state_dict().items() if v.dtype.is_floating_point}
 
 
-def round_config(fc: FederationConfig) -> ConfigRecord:
-    """What every train / evaluate message tells the ClientApp."""
+def round_config(fc: FederationConfig, extra: dict[str, Any] | None = None) -> ConfigRecord:
+    """What every train / evaluate message tells the ClientApp (``extra``: more entries, e.g. the simulation's)."""
     return ConfigRecord({"samples-per-round": fc.samples_per_round, "round-interval-s": fc.round_interval_s,
                          "control-timeout-s": fc.control_timeout_s,
-                         "proximal-mu": fc.proximal_mu if fc.strategy == "fedprox" else 0.0})
+                         "proximal-mu": fc.proximal_mu if fc.strategy == "fedprox" else 0.0, **(extra or {})})
+
+
+def run_rounds(grid: Grid, config: Config, out_dir: Path | None, extra: dict[str, Any] | None = None,
+               on_round: Callable[[dict[str, Any]], None] | None = None) -> Any:
+    """``federation.rounds`` rounds over ``grid``'s nodes; the strategy (its ``rounds`` log) is returned.
+
+    One implementation of a round for both ways to run it: the deployed ServerApp (:func:`main`, over
+    SuperNodes) and the simulation (``edge_runtime.federation.simulation``, over the Simulation Engine).
+    """
+    fc = config.federation
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    strategy = make_strategy(fc, out_dir, on_round)
+    init = initial_arrays(config)
+    strategy.start(grid=PollingGrid(grid, on_wait=strategy.record_wait),
+                   initial_arrays=ArrayRecord({k: Array(v) for k, v in init.items()}), num_rounds=fc.rounds,
+                   timeout=fc.round_timeout_s, train_config=round_config(fc, extra), evaluate_config=round_config(fc, extra))
+    if out_dir is not None:
+        (out_dir / "done.json").write_text(json.dumps({"rounds": len(strategy.rounds), "bytes_model": nbytes(init),
+                                                         "reply_poll_s": REPLY_POLL_S}))
+    return strategy
 
 
 @app.main()
@@ -250,15 +285,4 @@ def main(grid: Grid, context: Context) -> None:
     rc = context.run_config
     overrides = [f"federation.{kv}" for kv in str(rc.get("federation-set", "")).split()]
     config = load_config(str(rc.get("config-file") or "") or None, overrides)
-    fc = config.federation
-    out_dir = Path(str(rc["out-dir"])) if rc.get("out-dir") else None
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    strategy = make_strategy(fc, out_dir)
-    init = initial_arrays(config)
-    strategy.start(grid=PollingGrid(grid, on_wait=strategy.record_wait),
-                   initial_arrays=ArrayRecord({k: Array(v) for k, v in init.items()}), num_rounds=fc.rounds,
-                   timeout=fc.round_timeout_s, train_config=round_config(fc), evaluate_config=round_config(fc))
-    if out_dir is not None:
-        (out_dir / "done.json").write_text(json.dumps({"rounds": len(strategy.rounds), "bytes_model": nbytes(init),
-                                                         "reply_poll_s": REPLY_POLL_S}))
+    run_rounds(grid, config, Path(str(rc["out-dir"])) if rc.get("out-dir") else None)

@@ -45,7 +45,7 @@ def _base(command: str, tmp: Path) -> list[str]:
 
 #: A configuration (or, where there is none, an argument value) the command refuses.
 def _bad_setting(command: str, tmp: Path) -> list[str]:
-    if command in ("run", "demo", "config", "export", "federate", "federation-demo"):
+    if command in ("run", "demo", "config", "export", "federate", "federation-demo", "federation-sim"):
         return [*_base(command, tmp), "--set", "selection.keep_ratio=0.3"]  # not a setting of the default policy
     return {
         "keys": ["keys", str(_a_file(tmp))],  # DIR is a file: nothing can be written there
@@ -64,7 +64,7 @@ def _a_file(tmp: Path) -> Path:
 
 def test_every_command_is_covered():
     assert set(_commands()) == {"run", "demo", "keys", "config", "export", "status", "report", "federate",
-                                "federation-demo", "federation-keys", "state"}
+                                "federation-demo", "federation-keys", "federation-sim", "state"}
 
 
 @pytest.mark.parametrize("command", _commands())

@@ -13,7 +13,7 @@ so the README's ``.venv/bin/...`` lines work too), with nothing mocked:
 
 They run in the order a user would: configuration and keys, the node, the fleet, the commands that
 read the node's state folder, the demo, and the reset. ``federate``'s examples (two nodes and two
-rounds) and ``federation-demo``'s (a few minutes) have tests of their own. README commands that are
+rounds), ``federation-demo``'s and ``federation-sim``'s (a few minutes each) have tests of their own. README commands that are
 not ``edge-node`` / ``device-sim`` lines (venv, pip, pytest) are covered in tests/test_docs.py.
 """
 
@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 PROGRAMS = ("edge-node", "device-sim")
 #: Commands whose examples have a test of their own here (they need several nodes, or minutes).
-OWN_TEST = ("federate", "federation-demo")
+OWN_TEST = ("federate", "federation-demo", "federation-sim")
 #: The order of a user's first hour (sub-command -> rank); unknown ones run with the cheap ones.
 ORDER = {"config": 0, "keys": 0, "datasets": 0, "inspect": 0, "run": 1, "device-sim run": 2,
          "status": 3, "report": 3, "export": 3, "stop": 4, "demo": 5, "state": 6}

@@ -161,3 +161,26 @@ def test_a_put_with_nothing_learned_since_the_reply_leaves_exactly_the_global_mo
             np.testing.assert_array_equal(after[k], glob[k])
     assert link.samples_since_round == 0
     _close(node)
+
+
+def test_a_node_restarted_between_its_reply_and_the_merge_carries_only_what_it_learned_after_the_reply(tmp_path):
+    """The reference of a round's reply is on disk (federation_ref.npz), so a restart does not count that learning twice."""
+    node = _node(tmp_path / "state")
+    link = node._federation
+    stream = _samples(node, 0, 48)
+    _decide(node, stream[:32])
+    _, replied = link._get({"type": "get", "round": 1})  # the train reply of round 1: 32 samples in it
+    _decide(node, stream[32:48])  # 16 more after the reply
+    _close(node)
+    node = _node(tmp_path / "state")  # killed and restarted before the merge of round 1
+    link = node._federation
+    _, local = link._get({"type": "get"})
+    assert link.samples_since_round == 48
+    glob = _global_from(replied, 0.01)
+    _put(node, 1, glob)
+    _, after = link._get({"type": "get"})
+    for k in glob:
+        if k.startswith("model."):  # w <- w_global + (w - w_reply): the reply's learning is in w_global already
+            np.testing.assert_allclose(after[k], glob[k] + (local[k] - replied[k]), rtol=1e-6, atol=1e-6, err_msg=k)
+    assert link.round == 1 and link.samples_since_round == 16
+    _close(node)
