@@ -83,10 +83,11 @@ class Teacher:
         return torch.stack([self._cache[k] for k in keys])
 
     @torch.no_grad()
-    def logits(self, audio: torch.Tensor, audio_lengths: torch.Tensor, video: torch.Tensor, video_lengths: torch.Tensor) -> torch.Tensor:
-        """The teacher's fused logits (float32), with inputs cast to the teacher's precision."""
+    def logits(self, *inputs: torch.Tensor) -> torch.Tensor:
+        """The teacher's fused logits (float32) for the model's inputs ``(x_1, lengths_1, x_2, lengths_2, ...)``,
+        one pair per modality, the tensors cast to the teacher's precision (lengths stay integers)."""
         assert self.model is not None
-        out = self.model(audio.to(self.dtype), audio_lengths, video.to(self.dtype), video_lengths)
+        out = self.model(*(t.to(self.dtype) if i % 2 == 0 else t for i, t in enumerate(inputs)))
         return out.logits.float()
 
     def state_dict(self) -> dict:

@@ -222,3 +222,25 @@ def test_learner_refuses_a_sample_missing_a_modality() -> None:
     sample = _samples(1)[0]
     del sample.tensors["gyro"]
     assert learner.observe([sample]) == ["invalid:schema_mismatch"]
+
+
+def test_the_kd_teacher_serves_three_modalities() -> None:
+    """Distillation on a 3-modality node: the teacher's logits are the snapshot model's own forward."""
+    from edge_runtime.learning.distill import Teacher
+    from edge_runtime.learning.model import build_model
+
+    cfg = _config()
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    teacher = Teacher(every=None, on_new_class=True)
+    teacher.snapshot(model, torch.ones(4, dtype=torch.bool), updates=1)
+    inputs = _inputs()
+    got = teacher.cached_logits(["a", "b", "c"], inputs)
+    with torch.no_grad():
+        direct = model(*inputs).logits
+    torch.testing.assert_close(got, direct)
+    learner = Learner(_config(training={"kd_lambda": 1.0, "teacher_every": 1, "replay_steps": 2}))
+    for start in range(0, 48, 16):  # the teacher exists after the first update; later batches distil replayed rows
+        verdicts = learner.observe(_samples(16, seed=start))
+        assert not any(v.startswith("invalid:") for v in verdicts)
+    assert learner.teacher.model is not None and learner.stats.updates == 3
