@@ -43,6 +43,9 @@ def add_parsers(sub: argparse._SubParsersAction, add_config_args) -> None:
                      help="a node's control endpoint, e.g. ipc:///path/edge-state/control.ipc (repeat per node); "
                      "NAME= names the node (default node0, node1, ...), its folder in --keys")
     fed.add_argument("--out", metavar="DIR", default="federation-out", help="rounds.json, global.npz, Flower logs (default federation-out)")
+    fed.add_argument("--clientapp", choices=("warm", "flower"), default=None,
+                     help="warm: each SuperNode's ClientApps are forked from one pre-warmed launcher (the default); "
+                     "flower: Flower's flwr-clientapp process per message (env EDGE_FEDERATION_CLIENTAPP sets the default)")
     fed.add_argument("--keys", metavar="DIR", default=None,
                      help="a folder of edge-node federation-keys: TLS on the SuperLink and SuperNode authentication instead of "
                      "--insecure (each node's key: DIR/nodes/NAME/supernode.key, registered before its SuperNode starts)")
@@ -142,7 +145,7 @@ def cmd_federate(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     for stale in ("done.json", "rounds.json"):  # of an earlier run into the same --out: not this run's rounds
         (out / stale).unlink(missing_ok=True)
-    fed = Federation(out / "flower", secure=secure)
+    fed = Federation(out / "flower", secure=secure, **({"clientapp": args.clientapp} if args.clientapp else {}))
     printer = RoundPrinter(out / "rounds.json", fc.rounds, lambda line: print(line, flush=True))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     try:

@@ -31,6 +31,7 @@ from flwr.clientapp import ClientApp
 
 from edge_runtime.federation.control import ControlClient, ControlError, client_curve_keys
 from edge_runtime.federation.arrays import split
+from edge_runtime.federation.packing import is_packed, pack_content, record_arrays
 
 app = ClientApp()
 
@@ -51,9 +52,9 @@ def _client(context: Context, timeout: float) -> ControlClient:
 
 def incoming(message: Message) -> dict:
     """The global arrays a message carries: weights plus, when present, prototypes and counts."""
-    arrays = {k: v.numpy() for k, v in message.content["arrays"].items()}
+    arrays = record_arrays(message.content, "arrays")  # packed or not (edge_runtime/federation/packing.py)
     if PROTOTYPES_KEY in message.content:
-        arrays.update({k: v.numpy() for k, v in message.content[PROTOTYPES_KEY].items()})
+        arrays.update(record_arrays(message.content, PROTOTYPES_KEY))
     return arrays
 
 
@@ -101,6 +102,8 @@ def train_reply(message: Message, header: dict, arrays: dict) -> Message:
     content = RecordDict({"arrays": ArrayRecord({k: Array(v) for k, v in weights.items()}),
                           PROTOTYPES_KEY: ArrayRecord({k: Array(v) for k, v in protos.items()}),
                           "metrics": metrics})
+    if is_packed(message.content):  # reply in the form the ServerApp sent
+        pack_content(content)
     return Message(content=content, reply_to=message)
 
 

@@ -13,6 +13,18 @@ Exactly the command lines of docs/federation.md, "Running it by hand", with free
 Flower starts ``flwr-serverapp`` / ``flwr-clientapp`` itself, by name, so the folder of this
 Python's executables goes first on the children's PATH.
 
+ClientApps (``Federation.clientapp``): ``"warm"`` (the default) starts each SuperNode with
+``--isolation process`` beside our pre-warmed launcher (:mod:`edge_runtime.federation.clientapp_launcher`:
+one process that imported Flower and our ClientApp once and forks a child per message);
+``"flower"`` is Flower's own path (``--isolation subprocess``: the SuperNode's ``flower-superexec``
+starts a ``flwr-clientapp`` process per message, about 2 s of imports each). The environment
+variable ``EDGE_FEDERATION_CLIENTAPP`` sets the default (``edge-node federate --clientapp`` overrides it).
+
+SuperNodes (``Federation.supernode_poll_s``): by default each is Flower's ``flower-supernode`` run
+through :mod:`edge_runtime.federation.supernode`, which shortens its fixed 3 s idle poll to
+``supernode_poll_s`` (0.5 s; it patches that one Flower module, see there); ``None`` (environment
+``EDGE_FEDERATION_SUPERNODE_POLL_S=flower``) runs ``flower-supernode`` itself.
+
 With a :class:`SecureLink` (the files of ``edge-node federation-keys``) nothing is ``--insecure``:
 the SuperLink serves TLS (``--ssl-ca-certfile/--ssl-certfile/--ssl-keyfile``) and admits only
 registered SuperNodes (``--enable-supernode-auth``; :meth:`Federation.register_supernode` runs
@@ -35,6 +47,8 @@ from typing import Any
 
 APP_DIR = Path(__file__).resolve().parent / "app"
 BIN_DIR = Path(sys.executable).parent
+#: How a SuperNode runs its ClientApps (module docstring): our pre-warmed launcher, or a flwr-clientapp process per message.
+CLIENTAPP_MODES = ("warm", "flower")
 
 
 class FederationLaunchError(RuntimeError):
@@ -84,6 +98,13 @@ def _tail(path: Path, n: int = 3000) -> str:
     return path.read_text(errors="replace")[-n:] if path.exists() else ""
 
 
+def _poll_from_env(value: str | None) -> float | None:
+    """``EDGE_FEDERATION_SUPERNODE_POLL_S``: unset = 0.5 s (our SuperNode wrapper), ``flower`` = Flower's own 3 s."""
+    if value is None or value == "":
+        return 0.5
+    return None if value == "flower" else float(value)
+
+
 def _quote_toml(value: Any) -> str:
     return json.dumps(value) if isinstance(value, str) else str(value).lower() if isinstance(value, bool) else str(value)
 
@@ -96,8 +117,12 @@ class Federation:
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
     port: int = 0
     secure: SecureLink | None = None  # None: --insecure on loopback
+    clientapp: str = field(default_factory=lambda: os.environ.get("EDGE_FEDERATION_CLIENTAPP", "warm"))
+    supernode_poll_s: float | None = field(default_factory=lambda: _poll_from_env(os.environ.get("EDGE_FEDERATION_SUPERNODE_POLL_S")))
 
     def __post_init__(self) -> None:
+        if self.clientapp not in CLIENTAPP_MODES:
+            raise ValueError(f"clientapp must be one of {', '.join(CLIENTAPP_MODES)}, got {self.clientapp!r}")
         self.workdir = Path(self.workdir).resolve()
         self.home = self.workdir / "flwr-home"
         self.home.mkdir(parents=True, exist_ok=True)
@@ -147,15 +172,23 @@ class Federation:
         tls = ["--insecure"] if self.secure is None else [
             "--root-certificates", str(self.secure.ca_cert), "--auth-supernode-private-key", str(private_key)]
         port = free_port()
+        isolation = ["--isolation", "process"] if self.clientapp == "warm" else []
+        supernode = [str(BIN_DIR / "flower-supernode")] if self.supernode_poll_s is None else [
+            sys.executable, "-m", "edge_runtime.federation.supernode", "--idle-poll-s", str(self.supernode_poll_s)]
         proc, log = self._spawn(f"supernode-{name}", [
-            str(BIN_DIR / "flower-supernode"), *tls, "--superlink", f"127.0.0.1:{self.port}", "--port", str(port),
-            "--node-config", f"control={_quote_toml(control)} name={_quote_toml(name)}"])
+            *supernode, *tls, "--superlink", f"127.0.0.1:{self.port}", "--port", str(port),
+            *isolation, "--node-config", f"control={_quote_toml(control)} name={_quote_toml(name)}"])
         if wait:
             _wait_port(port, proc, log, timeout)
+        if self.clientapp == "warm":  # the SuperNode's Runtime API stays plain HTTP on loopback
+            self._spawn(f"clientapps-{name}", [sys.executable, "-m", "edge_runtime.federation.clientapp_launcher",
+                                               "--runtime-api-address", f"127.0.0.1:{port}", "--insecure",
+                                               "--parent-pid", str(proc.pid)])
         return proc
 
     def stop_supernode(self, name: str) -> None:
         self._stop(f"supernode-{name}")
+        self._stop(f"clientapps-{name}")
 
     def run(self, run_config: dict[str, Any], timeout: float = 120.0) -> str:
         """``flwr run`` the edge-runtime app; returns Flower's run id (the run goes on in the SuperLink)."""

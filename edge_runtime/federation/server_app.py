@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -38,6 +39,7 @@ from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx
 from edge_runtime.core.config import Config, FederationConfig, load_config
 from edge_runtime.federation.arrays import merge_prototypes, nbytes
 from edge_runtime.federation.client_app import PROTOTYPES_KEY
+from edge_runtime.federation.packing import PackingGrid
 
 app = ServerApp()
 log = logging.getLogger("edge_runtime.federation")
@@ -285,4 +287,7 @@ def main(grid: Grid, context: Context) -> None:
     rc = context.run_config
     overrides = [f"federation.{kv}" for kv in str(rc.get("federation-set", "")).split()]
     config = load_config(str(rc.get("config-file") or "") or None, overrides)
+    # one Flower object per dtype instead of per array (packing.py); EDGE_FEDERATION_PACK_ARRAYS=0: one per array
+    if os.environ.get("EDGE_FEDERATION_PACK_ARRAYS", "1") != "0":
+        grid = PackingGrid(grid)
     run_rounds(grid, config, Path(str(rc["out-dir"])) if rc.get("out-dir") else None)
