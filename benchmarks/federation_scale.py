@@ -49,6 +49,7 @@ SCALE_FIELDS = ["nodes", "dropout", "rounds", "wall_s", "seconds_round_median", 
 
 def run_arm(nodes: int, dropout: float, args: argparse.Namespace, out: Path) -> dict:
     """One (nodes, dropout) arm: the simulation and its references; cached in ``out/n<N>-d<p>/simulation.json``."""
+    from edge_runtime.cli.federation_sim import fleet_data
     from edge_runtime.core.config import load_config
     from edge_runtime.federation.simulation.plan import SimPlan
     from edge_runtime.federation.simulation.run import SIM_OVERRIDES, reference, simulate
@@ -64,9 +65,10 @@ def run_arm(nodes: int, dropout: float, args: argparse.Namespace, out: Path) -> 
     plan = SimPlan(nodes=nodes, rounds=args.rounds, samples_per_round=args.samples_per_round, seed=args.seed,
                    dropout=dropout, stragglers=dropout / 2, test_samples=args.test_samples)
     started = time.monotonic()
-    result = simulate(config, plan, folder, cpus=args.workers)
-    refs = {"isolated": reference(config, plan, folder, "isolated", nodes=list(range(min(args.isolated_nodes, nodes)))),
-            "single": reference(config, plan, folder, "single", echo=lambda line: None)}
+    data = fleet_data(config, plan)
+    result = simulate(config, plan, folder, data, cpus=args.workers)
+    refs = {"isolated": reference(config, plan, folder, "isolated", data, nodes=list(range(min(args.isolated_nodes, nodes)))),
+            "single": reference(config, plan, folder, "single", data, echo=lambda line: None)}
     result["references"] = refs
     result["driver_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     result["total_s"] = round(time.monotonic() - started, 1)
@@ -180,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--config", default=None)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--arms", default=None, metavar="N:P,...",
+                   help="explicit (nodes:dropout) arms instead of every --nodes x --dropout pair, e.g. 10:0,100:0,10:0.2")
     p.add_argument("--quick", action="store_true", help="4 nodes, 2 rounds, no dropout arm (a smoke run)")
     args = p.parse_args(argv)
     if args.quick:
@@ -188,13 +192,16 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
     scale: list[dict] = []
-    for nodes in [int(x) for x in args.nodes.split(",")]:
-        for dropout in [float(x) for x in args.dropout.split(",")]:
-            result = run_arm(nodes, dropout, args, out)
-            rows += rows_of(nodes, dropout, result)
-            scale.append(scale_row(nodes, dropout, result))
-            write_csv(out / "results.csv", RESULT_FIELDS, rows)
-            write_csv(out / "scale.csv", SCALE_FIELDS, scale)
+    if args.arms:
+        arms = [(int(a.split(":")[0]), float(a.split(":")[1])) for a in args.arms.split(",")]
+    else:
+        arms = [(int(n), float(d)) for n in args.nodes.split(",") for d in args.dropout.split(",")]
+    for nodes, dropout in arms:
+        result = run_arm(nodes, dropout, args, out)
+        rows += rows_of(nodes, dropout, result)
+        scale.append(scale_row(nodes, dropout, result))
+        write_csv(out / "results.csv", RESULT_FIELDS, rows)
+        write_csv(out / "scale.csv", SCALE_FIELDS, scale)
     extra = extrapolate(scale)
     (out / "extrapolation.json").write_text(json.dumps(extra, indent=2))
     plot(rows, scale, extra, out)

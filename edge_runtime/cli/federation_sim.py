@@ -52,6 +52,15 @@ def add_parser(sub: argparse._SubParsersAction, add_config_args: Callable[[argpa
     p.add_argument("--verbose", action="store_true", help="show Flower's and Ray's own logs")
 
 
+def fleet_data(config: Any, plan: Any) -> Any:
+    """The synthetic data set a fleet of ``plan`` streams: long enough for every node, the model's shapes."""
+    from device_sim.datasets.synthetic import SyntheticConfig, SyntheticDataset
+
+    mc = config.model
+    return SyntheticDataset(SyntheticConfig(num_classes=mc.num_classes, audio_features=mc.audio_features,
+                                            channels=mc.visual_channels, seed=plan.seed, size=plan.stream_size()))
+
+
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f} %"
 
@@ -91,12 +100,14 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out).resolve()
     echo = lambda line: print(line, flush=True)  # noqa: E731
     started = time.monotonic()
-    result = simulate(config, plan, out, cpus=args.workers or os.cpu_count(), verbose=args.verbose, echo=echo)
+    data = fleet_data(config, plan)
+    result = simulate(config, plan, out, data, cpus=args.workers or os.cpu_count(), verbose=args.verbose, echo=echo)
     refs: dict[str, Any] = {}
     if args.references in ("all", "isolated"):
-        refs["isolated"] = reference(config, plan, out, "isolated", nodes=list(range(min(args.isolated_nodes, plan.nodes))), echo=echo)
+        refs["isolated"] = reference(config, plan, out, "isolated", data, nodes=list(range(min(args.isolated_nodes, plan.nodes))),
+                                     echo=echo)
     if args.references in ("all", "single"):
-        refs["single"] = reference(config, plan, out, "single", echo=lambda line: None)
+        refs["single"] = reference(config, plan, out, "single", data, echo=lambda line: None)
     result["references"] = refs
     result["total_s"] = round(time.monotonic() - started, 1)
     (out / "simulation.json").write_text(json.dumps(result, indent=2))

@@ -6,9 +6,11 @@
 * :mod:`.server_app` - the Flower ServerApp: a stock flwr strategy plus per-class prototype merging;
 * :mod:`.launch` - SuperLink / SuperNode / ``flwr run`` processes on loopback (``edge-node federate``);
 * :mod:`.keys` - the CA, SuperLink certificate and SuperNode keys of a deployment without ``--insecure``;
-* :mod:`.control` - the node's local control channel (ZeroMQ REP/REQ over the shared codec).
+* :mod:`.control` - the node's local control channel (ZeroMQ REP/REQ over the shared codec);
+* :mod:`.clientapp_launcher`, :mod:`.supernode`, :mod:`.packing` - what makes a deployed round cost seconds;
+* :mod:`.simulation` - fleets of simulated nodes on Flower's Simulation Engine (the same round, in Ray workers).
 
-``edge-node federate`` and ``edge-node federation-demo`` live in :mod:`edge_runtime.cli`.
+``edge-node federate``, ``federation-demo``, ``federation-keys`` and ``federation-sim`` live in :mod:`edge_runtime.cli`.
 
 Importing this package imports neither torch nor flwr.
 """

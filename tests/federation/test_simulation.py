@@ -24,7 +24,7 @@ pytest.importorskip("ray", reason="needs Flower's simulation extra: pip install 
 from edge_runtime.cli.federation_sim import EXAMPLES  # noqa: E402
 from edge_runtime.federation.simulation.plan import DOWN, LATE, UP, SimPlan  # noqa: E402
 from edge_runtime.learning.checkpoint import CheckpointManager  # noqa: E402
-from tests.cli.test_help_examples import help_examples  # noqa: E402
+from tests.cli.test_help_examples import _program, _words, help_examples, readme_commands  # noqa: E402
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
@@ -33,6 +33,7 @@ BIN = Path(sys.executable).parent
 def test_the_help_example_federates_five_simulated_nodes_despite_a_dropout_and_a_straggler(tmp_path):
     (command,) = help_examples()[("edge-node", "federation-sim")]
     assert command == EXAMPLES[0].split("#")[0].strip()
+    assert command in {shlex.join([_program(_words(c)), *_words(c)[1:]]) for c in readme_commands()}  # the README's too
     argv = shlex.split(command)
     proc = subprocess.run([str(BIN / argv[0]), *argv[1:]], cwd=tmp_path, capture_output=True, text=True, timeout=1500)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

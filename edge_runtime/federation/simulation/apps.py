@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import resource
 import time
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable
 
@@ -33,7 +32,7 @@ from edge_runtime.core.config import Config, load_config
 from edge_runtime.federation.client_app import PROTOTYPES_KEY, cfg, incoming, train_reply
 from edge_runtime.federation.server_app import run_rounds
 from edge_runtime.federation.simulation.node import SimNode
-from edge_runtime.federation.simulation.plan import DOWN, UP, SimPlan, load_shares, round_slice
+from edge_runtime.federation.simulation.plan import DOWN, UP, FleetData, SimPlan, load_shares, round_slice
 
 SIM_DIR_KEY = "sim-dir"
 #: ``Error`` code of a simulated node that is down or late in a round (Flower's own codes are small numbers).
@@ -43,17 +42,12 @@ UNAVAILABLE = 900
 class Setting:
     """What every node of one simulation shares: configuration, plan, data set, held-out set, shares."""
 
-    def __init__(self, sim_dir: Path) -> None:
-        from device_sim.datasets.synthetic import SyntheticConfig, SyntheticDataset
-
+    def __init__(self, sim_dir: Path, data: FleetData) -> None:
         self.sim_dir = sim_dir
         self.config: Config = load_config(sim_dir / "config.yaml")
         self.plan = SimPlan.from_json((sim_dir / "plan.json").read_text())
-        mc = self.config.model
-        self.dataset = SyntheticDataset(SyntheticConfig(num_classes=mc.num_classes, audio_features=mc.audio_features,
-                                                        channels=mc.visual_channels, seed=self.plan.seed,
-                                                        size=self.plan.stream_size()))
-        self.test = self.dataset.test_set(self.plan.test_samples)
+        self.dataset = data
+        self.test = data.test_set(self.plan.test_samples)
         self.shares = load_shares(str(sim_dir / "shares.npz"))
 
     def node(self, k: int) -> SimNode:
@@ -69,12 +63,6 @@ class Setting:
         return out
 
 
-@lru_cache(maxsize=2)
-def setting(sim_dir: str) -> Setting:
-    """The :class:`Setting` of ``sim_dir``, built once per worker process."""
-    return Setting(Path(sim_dir))
-
-
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
@@ -84,43 +72,52 @@ def _unavailable(message: Message, k: int, rnd: int, state: str) -> Message:
     return Message(Error(code=UNAVAILABLE, reason=reason), reply_to=message)
 
 
-client_app = ClientApp()
+def make_client_app(data: FleetData) -> ClientApp:
+    """The fleet's ClientApp over ``data`` (shipped to every Ray worker with the app; built there once)."""
+    app = ClientApp()
+    settings: dict[str, Setting] = {}
 
+    def setting(message: Message) -> Setting:
+        sim_dir = cfg(message, SIM_DIR_KEY, "")
+        if sim_dir not in settings:
+            settings[sim_dir] = Setting(Path(sim_dir), data)
+        return settings[sim_dir]
 
-@client_app.train()
-def train(message: Message, context: Context) -> Message:
-    rnd = cfg(message, "server-round", 1)
-    k = int(context.node_config["partition-id"])
-    st = setting(cfg(message, SIM_DIR_KEY, ""))
-    state = st.plan.availability(rnd, k)
-    node = st.node(k)
-    mu = cfg(message, "proximal-mu", 0.0)
-    if state != DOWN and rnd > 1 and node.round < rnd - 1 and PROTOTYPES_KEY in message.content:
-        node.link.merge(rnd - 1, incoming(message), mu)  # rejoin: the current global model, local learning carried
-    node.learn(st.samples(k, rnd))
-    if state != UP:
+    @app.train()
+    def train(message: Message, context: Context) -> Message:
+        rnd = cfg(message, "server-round", 1)
+        k = int(context.node_config["partition-id"])
+        st = setting(message)
+        state = st.plan.availability(rnd, k)
+        node = st.node(k)
+        mu = cfg(message, "proximal-mu", 0.0)
+        if state != DOWN and rnd > 1 and node.round < rnd - 1 and PROTOTYPES_KEY in message.content:
+            node.link.merge(rnd - 1, incoming(message), mu)  # rejoin: the current global model, local learning carried
+        node.learn(st.samples(k, rnd))
+        if state != UP:
+            node.save()
+            return _unavailable(message, k, rnd, state)
+        header, arrays = node.link.reply(rnd)
         node.save()
-        return _unavailable(message, k, rnd, state)
-    header, arrays = node.link.reply(rnd)
-    node.save()
-    return train_reply(message, header, arrays)
+        return train_reply(message, header, arrays)
 
+    @app.evaluate()
+    def evaluate(message: Message, context: Context) -> Message:
+        started = time.perf_counter()
+        rnd = cfg(message, "server-round", 1)
+        k = int(context.node_config["partition-id"])
+        st = setting(message)
+        node = st.node(k)
+        merged = st.plan.availability(rnd, k) != DOWN
+        if merged:
+            node.link.merge(rnd, incoming(message), cfg(message, "proximal-mu", 0.0))  # checkpoints the node
+        acc = node.evaluate(st.test, st.plan.classes(k))
+        metrics: dict[str, Any] = {"num-examples": 1, "merged-round": rnd, "merged": int(merged), "node": k, **acc,
+                                   "seconds": time.perf_counter() - started, "peak-rss-mb": _peak_rss_mb(),
+                                   "disk-bytes": node.disk_bytes()}
+        return Message(content=RecordDict({"metrics": MetricRecord(metrics)}), reply_to=message)
 
-@client_app.evaluate()
-def evaluate(message: Message, context: Context) -> Message:
-    started = time.perf_counter()
-    rnd = cfg(message, "server-round", 1)
-    k = int(context.node_config["partition-id"])
-    st = setting(cfg(message, SIM_DIR_KEY, ""))
-    node = st.node(k)
-    merged = st.plan.availability(rnd, k) != DOWN
-    if merged:
-        node.link.merge(rnd, incoming(message), cfg(message, "proximal-mu", 0.0))  # checkpoints the node
-    acc = node.evaluate(st.test, st.plan.classes(k))
-    metrics: dict[str, Any] = {"num-examples": 1, "merged-round": rnd, "merged": int(merged), "node": k, **acc,
-                               "seconds": time.perf_counter() - started, "peak-rss-mb": _peak_rss_mb(),
-                               "disk-bytes": node.disk_bytes()}
-    return Message(content=RecordDict({"metrics": MetricRecord(metrics)}), reply_to=message)
+    return app
 
 
 def make_server_app(config: Config, sim_dir: Path, on_round: Callable[[dict[str, Any]], None] | None = None) -> ServerApp:

@@ -3,7 +3,8 @@
 Everything here is a pure function of the :class:`SimPlan` (numpy only), so the driver, every Ray
 worker and the tests compute the same shares without shipping them around.
 
-Data: the synthetic data set (``device_sim.datasets.synthetic``), split by classes: node ``k`` of
+Data: a :class:`FleetData` the caller builds (``edge-node federation-sim``: the synthetic data set of
+``device_sim``, built in ``edge_runtime.cli``; the federation layer never imports ``device_sim``), split by classes: node ``k`` of
 ``N`` streams the ``classes_per_node`` classes ``k*c, k*c+1, ... (mod num_classes)``, so with 2 of
 10 classes every node misses 80 % of them and every class is held by ``N * c / num_classes`` nodes.
 Within a class, the stream's samples are dealt round-robin to its holders: no sample is streamed
@@ -23,10 +24,24 @@ import json
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 
 UP, DOWN, LATE = "up", "down", "late"
+
+
+class FleetData(Protocol):
+    """The data set a simulated fleet streams (e.g. ``device_sim``'s synthetic one, built by the caller)."""
+
+    def labels(self) -> np.ndarray:
+        """Labels of the stream's samples ``0 .. len-1``, without generating them."""
+
+    def sample(self, index: int) -> Any:
+        """Sample ``index`` of the stream (an ``edge_runtime.core.sample.Sample``)."""
+
+    def test_set(self, n: int) -> list[Any]:
+        """``n`` held-out samples of every class, never in the stream."""
 _AVAILABILITY_TAG = 0x5EED
 
 

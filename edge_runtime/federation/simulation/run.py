@@ -27,7 +27,7 @@ import numpy as np
 import yaml
 
 from edge_runtime.core.config import Config
-from edge_runtime.federation.simulation.plan import SimPlan, shares
+from edge_runtime.federation.simulation.plan import FleetData, SimPlan, shares
 
 log = logging.getLogger("edge_runtime.federation")
 
@@ -44,10 +44,8 @@ SIM_OVERRIDES: dict[str, Any] = {
 }
 
 
-def prepare(config: Config, plan: SimPlan, sim_dir: Path) -> None:
+def prepare(config: Config, plan: SimPlan, sim_dir: Path, data: FleetData) -> None:
     """Write the files every worker reads: ``config.yaml``, ``plan.json``, ``shares.npz`` (a fresh ``nodes/``)."""
-    from device_sim.datasets.synthetic import SyntheticConfig, SyntheticDataset
-
     if plan.num_classes != config.model.num_classes:
         raise ValueError(f"the plan has {plan.num_classes} classes, model.num_classes is {config.model.num_classes}")
     sim_dir.mkdir(parents=True, exist_ok=True)
@@ -56,9 +54,9 @@ def prepare(config: Config, plan: SimPlan, sim_dir: Path) -> None:
         (sim_dir / stale).unlink(missing_ok=True)
     (sim_dir / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
     (sim_dir / "plan.json").write_text(plan.to_json())
-    mc = config.model
-    labels = SyntheticDataset(SyntheticConfig(num_classes=mc.num_classes, audio_features=mc.audio_features,
-                                              channels=mc.visual_channels, seed=plan.seed, size=plan.stream_size())).labels()
+    labels = data.labels()
+    if len(labels) < plan.stream_size():
+        raise ValueError(f"the data set's stream has {len(labels)} samples; this plan needs {plan.stream_size()}")
     np.savez(sim_dir / "shares.npz", **{f"node{k}": s for k, s in enumerate(shares(plan, labels))})
 
 
@@ -94,16 +92,16 @@ def _quiet_flower(verbose: bool) -> None:
         logging.getLogger("flwr").setLevel(logging.ERROR)
 
 
-def simulate(config: Config, plan: SimPlan, sim_dir: Path, cpus: int | None = None, verbose: bool = False,
+def simulate(config: Config, plan: SimPlan, sim_dir: Path, data: FleetData, cpus: int | None = None, verbose: bool = False,
              echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Run ``plan`` on the Simulation Engine; returns and writes ``simulation.json``."""
     from flwr.simulation import run_simulation
 
-    from edge_runtime.federation.simulation.apps import client_app, make_server_app
+    from edge_runtime.federation.simulation.apps import make_client_app, make_server_app
 
     sim_dir = Path(sim_dir).resolve()
     config = config.model_copy(update={"federation": config.federation.model_copy(update={"rounds": plan.rounds})})
-    prepare(config, plan, sim_dir)
+    prepare(config, plan, sim_dir, data)
     cpus = cpus or os.cpu_count() or 1
     summaries: list[dict[str, Any]] = []
 
@@ -112,6 +110,7 @@ def simulate(config: Config, plan: SimPlan, sim_dir: Path, cpus: int | None = No
         echo(round_line(summaries[-1]))
 
     _quiet_flower(verbose)
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # no GPUs asked for: Ray's future default, without its warning
     backend = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
                "init_args": {"num_cpus": cpus, "num_gpus": 0, "object_store_memory": 256 * 2**20,
                              "include_dashboard": False, "log_to_driver": verbose}}
@@ -119,7 +118,7 @@ def simulate(config: Config, plan: SimPlan, sim_dir: Path, cpus: int | None = No
          f"{plan.classes_per_node} of {plan.num_classes} classes each, dropout {plan.dropout}, stragglers {plan.stragglers}; "
          f"{cpus} Ray workers (starting)")
     started = time.monotonic()
-    run_simulation(make_server_app(config, sim_dir, on_round), client_app, num_supernodes=plan.nodes, backend_config=backend,
+    run_simulation(make_server_app(config, sim_dir, on_round), make_client_app(data), num_supernodes=plan.nodes, backend_config=backend,
                    verbose_logging=verbose)
     result = {"plan": json.loads(plan.to_json()), "workers": cpus, "wall_s": round(time.monotonic() - started, 1),
               "rounds": summaries}
@@ -127,7 +126,7 @@ def simulate(config: Config, plan: SimPlan, sim_dir: Path, cpus: int | None = No
     return result
 
 
-def reference(config: Config, plan: SimPlan, sim_dir: Path, arm: str, nodes: list[int] | None = None,
+def reference(config: Config, plan: SimPlan, sim_dir: Path, arm: str, data: FleetData, nodes: list[int] | None = None,
               echo: Callable[[str], None] = print) -> dict[str, Any]:
     """``isolated`` (each of ``nodes`` alone) or ``single`` (the union of all slices): accuracy per round."""
     from edge_runtime.federation.simulation.apps import Setting
@@ -135,8 +134,8 @@ def reference(config: Config, plan: SimPlan, sim_dir: Path, arm: str, nodes: lis
 
     sim_dir = Path(sim_dir).resolve()
     if not (sim_dir / "shares.npz").exists():
-        prepare(config, plan, sim_dir)
-    st = Setting(sim_dir)
+        prepare(config, plan, sim_dir, data)
+    st = Setting(sim_dir, data)
     base = sim_dir / "reference" / arm
     shutil.rmtree(base, ignore_errors=True)
     per_round: list[dict[str, Any]] = []
