@@ -45,7 +45,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import ResumableCSV, add_data_options, check_data_options, mean_ci, plt_figure, run_stream, run_sweep, save_figure, unimodal_fields  # noqa: E402
+from benchmarks.common import ResumableCSV, add_data_options, check_data_options, mean_ci, paired_differences, plt_figure, run_stream, run_sweep, save_figure, unimodal_fields  # noqa: E402
 from edge_runtime.core.names import BUFFER_BYTES, PREQUENTIAL_ACCURACY, SAMPLES_SEEN, UPDATES  # noqa: E402
 
 REFERENCE = "cbrs"
@@ -99,25 +99,7 @@ def run_one(job: dict) -> dict:
 
 def paired(rows: list[dict], field: str = "final_accuracy") -> list[dict]:
     """Paired differences against :data:`REFERENCE` per (dataset, stream, size, variant), seeds matched."""
-    acc: dict[tuple, dict[str, float]] = {}
-    for r in rows:
-        acc.setdefault((r["dataset"], r["stream"], int(r["buffer_items"]), r["variant"]), {})[str(r["seed"])] = float(r[field])
-    out = []
-    for (dataset, stream, size, variant), by_seed in sorted(acc.items()):
-        ref = acc.get((dataset, stream, size, REFERENCE))
-        if variant == REFERENCE or not ref:
-            continue
-        seeds = sorted(set(by_seed) & set(ref), key=int)
-        if not seeds:
-            continue
-        d = [by_seed[s] - ref[s] for s in seeds]
-        m, h = mean_ci(d)
-        lo, hi = (m - h, m + h) if len(d) > 1 else (float("nan"), float("nan"))
-        verdict = "win" if lo > 0 else "loss" if hi < 0 else "tie" if len(d) > 1 else "n/a"
-        out.append({"dataset": dataset, "stream": stream, "buffer_items": size, "variant": variant, "seeds": len(d),
-                    "mean_diff": m, "ci_low": lo, "ci_high": hi, "verdict": verdict,
-                    "variant_mean": float(np.mean([by_seed[s] for s in seeds])), "reference_mean": float(np.mean([ref[s] for s in seeds]))})
-    return out
+    return paired_differences(rows, ("dataset", "stream", "buffer_items"), "variant", REFERENCE, field)
 
 
 def tables(pairs: list[dict]) -> str:

@@ -20,7 +20,8 @@ micro-batch, CE on every incoming sample, no KD) plus the policy's preset:
 * any other registered admission policy by its name: keep half of each micro-batch by it, CBRS buffer.
 
 Writes ``results.csv`` (one row per run; rows already there are skipped, so an interrupted sweep
-resumes), ``curves.csv`` (accuracy vs samples seen) and the plots
+resumes), ``paired.csv`` (each policy minus class-balanced, paired by seed, with 95 % intervals),
+``curves.csv`` (accuracy vs samples seen) and the plots
 ``accuracy_vs_buffer.png``, ``unimodal_vs_buffer.png``, ``accuracy_vs_samples.png``.
 
 Usage: python benchmarks/buffer_sweep.py --out docs/results/buffer_sweep [--jobs 2] [--quick]
@@ -37,7 +38,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import ResumableCSV, add_data_options, check_data_options, mean_ci, plt_figure, run_stream, run_sweep, save_figure, unimodal_fields  # noqa: E402
+from benchmarks.common import ResumableCSV, add_data_options, check_data_options, mean_ci, paired_differences, plt_figure, run_stream, run_sweep, save_figure, unimodal_fields  # noqa: E402
 from edge_runtime.core.names import BUFFER_BYTES, PREQUENTIAL_ACCURACY, SAMPLES_SEEN, UPDATES  # noqa: E402
 
 POLICIES: dict[str, dict] = {
@@ -232,7 +233,28 @@ def main(argv: list[str] | None = None) -> int:
     for path in plot(mine, curves.rows, args.out, args.curve_size, unimodal):
         print(f"wrote {path}")
     print(f"wrote {results.path} ({len(results.rows)} rows)")
+    if REFERENCE in policies:
+        pairs = paired_differences(mine, ("dataset", "scenario", "buffer_items"), "policy", REFERENCE)
+        write_paired(args.out / "paired.csv", pairs)
+        print(f"wrote {args.out / 'paired.csv'} ({len(pairs)} cells: each policy minus {REFERENCE}, paired by seed)")
     return 0
+
+
+#: The reference every other policy is paired against (paired.csv): class-balanced replay, the default.
+REFERENCE = "class-balanced"
+PAIRED_FIELDS = ["dataset", "scenario", "buffer_items", "policy", "seeds", "mean_diff", "ci_low", "ci_high", "verdict",
+                 "policy_mean", "reference_mean"]
+
+
+def write_paired(path: Path, pairs: list[dict]) -> None:
+    """``paired.csv``: per (scenario, size, policy), the paired difference to :data:`REFERENCE` in accuracy, 95 % CI."""
+    import csv
+
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=PAIRED_FIELDS)
+        w.writeheader()
+        for p in pairs:
+            w.writerow({k: f"{v:.6f}" if isinstance(v, float) else v for k, v in p.items()})
 
 
 def _store(results: ResumableCSV, curves: ResumableCSV, row: dict, curve: list[dict], bar) -> None:

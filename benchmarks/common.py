@@ -93,6 +93,37 @@ def mean_ci(values: Iterable[float], level: float = 0.95) -> tuple[float, float]
     return float(v.mean()), float(half)
 
 
+def paired_differences(rows: Iterable[dict], group: Sequence[str], variant: str, reference: str,
+                       field: str = "final_accuracy", numeric: Sequence[str] = ("buffer_items",)) -> list[dict]:
+    """Paired differences ``field(v, seed) - field(reference, seed)`` per ``group`` cell and variant, seeds matched.
+
+    Each cell gets the mean difference, its 95 % Student-t interval and a verdict: ``win`` where the
+    interval lies above 0, ``loss`` where below, else ``tie`` (``n/a`` for a single seed); plus the
+    variant's and the reference's means over the matched seeds.
+    """
+    acc: dict[tuple, dict[str, float]] = {}
+    for r in rows:
+        cell = tuple(int(r[g]) if g in numeric else r[g] for g in group)
+        acc.setdefault((*cell, r[variant]), {})[str(r["seed"])] = float(r[field])
+    out = []
+    for key, by_seed in sorted(acc.items()):
+        *cell, name = key
+        ref = acc.get((*cell, reference))
+        if name == reference or not ref:
+            continue
+        seeds = sorted(set(by_seed) & set(ref), key=int)
+        if not seeds:
+            continue
+        d = [by_seed[s] - ref[s] for s in seeds]
+        m, h = mean_ci(d)
+        lo, hi = (m - h, m + h) if len(d) > 1 else (float("nan"), float("nan"))
+        verdict = "win" if lo > 0 else "loss" if hi < 0 else "tie" if len(d) > 1 else "n/a"
+        out.append({**dict(zip(group, cell)), variant: name, "seeds": len(d), "mean_diff": m, "ci_low": lo, "ci_high": hi,
+                    "verdict": verdict, f"{variant}_mean": float(np.mean([by_seed[s] for s in seeds])),
+                    "reference_mean": float(np.mean([ref[s] for s in seeds]))})
+    return out
+
+
 def load_avdigits(seed: int = 0):
     """(train, test) AV-Digits data sets (the README's set-up installs the extra)."""
     from device_sim.datasets import registry
