@@ -122,11 +122,15 @@ def plot(rows: list[dict], scale: list[dict], extra: dict, out: Path) -> None:
     plt, fig, axes = plt_figure(len(ns), 4.2, 3.6)
     styles = {("federated", 0.0): ("C0", "-"), ("isolated", 0.0): ("C3", "-"), ("single", 0.0): ("k", ":")}
     for ax, n in zip(axes, ns):
-        for (arm, d) in sorted({(r["arm"], r["dropout"]) for r in rows if r["nodes"] == n}):
+        arms = sorted({(r["arm"], r["dropout"]) for r in rows if r["nodes"] == n})
+        base = min(d for _, d in arms)
+        for (arm, d) in arms:
+            if arm != "federated" and d != base:
+                continue  # the references never merge: the same in every dropout arm
             pts = [r for r in rows if r["nodes"] == n and r["arm"] == arm and r["dropout"] == d]
             x = [r["round"] for r in pts]
             color, ls = styles.get((arm, d), ("C2", "--"))
-            label = arm if d == 0 else f"{arm}, dropout {d:g}"
+            label = arm if d == 0 else f"{arm}, down {d:g} + late {d / 2:g}"
             ax.plot(x, [100 * r["accuracy_mean"] for r in pts], color=color, ls=ls, marker="o", ms=3, label=f"{label} (mean)")
             if arm != "single":
                 ax.plot(x, [100 * r["accuracy_worst"] for r in pts], color=color, ls=ls, alpha=0.45, lw=1, label=f"{label} (worst node)")
@@ -135,9 +139,11 @@ def plot(rows: list[dict], scale: list[dict], extra: dict, out: Path) -> None:
         ax.set_ylim(0, 100)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("held-out accuracy on all 10 classes (%)")
-    axes[-1].legend(fontsize=7, loc="lower right")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=7, loc="lower center", ncol=min(len(labels), 4))
+    fig.subplots_adjust(bottom=0.3)
     fig.suptitle("Federated vs isolated nodes (each streams 2 of 10 classes) vs one node that saw everything", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
     fig.savefig(out / "accuracy_vs_round.png", dpi=130)
     plt.close(fig)
 
