@@ -15,11 +15,12 @@ form it received. An unpacked message (no ``-layout`` record) is read as it is.
 from __future__ import annotations
 
 import json
-from typing import Any, Iterable, Mapping
+from typing import Iterable, Mapping
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
-from flwr.serverapp import Grid
+
+from edge_runtime.federation.grid import DelegatingGrid
 
 LAYOUT_SUFFIX = "-layout"
 PACKED_PREFIX = "packed."
@@ -90,31 +91,12 @@ def record_arrays(content: RecordDict, key: str) -> dict[str, np.ndarray]:
     return arrays
 
 
-class PackingGrid(Grid):
+class PackingGrid(DelegatingGrid):
     """A grid that packs the messages it pushes and unpacks the replies it pulls; the rest is ``grid``'s.
 
     The deployed ServerApp wraps Flower's grid in it (under :class:`~edge_runtime.federation.server_app.PollingGrid`),
     so the strategy only ever sees named arrays.
     """
-
-    def __init__(self, grid: Grid) -> None:
-        self.grid = grid
-
-    def set_run(self, run: Any) -> None:
-        self.grid.set_run(run)
-
-    @property
-    def run(self) -> Any:
-        return self.grid.run
-
-    def create_message(self, *args: Any, **kwargs: Any) -> Message:
-        return self.grid.create_message(*args, **kwargs)
-
-    def get_node_ids(self) -> Iterable[int]:
-        return self.grid.get_node_ids()
-
-    def get_nodes(self) -> Iterable[Any]:
-        return self.grid.get_nodes()
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         messages = list(messages)

@@ -38,6 +38,7 @@ from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx
 
 from edge_runtime.core.config import Config, FederationConfig, load_config
 from edge_runtime.federation.arrays import merge_prototypes, nbytes
+from edge_runtime.federation.grid import DelegatingGrid
 from edge_runtime.federation.client_app import PROTOTYPES_KEY
 from edge_runtime.federation.packing import PackingGrid
 
@@ -65,7 +66,7 @@ def _merged(message: Message) -> bool:
 REPLY_POLL_S = 0.2
 
 
-class PollingGrid(Grid):
+class PollingGrid(DelegatingGrid):
     """The SuperLink's grid with ``send_and_receive`` looking for replies every ``poll_s`` instead of 3 s.
 
     Everything else is the wrapped grid's. ``send_and_receive`` keeps Flower's semantics: push the
@@ -81,28 +82,6 @@ class PollingGrid(Grid):
         if not poll_s > 0:
             raise ValueError(f"poll_s must be > 0, got {poll_s}")
         self.grid, self.poll_s, self.on_wait = grid, float(poll_s), on_wait
-
-    def set_run(self, run: Any) -> None:
-        self.grid.set_run(run)
-
-    @property
-    def run(self) -> Any:
-        return self.grid.run
-
-    def create_message(self, *args: Any, **kwargs: Any) -> Message:
-        return self.grid.create_message(*args, **kwargs)
-
-    def get_node_ids(self) -> Iterable[int]:
-        return self.grid.get_node_ids()
-
-    def get_nodes(self) -> Iterable[Any]:
-        return self.grid.get_nodes()
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        return self.grid.push_messages(messages)
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return self.grid.pull_messages(message_ids)
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         messages = list(messages)
