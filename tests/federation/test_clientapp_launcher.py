@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.support.nodeproc import ROOT, NodeProcess
+from tests.support.nodeproc import ROOT, NodeProcess, stop_federation
 
 from edge_runtime.cli.federation_demo import fleet_command
 from edge_runtime.federation.launch import Federation, free_port, wait_for_rounds
@@ -104,14 +104,7 @@ def scenario(tmp_path_factory):
         yield {"log": log["rounds"], "out": out, "fed": fed, "launchers": launchers, "killed": killed, "zombies": zombies,
                "workdir": fed.workdir}
     finally:
-        for f in fleets:
-            if f.poll() is None:
-                f.terminate()
-                f.wait(30)
-        fed.close()
-        for n in nodes.values():
-            if n.proc is not None and n.proc.poll() is None:
-                n.stop()
+        stop_federation(fleets, fed, nodes)
 
 
 def test_federate_runs_its_clientapps_from_the_warm_launcher_by_default(scenario):

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.support.nodeproc import ROOT, NodeProcess
+from tests.support.nodeproc import ROOT, NodeProcess, stop_federation
 
 from edge_runtime.core.config import config_from_dict
 from edge_runtime.federation.control import ControlClient, ControlError, read_records
@@ -103,14 +103,7 @@ def scenario(tmp_path_factory):
         yield {"arrays": arrays, "headers": headers, "global": dict(np.load(out / "global.npz")), "nodes": nodes, "isolated": isolated, "federated": federated, "log": log["rounds"], "out": out,
                "killed_at": killed_at, "restarted_at": restarted_at, "config": config}
     finally:
-        for f in fleets:
-            if f.poll() is None:
-                f.terminate()
-                f.wait(30)
-        fed.close()
-        for n in nodes.values():
-            if n.proc is not None and n.proc.poll() is None:
-                n.stop()
+        stop_federation(fleets, fed, nodes)
 
 
 def _unseen(result: dict, classes) -> float:

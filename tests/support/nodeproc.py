@@ -83,3 +83,15 @@ class NodeProcess:
 
     def summary(self) -> dict[str, Any]:
         return json.loads((self.state_dir / "summary.json").read_text())
+
+
+def stop_federation(fleets: list, federation: Any, nodes: dict) -> None:
+    """Tear down a federation scenario: the device fleets, then the Flower processes, then the daemons."""
+    for f in fleets:
+        if f.poll() is None:
+            f.terminate()
+            f.wait(30)
+    federation.close()
+    for n in nodes.values():
+        if n.proc is not None and n.proc.poll() is None:
+            n.stop()
